@@ -1,0 +1,262 @@
+"""The command line: parse, call the library, print, map errors to exit codes.  No logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from syncer import __version__
+from syncer import config as config_mod
+from syncer.errors import ConfigError, LocalIOError, LockHeldError, ManifestError, SyncerError
+from syncer.runner import EXIT_FATAL, EXIT_LOCKED, EXIT_USAGE
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Exit(click.ClickException):
+    """A message for the operator and an exit code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.exit_code = code
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into messages and the documented exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LockHeldError as exc:
+            raise Exit(str(exc), EXIT_LOCKED) from None
+        except (ConfigError, ManifestError) as exc:
+            raise Exit(str(exc), EXIT_USAGE) from None
+        except LocalIOError as exc:
+            raise Exit(str(exc), EXIT_FATAL) from None
+        except SyncerError as exc:
+            from syncer.logs import scrub
+
+            raise Exit(scrub(str(exc)), EXIT_FATAL) from None
+
+    return wrapper
+
+
+def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+                        help="Config file (default: $SYNCER_CONFIG, else ./syncer.toml).")(fn)
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                     help="Least severe level logged (default info)."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary."),
+        click.option("--progress-interval", type=float,
+                     help="Seconds between progress lines when not on a terminal (default 30)."),
+        click.option("--metrics-file", type=click.Path(dir_okay=False),
+                     help="Write the run's counters here in Prometheus text format."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="syncer")
+def main() -> None:
+    """syncer: back up and migrate a clinic's files through its Files API (v3).
+
+    \b
+    Examples:
+      syncer demo                       # try it all against the built-in server
+      syncer pull -c syncer.toml        # the nightly backup
+      syncer status                     # what failed last night
+    """
+
+
+def _load(config_path: str | None, overrides: dict[str, dict[str, Any]]) -> config_mod.Config:
+    return config_mod.load(config_path, overrides=overrides)
+
+
+def _setup_logs(cfg: config_mod.Config, quiet: bool) -> None:
+    from syncer import logs
+
+    level = "warning" if quiet and cfg.log.level in ("debug", "info") else cfg.log.level
+    logs.setup(cfg.log.format, level)
+
+
+def _finish(stats: Any, code: int, metrics_file: str | None) -> None:
+    from syncer.progress import summary_text
+
+    if metrics_file:
+        from syncer.metrics import write_metrics
+
+        write_metrics(Path(metrics_file), stats)
+    click.echo(summary_text(stats), err=False)
+    sys.exit(code)
+
+
+@main.command(context_settings=CONTEXT)
+@config_option
+@click.option("--target", "targets", multiple=True, metavar="TYPE:ID",
+              help="A target to back up (user:ID or visit:ID); repeatable. Overrides pull.targets.")
+@click.option("--targets-file", type=click.Path(dir_okay=False),
+              help="A file of targets: one TYPE:ID a line, or CSV with header target_type,target_id.")
+@click.option("--dest", type=click.Path(file_okay=False), help="Where the backup goes (pull.dest).")
+@click.option("--category", "categories", multiple=True,
+              type=click.Choice(["intake_attachment", "user_consent", "user_avatar", "user_document"]),
+              help="Only these categories; repeatable (default: all).")
+@click.option("--include-shared", is_flag=True, default=None,
+              help="Also fetch user_documents shared with each user.")
+@click.option("--concurrency", type=int, help="Downloads at once (default 32).")
+@click.option("--dry-run", is_flag=True, help="List and plan only: print what would be downloaded.")
+@click.option("--shard", metavar="K/N", help="Only targets whose stable hash falls in shard K of N (K from 0).")
+@run_options
+@handle_errors
+def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | None, dest: str | None,
+         categories: tuple[str, ...], include_shared: bool | None, concurrency: int | None, dry_run: bool,
+         shard: str | None, log_format: str | None, log_level: str | None, quiet: bool,
+         progress_interval: float | None, metrics_file: str | None) -> None:
+    """Back up every file of the given targets into DEST, resumably.
+
+    Files land in DEST/<type>/<id>/<category>/<safe name>; the manifest records every file, so a
+    rerun fetches only what is new, changed or failed.
+
+    \b
+    Example:
+      export VSEE_API_TOKEN=...        # the account API key
+      syncer pull -c syncer.toml --targets-file patients.txt --dest /backup/clinic
+    """
+    from syncer.progress import human_bytes, make_reporter
+    from syncer.pull import PullJob, PullOptions
+    from syncer.runner import execute
+    from syncer.targets import parse_shard, select_targets
+
+    cfg = _load(config_path, {
+        "pull": {"dest": dest, "categories": categories or None, "include_shared": include_shared,
+                 "concurrency": concurrency, "targets_file": targets_file},
+        "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
+    })
+    shard_kn = parse_shard(shard)
+    if targets or targets_file:
+        texts, files = list(targets), [Path(targets_file)] if targets_file else []
+    else:
+        texts = list(cfg.pull.targets)
+        files = [cfg.pull.targets_file] if cfg.pull.targets_file else []
+    chosen = select_targets(texts, files, shard_kn)
+    if not chosen and shard_kn is None:
+        raise ConfigError("no targets: give --target TYPE:ID, --targets-file, or pull.targets in the config")
+    if not cfg.api.base_url:
+        raise ConfigError("api.base_url is not set in the config")
+    token = cfg.api_token()
+    _setup_logs(cfg, quiet)
+    opts = PullOptions(targets=tuple(chosen), dest=Path(cfg.pull.dest), categories=cfg.pull.categories,
+                       include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency,
+                       dry_run=dry_run)
+    holder: dict[str, PullJob] = {}
+
+    async def job(ctx: Any) -> None:
+        holder["job"] = PullJob(ctx, opts)
+        await holder["job"].run()
+
+    if dry_run:
+        from syncer.remote import run_dry
+
+        report = asyncio.run(run_dry(cfg, opts, token))
+        for row in report:
+            click.echo(f"{row.target}\t{row.files} files\t{human_bytes(row.bytes)}")
+        click.echo(f"total: {sum(r.files for r in report)} files, "
+                   f"{human_bytes(sum(r.bytes for r in report))} would be downloaded (dry run: nothing written)")
+        return
+    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
+    stats, code = asyncio.run(execute(
+        "pull", cfg, job, token=token, concurrency=cfg.pull.concurrency, on_progress=reporter,
+        details={"targets": len(chosen), "dest": str(opts.dest), "shard": shard}))
+    _finish(stats, code, metrics_file)
+
+
+@main.command("fake-server", context_settings=CONTEXT)
+@click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the generated data.")
+@click.option("--seed-users", type=int, default=3, show_default=True, help="Patients to create.")
+@click.option("--files-per-user", type=int, default=5, show_default=True)
+@click.option("--visits", type=int, default=2, show_default=True)
+@click.option("--files-per-visit", type=int, default=2, show_default=True)
+@click.option("--hostile-names/--plain-names", default=True, show_default=True,
+              help="Mix in names that are unsafe as paths.")
+@click.option("--latency-ms", type=float, default=0.0, help="Added to every request.")
+@click.option("--link-ttl", type=float, default=3600.0, show_default=True, help="Seconds a view link lives.")
+@click.option("--no-range", is_flag=True, help="Ignore Range requests (always answer 200 whole).")
+@click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
+              help="Inject a fault, e.g. --fault error_500=0.1 --fault reset_mid_body=0.05; repeatable.")
+@click.option("--api-key", envvar="SYNCER_FAKE_API_KEY", help="The account API key to accept (default: random).")
+def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visits: int, files_per_visit: int,
+                hostile_names: bool, latency_ms: float, link_ttl: float, no_range: bool,
+                faults: tuple[str, ...], api_key: str | None) -> None:
+    """Run the built-in Files API server on 127.0.0.1, for rehearsals.
+
+    It prints its base URL, the account API key and the tokens file path, then serves until Ctrl-C.
+
+    \b
+    Example:
+      syncer fake-server --port 8080 --seed-users 20 --latency-ms 50 --fault error_500=0.05
+    """
+    from syncer.fakeserver import FakeServer, Faults, run_blocking
+
+    fault_kw: dict[str, float] = {"latency_ms": latency_ms}
+    for item in faults:
+        name, sep, rate = item.partition("=")
+        if not sep or name not in Faults.__dataclass_fields__:
+            raise click.BadParameter(f"{item!r}: use NAME=RATE with NAME one of "
+                                     f"{', '.join(Faults.__dataclass_fields__)}", param_hint="--fault")
+        try:
+            fault_kw[name] = float(rate)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: RATE must be a number", param_hint="--fault") from None
+    srv = FakeServer(seed=seed, users=seed_users, files_per_user=files_per_user, visits=visits,
+                     files_per_visit=files_per_visit, hostile_names=hostile_names, link_ttl=link_ttl,
+                     range_support=not no_range, faults=Faults(**fault_kw), port=port, api_key=api_key)
+
+    def ready(s: FakeServer) -> None:
+        click.echo(f"base_url     {s.base_url}")
+        click.echo(f"account_code {s.account_code}")
+        click.echo(f"api key      {s.api_key}   (export VSEE_API_TOKEN=... to use it; a test key only)")
+        click.echo(f"targets      {' '.join(['user:' + u for u in s.users] + ['visit:' + v for v in s.visits])}")
+        click.echo("Ctrl-C stops it.", err=True)
+
+    run_blocking(srv, ready)
+
+
+@main.command("ls", context_settings=CONTEXT)
+@config_option
+@click.argument("target", metavar="TYPE:ID")
+@click.option("--category", type=click.Choice(["intake_attachment", "user_consent", "user_avatar", "user_document"]))
+@click.option("--include-shared", is_flag=True, help="Also list user_documents shared with the user.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@handle_errors
+def ls_cmd(config_path: str | None, target: str, category: str | None, include_shared: bool, as_json: bool) -> None:
+    """List one target's remote files (id, name, size, category, created); never a view link.
+
+    \b
+    Example:
+      syncer ls user:2317820300 --json
+    """
+    from syncer.remote import list_target
+
+    cfg = _load(config_path, {})
+    rows = asyncio.run(list_target(cfg, target, category=category, include_shared=include_shared))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for r in rows:
+        name = r["name"].encode("unicode_escape").decode("ascii") if not r["name"].isprintable() else r["name"]
+        click.echo(f"{r['id']}\t{r['size']}\t{r['category']}\t{r['created']}\t{name}")
+    click.echo(f"{len(rows)} files", err=True)

@@ -1,0 +1,625 @@
+"""FilesClient: the six endpoints of the Files API (v3), and the one place that turns aiohttp errors and
+HTTP statuses into :mod:`syncer.errors`.
+
+The contract is ``shared/vsee-files-api.md``.  What this module promises its callers:
+
+- Idempotent calls (``list_files``, ``file_info``, ``rename``, ``delete``) are retried through the
+  ``RetryPolicy`` on transient errors.  ``download`` and ``upload`` are tried once: a stream cannot be
+  retried piecewise (the pull retries the whole transfer), and an upload is never re-sent blindly.
+- ``upload`` raises a ``TransientError`` only when nothing can have been stored (the connection was never
+  made; 408/429/503), a ``PermanentError``/``AuthError`` for 4xx, and ``UploadOutcomeUnknown`` whenever the
+  request may have reached the server and been stored (lost answer, 500/502/504, an unreadable 2xx), so the
+  push can retry with ``policy.call(client.upload, ..)`` and reconcile by listing on an unknown outcome.
+- No message, log line or exception chain carries a token, an ``auth_code`` or a query string.
+- ``/api_v3`` calls never follow redirects (``X-ApiToken`` would go with them to another host); a download
+  link does, since it carries no token and may legitimately point elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+import re
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from syncer.config import ApiConfig
+from syncer.errors import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    ConnectionFailed,
+    ForbiddenError,
+    LinkExpiredError,
+    NotFoundError,
+    PermanentError,
+    ProtocolError,
+    RateLimitedError,
+    ServerError,
+    TimeoutError_,
+    TooLargeError,
+    TruncatedBody,
+    UploadOutcomeUnknown,
+    redact_text,
+    redact_url,
+)
+from syncer.models import RemoteFile, Target
+from syncer.retry import RetryPolicy, parse_retry_after
+
+log = logging.getLogger("syncer.client")
+
+CHUNK_SIZE = 256 * 1024
+MAX_ERROR_BODY = 64 * 1024          # an error answer is read this far, no further
+MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits; an endless body does not
+THREAD_PARSE_ABOVE = 2 * 1024 * 1024  # parse big JSON bodies off the event loop
+MAX_SERVER_MESSAGE = 200            # characters of the server's error message kept in ours
+
+# 5xx answers to an upload after which the file may well be stored: the origin failed while answering
+# (500) or a gateway lost the origin's answer (502, 504).  503 and 429 are refusals made before any work.
+_UPLOAD_UNKNOWN_STATUSES = frozenset({500, 502, 504})
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+
+
+def make_session(api: ApiConfig, *, limit: int) -> aiohttp.ClientSession:
+    """The run's one HTTP session: no total timeout (a long download must not die at 5 minutes), connect
+    and per-read timeouts from the config, a pool as large as the run's concurrency, TLS always verified
+    (against ``api.ca_bundle`` when set).  Call it inside the running event loop; close it when done."""
+    ssl_ctx: ssl.SSLContext | bool = True
+    if api.ca_bundle is not None:
+        ssl_ctx = ssl.create_default_context(cafile=str(api.ca_bundle))
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ssl=ssl_ctx)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=api.timeout_connect, sock_read=api.timeout_read)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+
+
+# -- results -----------------------------------------------------------------------------------------
+
+@dataclass
+class Listing:
+    """What ``GET /files`` gave for one target.
+
+    ``files``: the file objects that parsed (duplicates of an id dropped, the first kept).
+    ``bad_items``: one secret-free line per item that could not be parsed (e.g. ``item 3: file object:
+    required field 'id' is missing``).  When it is not empty the listing is incomplete: a caller must
+    not conclude that a file it does not see was deleted remotely (see ``complete``).
+    ``target_missing``: the server answered 404 (contract: an unknown target has no files).
+    Iterating, ``len()`` and indexing act on ``files``.
+    """
+
+    files: list[RemoteFile] = field(default_factory=list)
+    bad_items: list[str] = field(default_factory=list)
+    target_missing: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return not self.bad_items
+
+    def __iter__(self) -> Iterator[RemoteFile]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> RemoteFile:
+        return self.files[index]
+
+
+class Download:
+    """One answer to a download link, open for reading.  Get it from ``FilesClient.download``.
+
+    ``status``: 200 or 206.  ``offset``: where the served bytes start in the file: the requested offset
+    after a matching 206, else 0 (the caller must then start its file over).  ``total_size``: the whole
+    file's size (``Content-Range`` total on a 206, ``Content-Length`` on a 200), None when not announced.
+    ``length``: how many bytes this body should carry, None when not announced.  ``bytes_read``: how
+    many have been read so far.
+    """
+
+    __slots__ = ("status", "offset", "total_size", "length", "content_type", "bytes_read", "_resp", "_url")
+
+    def __init__(self, resp: aiohttp.ClientResponse, url: str, *, offset: int, total_size: int | None,
+                 length: int | None) -> None:
+        self._resp = resp
+        self._url = url
+        self.status = resp.status
+        self.offset = offset
+        self.total_size = total_size
+        self.length = length
+        self.content_type = resp.headers.get("Content-Type", "")
+        self.bytes_read = 0
+
+    def __repr__(self) -> str:
+        return (f"<Download {redact_url(self._url)} status={self.status} offset={self.offset} "
+                f"total_size={self.total_size} bytes_read={self.bytes_read}>")
+
+    async def iter_chunks(self, chunk_size: int = CHUNK_SIZE, *, limit: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the body in pieces of at most ``chunk_size`` bytes.
+
+        ``limit``: the most bytes the whole file may have (``offset`` included), typically the size the
+        listing announced, plus any slack the caller allows.  Receiving more, or an announced size over
+        it, raises ``ProtocolError``: an endless body stops.  A body that ends before its announced
+        length raises ``TruncatedBody``; a connection cut mid-body ``TruncatedBody``/``ConnectionFailed``;
+        a read timeout ``TimeoutError_``.  All of these are transient: the caller retries the transfer.
+        """
+        if limit is not None and self.total_size is not None and self.total_size > limit:
+            raise ProtocolError(f"the server announced {self.total_size} bytes, more than the expected {limit}",
+                                url=self._url)
+        allowed = None if limit is None else limit - self.offset
+        read = self._resp.content.read
+        while True:
+            try:
+                chunk = await read(chunk_size)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise _translate_exc(exc, self._url, in_body=True) from _safe_cause(exc)
+            if not chunk:
+                break
+            self.bytes_read += len(chunk)
+            if allowed is not None and self.bytes_read > allowed:
+                raise ProtocolError(f"the body goes on past the expected {limit} bytes", url=self._url)
+            yield chunk
+        if self.length is not None and self.bytes_read != self.length:
+            if self.bytes_read < self.length:
+                raise TruncatedBody(f"the body ended after {self.bytes_read} of {self.length} bytes",
+                                    url=self._url)
+            raise ProtocolError(f"the body has {self.bytes_read} bytes, not the announced {self.length}",
+                                url=self._url)
+
+    async def read(self, *, limit: int | None = None) -> bytes:
+        """The whole (remaining) body in memory: for small files and tests."""
+        return b"".join([chunk async for chunk in self.iter_chunks(limit=limit)])
+
+
+class _DownloadContext:
+    """``async with client.download(url) as dl:`` — opens the link on enter, releases it on exit."""
+
+    __slots__ = ("_client", "_url", "_offset", "_resp")
+
+    def __init__(self, client: FilesClient, url: str, offset: int) -> None:
+        self._client = client
+        self._url = url
+        self._offset = offset
+        self._resp: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> Download:
+        dl = await self._client._open_download(self._url, self._offset)
+        self._resp = dl._resp
+        return dl
+
+    async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            # A body left unread (error, early exit) closes the connection instead of draining it.
+            if et is not None or not resp.content.at_eof():
+                resp.close()
+            else:
+                resp.release()
+
+
+# -- the client --------------------------------------------------------------------------------------
+
+class FilesClient:
+    """The Files API over one shared ``aiohttp.ClientSession`` (see ``make_session``).
+
+    ``token`` is the account API key sent as ``X-ApiToken`` on every ``/api_v3`` call (``upload`` takes
+    the uploading user's token instead); ``account_code`` is sent as ``X-AccountCode`` when set.
+    ``retry``: the policy for idempotent calls (default: ``RetryPolicy()``).
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, *, base_url: str, token: str, account_code: str = "",
+                 retry: RetryPolicy | None = None) -> None:
+        if not token:
+            raise ValueError("a token is required")
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._files_url = URL(self._base + "/files")
+        self._token = token
+        self._account_code = account_code
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._headers = self._api_headers(token)
+
+    def __repr__(self) -> str:
+        return f"FilesClient({redact_url(self._base)!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    def _api_headers(self, token: str) -> dict[str, str]:
+        headers = {"X-ApiToken": token, "Accept": "application/json"}
+        if self._account_code:
+            headers["X-AccountCode"] = self._account_code
+        return headers
+
+    def _file_url(self, file_id: str) -> URL:
+        if not isinstance(file_id, str) or file_id in ("", ".", "..") or not file_id.isprintable():
+            raise ProtocolError(f"file id {str(file_id)[:80]!r} cannot be used in a URL")
+        return URL(f"{self._base}/files/{quote(file_id, safe='')}", encoded=True)
+
+    # -- endpoints ---------------------------------------------------------------------------------
+
+    async def list_files(self, target: Target, *, category: str | None = None,
+                         include_shared: bool = False) -> Listing:
+        """``GET /files`` for one target: every file of it, in one answer (retried on transient errors).
+
+        404 gives an empty ``Listing`` with ``target_missing`` set.  Items that cannot be parsed do not
+        sink the listing: they are named in ``Listing.bad_items``.  ``data`` that is not a list raises
+        ``ProtocolError``.
+        """
+        params = {"target_id": target.id, "target_type": target.type}
+        if category:
+            params["category"] = category
+        if include_shared:
+            params["include_shared"] = "1"
+        try:
+            data = await self.retry.call(self._call, "GET", self._files_url, params=params)
+        except NotFoundError:
+            return Listing(target_missing=True)
+        if not isinstance(data, list):
+            raise ProtocolError(f"the listing of {target} is a {type(data).__name__}, not a list",
+                                url=str(self._files_url))
+        listing = Listing()
+        seen: set[str] = set()
+        for i, item in enumerate(data):
+            try:
+                rf = RemoteFile.from_api(item)
+            except ProtocolError as exc:
+                listing.bad_items.append(f"item {i}: {exc}")
+                continue
+            if rf.id in seen:
+                log.debug("listing of %s: duplicate file id %s dropped", target, rf.id)
+                continue
+            seen.add(rf.id)
+            listing.files.append(rf)
+        if listing.bad_items:
+            log.debug("listing of %s: %d unusable items", target, len(listing.bad_items))
+        return listing
+
+    async def file_info(self, file_id: str) -> RemoteFile:
+        """``GET /files/:id``: the file object with a fresh ``fullpath`` (required: ProtocolError if absent)."""
+        url = self._file_url(file_id)
+        data = await self.retry.call(self._call, "GET", url)
+        return RemoteFile.from_api(data, require_fullpath=True)
+
+    def download(self, url: str, *, offset: int = 0) -> _DownloadContext:
+        """Open a download link (a ``fullpath``) as given: ``async with client.download(fp) as dl:``.
+
+        Sends no API headers.  With ``offset > 0`` asks for ``Range: bytes=offset-``; ``dl.offset`` says
+        what was served (0 unless a matching 206 came back; a 206 that does not match, or a 416, is
+        fetched again whole).  Tried once: the caller retries the whole transfer.  A 401/403 raises
+        ``LinkExpiredError`` (fetch a fresh link with ``file_info``); other statuses as for API calls.
+        """
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        return _DownloadContext(self, url, offset)
+
+    async def upload(self, path: Path, *, category: str = "user_document", token: str,
+                     filename: str | None = None) -> RemoteFile:
+        """``POST /files``: upload ``path`` as the user whose ``token`` is given (that user owns it).
+
+        Streams the file from disk.  Never retried here; see the module docstring for which errors mean
+        "not stored" (TransientError, PermanentError, AuthError) and which mean "maybe stored"
+        (UploadOutcomeUnknown).
+        """
+        if not token:
+            raise ValueError("upload needs the uploading user's token")
+        path = Path(path)
+        name = _form_filename(filename or path.name)
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        # Opened and wrapped here, in the call: aiohttp closes the file once sent and a FormData cannot
+        # be sent twice (aiohttp #5577), so every try must build its own.
+        fh = await asyncio.to_thread(open, path, "rb")
+        try:
+            # quote_fields=False: the name goes as UTF-8 in a quoted-string, as browsers and curl send it;
+            # aiohttp's quoting would percent-encode it ("my%20report.pdf") and servers store that as is.
+            form = aiohttp.FormData(quote_fields=False)
+            form.add_field("meta.category", category)
+            form.add_field("file", fh, filename=name, content_type=ctype)
+            data = await self._call("POST", self._files_url, data=form, headers=self._api_headers(token),
+                                    upload=True)
+        finally:
+            fh.close()
+        try:
+            return RemoteFile.from_api(data)
+        except ProtocolError as exc:
+            raise UploadOutcomeUnknown(f"the upload's answer is unusable ({exc}): it may have been stored",
+                                       status=200, url=str(self._files_url)) from None
+
+    async def rename(self, file_id: str, name: str) -> RemoteFile:
+        """``POST /files/:id`` with the form field ``name`` (urlencoded); retried (it is idempotent)."""
+        url = self._file_url(file_id)
+        data = await self.retry.call(self._call, "POST", url, data={"name": name})
+        return RemoteFile.from_api(data)
+
+    async def delete(self, file_id: str) -> bool:
+        """``DELETE /files/:id``: True when the server said so.  Retried on transient errors; a 404 on a
+        retry counts as deleted (an earlier try's answer was lost), a 404 on the first try is raised."""
+        url = self._file_url(file_id)
+        tries = 0
+
+        async def once() -> Any:
+            nonlocal tries
+            tries += 1
+            try:
+                return await self._call("DELETE", url)
+            except NotFoundError:
+                if tries > 1:
+                    return True
+                raise
+
+        data = await self.retry.call(once)
+        return data is True or data == 1
+
+    # -- one request -------------------------------------------------------------------------------
+
+    async def _call(self, method: str, url: URL, *, params: dict[str, str] | None = None, data: Any = None,
+                    headers: dict[str, str] | None = None, upload: bool = False) -> Any:
+        """One ``/api_v3`` request, once: the ``data`` of the JSON answer, or one of our errors."""
+        try:
+            async with self._session.request(method, url, params=params, data=data,
+                                             headers=headers or self._headers, allow_redirects=False) as resp:
+                status = resp.status
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %s -> %d", method, redact_url(url), status)
+                if not 200 <= status < 300:
+                    raise await _status_error(resp, str(url), upload=upload, secrets=self._secrets(headers))
+                if status == 204:
+                    return True if method == "DELETE" else None
+                try:
+                    body = await _read_bounded(resp, MAX_JSON_BODY, str(url))
+                except ProtocolError as exc:
+                    if upload:  # a 2xx too large to read: the server did take the upload
+                        raise UploadOutcomeUnknown(f"{exc.args[0]}: the upload may have been stored",
+                                                   status=status, url=str(url)) from None
+                    raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _translate_exc(exc, str(url), upload=upload) from _safe_cause(exc)
+        return await _parse_data(body, str(url), status=status, upload=upload)
+
+    def _secrets(self, headers: dict[str, str] | None) -> tuple[str, ...]:
+        token = (headers or self._headers).get("X-ApiToken", "")
+        return (self._token, token) if token and token != self._token else (self._token,)
+
+    async def _open_download(self, url: str, offset: int) -> Download:
+        headers = {"Accept-Encoding": "identity"}  # lengths and ranges then count the file's own bytes
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+        resp = await self._get_view(url, headers)
+        try:
+            if offset > 0 and resp.status in (206, 416):
+                served = _content_range(resp.headers.get("Content-Range", ""))
+                if resp.status == 416 or served is None or served[0] != offset:
+                    # Not the range asked for: take the whole file instead.
+                    log.debug("GET %s: range %d not served as asked (%d); fetching it whole",
+                              redact_url(url), offset, resp.status)
+                    resp.close()
+                    del headers["Range"]
+                    offset = 0
+                    resp = await self._get_view(url, headers)
+            if resp.status == 206 and offset > 0:
+                start, end, total = _content_range(resp.headers.get("Content-Range", ""))  # type: ignore[misc]
+                length = resp.content_length if resp.content_length is not None else end - start + 1
+                return Download(resp, url, offset=start, total_size=total, length=length)
+            if resp.status in (200, 203):
+                length = resp.content_length
+                return Download(resp, url, offset=0, total_size=length, length=length)
+            raise await _status_error(resp, url, view=True, secrets=(self._token,))
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _get_view(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        try:
+            resp = await self._session.get(url, headers=headers, allow_redirects=True)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _translate_exc(exc, url) from _safe_cause(exc)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("GET %s -> %d", redact_url(url), resp.status)
+        return resp
+
+
+# -- translation: the one place that knows aiohttp's errors and the API's statuses --------------------
+
+def _translate_exc(exc: BaseException, url: str, *, upload: bool = False, in_body: bool = False) -> ApiError:
+    """Our error for a foreign exception raised while talking to ``url``.  For an upload, anything that
+    can happen after the connection was made means the outcome is unknown."""
+    where = redact_url(url)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # DNS, refused, TLS handshake: nothing was sent
+        os_err = getattr(exc, "os_error", None)
+        reason = getattr(os_err, "strerror", None) or type(os_err or exc).__name__
+        return ConnectionFailed(f"cannot connect to {exc.host}:{exc.port}: {redact_text(str(reason))}", url=where)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no connection within sock_connect: nothing sent
+        return TimeoutError_("timed out connecting", url=where)
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError)) and not in_body:
+        return ProtocolError("not a usable http(s) URL", url=where)
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return ProtocolError("too many redirects", url=where)
+    if upload:
+        return UploadOutcomeUnknown(
+            f"the upload's answer was lost ({_describe(exc)}): it may have been stored", url=where)
+    if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's SocketTimeoutError
+        return TimeoutError_("timed out waiting for the server" + (" mid-body" if in_body else ""), url=where)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return TruncatedBody(f"the body was cut short ({_describe(exc)})", url=where)
+    return ConnectionFailed(f"connection failed{' mid-body' if in_body else ''} ({_describe(exc)})", url=where)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of a foreign exception."""
+    if isinstance(exc, aiohttp.ClientResponseError):  # its str() carries the full URL
+        return type(exc).__name__
+    text = redact_text(str(exc)).strip()
+    if len(text) > MAX_SERVER_MESSAGE:
+        text = text[:MAX_SERVER_MESSAGE] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class RedactedCause(Exception):
+    """Stands in, as ``__cause__``, for a foreign exception whose text would carry a signed URL or token;
+    keeps its type name, its redacted text and its traceback."""
+
+
+def _safe_cause(exc: BaseException) -> BaseException:
+    """``exc`` itself when nothing in its chain can leak a URL's query, else a ``RedactedCause``."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 8:
+        if isinstance(e, aiohttp.ClientResponseError) or redact_text(str(e)) != str(e):
+            break
+        e = e.__cause__ or e.__context__
+        seen += 1
+    else:
+        return exc
+    stand_in = RedactedCause(f"{type(exc).__module__}.{type(exc).__qualname__}: {_describe(exc)}")
+    stand_in.__traceback__ = exc.__traceback__
+    stand_in.__suppress_context__ = True
+    return stand_in
+
+
+async def _status_error(resp: aiohttp.ClientResponse, url: str, *, view: bool = False, upload: bool = False,
+                        secrets: tuple[str, ...] = ()) -> ApiError:
+    """Our error for a non-2xx answer, its body read (bounded) for the server's message."""
+    status = resp.status
+    message = f"HTTP {status}: {await _server_message(resp, secrets)}"
+    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+    err: ApiError
+    if 300 <= status < 400:
+        location = resp.headers.get("Location")
+        where = f" to {redact_url(location)}" if location else ""
+        err = ProtocolError(f"HTTP {status}: unexpected redirect{where}", status=status, url=url)
+    elif view and status in (401, 403):
+        err = LinkExpiredError(message, status=status, url=url)
+    elif status == 400:
+        err = BadRequestError(message, url=url)
+    elif status == 401:
+        err = AuthError(message, url=url)
+    elif status == 403:
+        err = ForbiddenError(message, url=url)
+    elif status in (404, 410):
+        err = NotFoundError(message, status=status, url=url)
+    elif status == 408:
+        err = TimeoutError_(message, status=status, url=url)
+    elif status == 413:
+        err = TooLargeError(message, url=url)
+    elif status == 429:
+        err = RateLimitedError(message, retry_after=retry_after, url=url)
+    elif upload and (status in _UPLOAD_UNKNOWN_STATUSES or (status >= 500 and status != 503)):
+        err = UploadOutcomeUnknown(f"{message}: the upload may have been stored", status=status, url=url)
+    elif status >= 500:
+        err = ServerError(message, status=status, url=url)
+        err.retry_after = retry_after
+    else:
+        err = PermanentError(message, status=status, url=url)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s %s", type(err).__name__, err)
+    return err
+
+
+async def _server_message(resp: aiohttp.ClientResponse, secrets: tuple[str, ...]) -> str:
+    """The server's own message from ``{"error": {"message": ...}}``, tolerating HTML and empty bodies."""
+    try:
+        body = await _read_prefix(resp, MAX_ERROR_BODY)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return "(body unreadable)"
+    if not body.strip():
+        return "(empty body)"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "(non-JSON body)"
+    msg: Any = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        if msg is None:
+            msg = doc.get("message")
+    if not isinstance(msg, str) or not msg.strip():
+        return "(no message)"
+    text = _CONTROL.sub(" ", redact_text(msg)).strip()
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text[:MAX_SERVER_MESSAGE] + ("..." if len(text) > MAX_SERVER_MESSAGE else "")
+
+
+async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body; the rest is left unread (the connection is then closed)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await resp.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+    """The whole body, or ProtocolError once it is longer than ``limit``."""
+    length = resp.content_length
+    if length is not None:
+        if length > limit:
+            raise ProtocolError(f"the answer announces {length} bytes, over the {limit}-byte limit", url=url)
+        return await resp.read()
+    body = await _read_prefix(resp, limit + 1)
+    if len(body) > limit:
+        raise ProtocolError(f"the answer is longer than the {limit}-byte limit", url=url)
+    return body
+
+
+async def _parse_data(body: bytes, url: str, *, status: int, upload: bool) -> Any:
+    """The ``data`` member of a success answer; ProtocolError (UploadOutcomeUnknown for an upload) when
+    the body is not the JSON envelope the contract promises."""
+    try:
+        doc = await asyncio.to_thread(json.loads, body) if len(body) > THREAD_PARSE_ABOVE else json.loads(body)
+    except ValueError:
+        problem = f"HTTP {status} with a non-JSON body" if body.strip() else f"HTTP {status} with an empty body"
+    else:
+        if isinstance(doc, dict) and "data" in doc:
+            return doc["data"]
+        problem = f"HTTP {status} JSON without 'data'"
+    if upload:
+        raise UploadOutcomeUnknown(f"{problem}: the upload may have been stored", status=status, url=url)
+    raise ProtocolError(problem, status=status, url=url)
+
+
+def _form_filename(name: str) -> str:
+    """A file name safe inside a multipart part header: CR, LF and NUL percent-encoded the way browsers
+    do (WHATWG), so no name can break out of the header; the rest is sent as it is."""
+    if not name:
+        raise ValueError("an upload needs a file name")
+    return name.replace("\r", "%0D").replace("\n", "%0A").replace("\0", "%00")
+
+
+def _content_range(value: str) -> tuple[int, int, int | None] | None:
+    """``bytes START-END/TOTAL`` as (start, end, total or None); None when it does not parse."""
+    m = _CONTENT_RANGE.match(value)
+    if not m:
+        return None
+    start, end = int(m.group(1)), int(m.group(2))
+    if end < start:
+        return None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return start, end, total
+
+
+# Re-exported for callers that want to name them without importing errors.
+__all__ = [
+    "CHUNK_SIZE",
+    "Download",
+    "FilesClient",
+    "Listing",
+    "RedactedCause",
+    "make_session",
+]

@@ -1,0 +1,249 @@
+"""Configuration: frozen dataclasses, their defaults, and ``load()`` which merges TOML, env and flags.
+
+Precedence: command-line flags > the TOML file > the defaults below.  The file is found at
+``--config/-c``, else ``$SYNCER_CONFIG``, else ``./syncer.toml`` (absent is fine: defaults apply).
+Relative paths in the file are relative to the file's folder.  Secrets never live here: the account
+API key comes from the environment variable named by ``api.token_env``; per-user tokens come from the
+0600 tokens file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from syncer.errors import ConfigError
+from syncer.models import CATEGORIES, Target
+
+DEFAULT_CONFIG_NAME = "syncer.toml"
+DEFAULT_TOKEN_ENV = "VSEE_API_TOKEN"
+DEFAULT_TIMEOUT_CONNECT = 10.0
+DEFAULT_TIMEOUT_READ = 60.0
+DEFAULT_ATTEMPTS = 6
+DEFAULT_MAX_WAIT = 30.0
+DEFAULT_PULL_CONCURRENCY = 32
+DEFAULT_PUSH_CONCURRENCY = 8
+DEFAULT_MANIFEST = "syncer-manifest.sqlite"
+DEFAULT_PROGRESS_INTERVAL = 30.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = ""
+    account_code: str = ""
+    token_env: str = DEFAULT_TOKEN_ENV
+    timeout_connect: float = DEFAULT_TIMEOUT_CONNECT
+    timeout_read: float = DEFAULT_TIMEOUT_READ
+    ca_bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    path: Path = Path(DEFAULT_MANIFEST)
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    attempts: int = DEFAULT_ATTEMPTS      # tries of one idempotent request, the first included
+    max_wait: float = DEFAULT_MAX_WAIT    # cap on one backoff sleep or Retry-After, seconds
+    min_wait: float = 0.2                 # first backoff step, seconds
+
+
+@dataclass(frozen=True)
+class PullConfig:
+    dest: Path = Path("backup")
+    targets: tuple[str, ...] = ()
+    targets_file: Path | None = None
+    categories: tuple[str, ...] = ()      # empty: every category
+    include_shared: bool = False
+    concurrency: int = DEFAULT_PULL_CONCURRENCY
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    source: Path = Path("upload")
+    tokens_file: Path | None = None
+    category: str = "user_document"
+    concurrency: int = DEFAULT_PUSH_CONCURRENCY
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "info"
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = field(default_factory=ApiConfig)
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    pull: PullConfig = field(default_factory=PullConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source_path: Path | None = None       # the TOML file this came from, if any
+
+    def api_token(self, env: Mapping[str, str] | None = None) -> str:
+        """The account API key from the environment; a clear ConfigError when it is not set."""
+        env = os.environ if env is None else env
+        token = env.get(self.api.token_env, "").strip()
+        if not token:
+            raise ConfigError(
+                f"the API token is not set: export {self.api.token_env}=<your account API key> "
+                "(api.token_env names the variable)"
+            )
+        return token
+
+
+_SECTIONS: dict[str, type] = {
+    "api": ApiConfig,
+    "manifest": ManifestConfig,
+    "retry": RetryConfig,
+    "pull": PullConfig,
+    "push": PushConfig,
+    "log": LogConfig,
+}
+_PATH_KEYS = {("api", "ca_bundle"), ("manifest", "path"), ("pull", "dest"), ("pull", "targets_file"),
+              ("push", "source"), ("push", "tokens_file")}
+
+
+def find_config(explicit: str | os.PathLike | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read: the flag, else $SYNCER_CONFIG, else ./syncer.toml if it exists."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    if env.get("SYNCER_CONFIG"):
+        path = Path(env["SYNCER_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"config file {path} (from $SYNCER_CONFIG) does not exist")
+        return path
+    path = Path(DEFAULT_CONFIG_NAME)
+    return path if path.is_file() else None
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Read the config file (if any), apply flag overrides (None values are ignored), validate."""
+    env = os.environ if env is None else env
+    file_path = find_config(path, env)
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if file_path is not None:
+        try:
+            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file_path}: not valid TOML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file_path}: cannot read it: {exc}") from exc
+        base_dir = file_path.resolve().parent
+    where = str(file_path) if file_path else "defaults"
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {name} must be a table ([{name}])")
+        sections[name] = {k: _convert(name, k, v, base_dir, where) for k, v in value.items()}
+    for name, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            sections.setdefault(name, {})[key] = _convert(name, key, value, Path.cwd(), "command line")
+    built = {name: cls(**sections.get(name, {})) for name, cls in _SECTIONS.items()}
+    cfg = Config(**built, source_path=file_path)
+    _validate(cfg)
+    return cfg
+
+
+def _convert(section: str, key: str, value: Any, base_dir: Path, where: str) -> Any:
+    cls = _SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise ConfigError(f"{where}: unknown key {section}.{key} (known: {', '.join(fields)})")
+    default = fields[key].default if fields[key].default is not dataclasses.MISSING else None
+    full = f"{section}.{key}"
+    if (section, key) in _PATH_KEYS:
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise ConfigError(f"{where}: {full} must be a path (a non-empty string)")
+        path = Path(os.path.expanduser(str(value)))
+        return path if path.is_absolute() else base_dir / path
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {full} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {full} must be a whole number, not {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {full} must be a number, not {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {full} must be a string, not {value!r}")
+        return value
+    # tuple-valued keys: targets, categories
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: {full} must be a list of strings, not {value!r}")
+
+
+def _validate(cfg: Config) -> None:
+    api = cfg.api
+    if api.base_url:
+        parts = urlsplit(api.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"api.base_url {api.base_url!r} is not an http(s) URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ConfigError("api.base_url: plain http is allowed only to this machine (127.0.0.1); use https")
+        if parts.query or parts.username or parts.password:
+            raise ConfigError("api.base_url must not carry a query string or credentials")
+    if not api.token_env.replace("_", "").isalnum():
+        raise ConfigError(f"api.token_env {api.token_env!r} is not an environment variable name")
+    for key in ("timeout_connect", "timeout_read"):
+        if getattr(api, key) <= 0:
+            raise ConfigError(f"api.{key} must be greater than 0")
+    if cfg.retry.attempts < 1:
+        raise ConfigError("retry.attempts must be at least 1")
+    if cfg.retry.max_wait < 0 or cfg.retry.min_wait < 0:
+        raise ConfigError("retry.max_wait and retry.min_wait must not be negative")
+    for section in (cfg.pull, cfg.push):
+        if not 1 <= section.concurrency <= 512:
+            raise ConfigError("concurrency must be between 1 and 512")
+    for text in cfg.pull.targets:
+        Target.parse(text)
+    for cat in cfg.pull.categories:
+        if cat not in CATEGORIES:
+            raise ConfigError(f"pull.categories: unknown category {cat!r} (known: {', '.join(CATEGORIES)})")
+    if cfg.push.category not in CATEGORIES:
+        raise ConfigError(f"push.category: unknown category {cfg.push.category!r}")
+    if cfg.log.format not in ("text", "json"):
+        raise ConfigError(f"log.format must be 'text' or 'json', not {cfg.log.format!r}")
+    if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log.level must be debug, info, warning or error, not {cfg.log.level!r}")
+    if cfg.log.progress_interval <= 0:
+        raise ConfigError("log.progress_interval must be greater than 0")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,193 @@
+"""The one exception tree of syncer.
+
+Every failure that crosses a module boundary is one of these; foreign exceptions (aiohttp, OSError,
+sqlite3) are translated in one place each (``client._translate`` for the wire, ``storage`` for the
+disk, ``manifest`` for SQLite) and re-raised ``from`` the original.  No message here ever carries a
+token or a signed view link: callers pass URLs through :func:`redact_url` first.
+
+::
+
+    SyncerError
+    ├── ConfigError                 bad config, flags, targets or tokens file (exit 2)
+    ├── ManifestError               not SQLite, newer schema, corrupt (exit 2 before a run, 3 during)
+    ├── LockHeldError               another run holds the manifest's lock (exit 75)
+    ├── LocalIOError                disk full, EIO, unwritable dest (fatal: exit 3)
+    ├── ItemError                   one file failed; the run goes on (exit 1 at the end)
+    │   ├── UnsafeNameError         a remote name that cannot be placed safely (permanent)
+    │   └── IntegrityError          bytes received differ from the size the server announced
+    └── ApiError                    anything the Files API answered or failed to answer
+        ├── AuthError               401: token rejected (fatal for that token; the run stops)
+        ├── PermanentError          will fail again the same way; never retried
+        │   ├── BadRequestError     400
+        │   ├── ForbiddenError      403 on an /api_v3 call
+        │   ├── NotFoundError       404
+        │   ├── TooLargeError       413
+        │   └── ProtocolError       the answer is not what the contract says (bad JSON, missing field)
+        ├── LinkExpiredError        403 on a view link: fetch a fresh ``fullpath`` and go on
+        ├── TransientError          may work if tried again: retried with backoff
+        │   ├── RateLimitedError    429, with ``retry_after`` seconds when the server said
+        │   ├── ServerError         5xx
+        │   ├── ConnectionFailed    refused, reset, DNS, TLS handshake
+        │   ├── TimeoutError_       connect or read timeout
+        │   └── TruncatedBody       the body ended before its Content-Length
+        └── UploadOutcomeUnknown    a POST was sent but its answer was lost: it may have been stored
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+
+class SyncerError(Exception):
+    """Base of every syncer error."""
+
+
+class ConfigError(SyncerError):
+    """Configuration, flags or an input file is wrong; nothing was attempted."""
+
+
+class ManifestError(SyncerError):
+    """The manifest cannot be used (not SQLite, newer schema, corrupt)."""
+
+
+class LockHeldError(SyncerError):
+    """Another run holds the lock on this manifest."""
+
+    def __init__(self, message: str, holder: dict | None = None):
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+class LocalIOError(SyncerError):
+    """The local disk failed (ENOSPC, EIO, permissions): the run cannot go on."""
+
+
+class ItemError(SyncerError):
+    """One item failed; the run goes on with the others."""
+
+    permanent = False
+
+
+class UnsafeNameError(ItemError):
+    permanent = True
+
+
+class IntegrityError(ItemError):
+    """The bytes received do not match what the server announced."""
+
+
+class ApiError(SyncerError):
+    """The Files API answered with an error, or did not answer."""
+
+    status: int | None = None
+    permanent = False
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        # Only ever a redacted URL (no query string): safe to log.
+        self.url = redact_url(url) if url else None
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} ({self.url})" if self.url else base
+
+
+class AuthError(ApiError):
+    status = 401
+
+
+class PermanentError(ApiError):
+    permanent = True
+
+
+class BadRequestError(PermanentError):
+    status = 400
+
+
+class ForbiddenError(PermanentError):
+    status = 403
+
+
+class NotFoundError(PermanentError):
+    status = 404
+
+
+class TooLargeError(PermanentError):
+    status = 413
+
+
+class ProtocolError(PermanentError):
+    """The server's answer does not follow the contract."""
+
+
+class LinkExpiredError(ApiError):
+    status = 403
+
+
+class TransientError(ApiError):
+    """Worth another try after a pause."""
+
+    # Seconds the server asked us to wait (Retry-After on a 429 or 503), when it said.
+    retry_after: float | None = None
+
+
+class RateLimitedError(TransientError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ServerError(TransientError):
+    pass
+
+
+class ConnectionFailed(TransientError):
+    pass
+
+
+class TimeoutError_(TransientError):  # noqa: N801 - the builtin name is taken
+    pass
+
+
+class TruncatedBody(TransientError):
+    pass
+
+
+class UploadOutcomeUnknown(ApiError):
+    """The request body may have reached the server but no answer came back."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors that a later attempt of the same idempotent call may cure."""
+    return isinstance(exc, TransientError)
+
+
+def redact_url(url: object) -> str:
+    """The URL without its query string and fragment: a view link's ``auth_code`` never survives."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "<unparseable url>"
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def error_class(exc: BaseException) -> str:
+    """A short, secret-free name for logs and the manifest."""
+    return type(exc).__name__.rstrip("_")
+
+
+_URL_WITH_QUERY = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'"<>]*)[?#][^\s'"<>]*""")
+_SECRET_PARAM = re.compile(r"""\b(auth_code|token|api_?key|apitoken)=[^\s&'"<>]*""", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """Free text (e.g. a foreign exception's message) with every URL's query string and fragment cut off,
+    and any stray ``auth_code=...``-like parameter blanked: safe to log."""
+    text = _URL_WITH_QUERY.sub(r"\1", text)
+    return _SECRET_PARAM.sub(r"\1=<redacted>", text)

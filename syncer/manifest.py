@@ -1,0 +1,474 @@
+"""The SQLite manifest: every item's progress, every run, and the audit trail.
+
+One connection per process, used from one worker thread only (``Manifest.call``), so the event loop
+never blocks on SQLite and sqlite3's thread check holds.  Every write goes through a method of
+:class:`Manifest`; during a run the :class:`Recorder` task batches outcomes into one transaction
+(one fsync per batch, not per file).
+
+Schema versions live in ``PRAGMA user_version``; ``MIGRATIONS[n]`` upgrades version n to n+1.  A
+manifest written by a newer syncer is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from syncer.errors import LocalIOError, ManifestError
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+PULL_KEY = ("target_type", "target_id", "file_id")
+PUSH_KEY = ("user_id", "rel_path")
+TABLE_KEYS = {"pull_items": PULL_KEY, "push_items": PUSH_KEY}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {"id": str, "kind": str, "started": str, "ended": str, "outcome": str, "pid": int, "host": str,
+         "files_done": int, "bytes_done": int, "failed": int, "skipped": int, "details": str},
+        pk="id",
+    )
+    db["pull_items"].create(
+        {"target_type": str, "target_id": str, "file_id": str, "category": str, "remote_name": str,
+         "size": int, "created": int, "modified": int, "ext": str, "owner_id": str,
+         "local_path": str, "path_key": str, "state": str, "attempts": int, "last_error": str,
+         "error_class": str, "sha256": str, "bytes": int, "first_seen": str, "updated_at": str,
+         "done_at": str, "run_id": str},
+        pk=PULL_KEY,
+        not_null={"state", "local_path"},
+        defaults={"attempts": 0},
+    )
+    # "What is left" reads only the rows left: a partial index over the unfinished states.
+    db.execute("CREATE INDEX pull_todo ON pull_items(state) WHERE state IN ('pending', 'failed')")
+    # Two remote files never share a local path (compared case-insensitively, see storage.casefold_key).
+    db.execute("CREATE UNIQUE INDEX pull_path ON pull_items(path_key)")
+    db["push_items"].create(
+        {"user_id": str, "rel_path": str, "size": int, "mtime_ns": int, "sha256": str, "state": str,
+         "remote_id": str, "remote_name": str, "attempts": int, "last_error": str, "error_class": str,
+         "intent_at": float, "uploaded_at": str, "updated_at": str, "run_id": str},
+        pk=PUSH_KEY,
+        not_null={"state"},
+        defaults={"attempts": 0},
+    )
+    db.execute("CREATE INDEX push_todo ON push_items(state) WHERE state != 'done'")
+    # Every upload ever made (a changed file is uploaded again; both documents are kept here).
+    db["push_uploads"].create(
+        {"id": int, "user_id": str, "rel_path": str, "sha256": str, "size": int, "remote_id": str,
+         "uploaded_at": str, "run_id": str, "adopted": int},
+        pk="id",
+    )
+    db.execute("CREATE UNIQUE INDEX push_uploads_remote ON push_uploads(remote_id)")
+    db["events"].create(
+        {"id": int, "at": str, "run_id": str, "kind": str, "item": str, "event": str, "error_class": str,
+         "detail": str},
+        pk="id",
+    )
+    db.execute("CREATE INDEX events_run ON events(run_id)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _schema_v1}
+
+
+def _create_private(path: Path) -> None:
+    """Create the manifest file 0600 before SQLite opens it (its -wal/-shm copy the mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+
+
+@dataclass
+class Update:
+    """One outcome to record: set ``fields`` on the row ``key`` of ``table``, and log an event."""
+
+    table: str
+    key: tuple[str, ...]
+    fields: dict[str, Any]
+    event: str | None = None
+    bump_attempts: bool = False
+    error_class: str | None = None
+    detail: str | None = None
+    done: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
+
+
+class Manifest:
+    """The manifest database; open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        self.path = path
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, create: bool = True, readonly: bool = False) -> Manifest:
+        """Open (and create or upgrade) the manifest; ManifestError when it cannot be used."""
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise ManifestError(f"no manifest at {path}: nothing has run with this configuration yet")
+            try:
+                _create_private(path)
+            except OSError as exc:
+                raise ManifestError(f"cannot create the manifest {path}: {exc.strerror or exc}") from exc
+        try:
+            if readonly:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                       isolation_level=None, timeout=30)
+            else:
+                conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ManifestError(f"{path} is not a syncer manifest (not an SQLite database: {exc})") from exc
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise ManifestError(
+                f"{path} was written by a newer syncer (schema {version}, this one knows {SCHEMA_VERSION}):"
+                " upgrade syncer"
+            )
+        self = cls(path, conn)
+        if not readonly:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                self._migrate(version)
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise ManifestError(f"cannot prepare the manifest {path}: {exc}") from exc
+        elif version < SCHEMA_VERSION:
+            conn.close()
+            raise ManifestError(f"{path} has an older schema ({version}); run any pull or push to upgrade it")
+        return self
+
+    def _migrate(self, version: int) -> None:
+        if version == 0 and self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise ManifestError(f"{self.path} is an SQLite database but not a syncer manifest")
+        while version < SCHEMA_VERSION:
+            with self.db.atomic():
+                MIGRATIONS[version](self.db)
+                version += 1
+                self.conn.execute(f"PRAGMA user_version = {version}")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the manifest's own thread (the only thread that touches the connection)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            with self.db.atomic():
+                yield
+        except sqlite3.OperationalError as exc:
+            if "disk" in str(exc).lower() or "full" in str(exc).lower() or "I/O" in str(exc):
+                raise LocalIOError(f"cannot write the manifest {self.path}: {exc}") from exc
+            raise ManifestError(f"manifest {self.path}: {exc}") from exc
+
+    # -- runs ----------------------------------------------------------------------------------
+    def start_run(self, kind: str, details: dict[str, Any] | None = None) -> str:
+        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        with self._tx():
+            self.db["runs"].insert({
+                "id": run_id, "kind": kind, "started": now_iso(), "pid": os.getpid(),
+                "host": socket.gethostname(), "outcome": "running",
+                "details": json.dumps(details or {}, sort_keys=True),
+            })
+        return run_id
+
+    def finish_run(self, run_id: str, outcome: str, counts: dict[str, int]) -> None:
+        with self._tx():
+            self.db["runs"].update(run_id, {
+                "ended": now_iso(), "outcome": outcome,
+                "files_done": counts.get("files_done", 0), "bytes_done": counts.get("bytes_done", 0),
+                "failed": counts.get("failed", 0), "skipped": counts.get("skipped", 0),
+            })
+
+    def mark_abandoned_runs(self) -> int:
+        """Runs still 'running' were killed (the caller holds the lock, so none is alive)."""
+        with self._tx():
+            cur = self.conn.execute(
+                "UPDATE runs SET outcome = 'killed' WHERE outcome = 'running' AND ended IS NULL")
+        return cur.rowcount
+
+    # -- generic batched writes ----------------------------------------------------------------
+    def apply(self, updates: Iterable[Update], run_id: str | None) -> None:
+        """Record a batch of outcomes in one transaction."""
+        at = now_iso()
+        events: list[tuple] = []
+        grouped: dict[tuple, list[tuple]] = {}
+        for up in updates:
+            fields = dict(up.fields)
+            fields["updated_at"] = at
+            if run_id is not None:
+                fields["run_id"] = run_id
+            names = tuple(sorted(fields))
+            grouped.setdefault((up.table, names, up.bump_attempts), []).append(
+                tuple(fields[n] for n in names) + tuple(up.key))
+            if up.event:
+                events.append((at, run_id, up.table.split("_")[0], "/".join(up.key), up.event,
+                               up.error_class, up.detail))
+        with self._tx():
+            for (table, names, bump), rows in grouped.items():
+                sets = ", ".join(f"[{n}] = ?" for n in names)
+                if bump:
+                    sets += ", attempts = attempts + 1"
+                where = " AND ".join(f"[{k}] = ?" for k in TABLE_KEYS[table])
+                self.conn.executemany(f"UPDATE [{table}] SET {sets} WHERE {where}", rows)
+            if events:
+                self.conn.executemany(
+                    "INSERT INTO events (at, run_id, kind, item, event, error_class, detail)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)", events)
+
+    # -- pull ----------------------------------------------------------------------------------
+    def pull_rows_for_target(self, target_type: str, target_id: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT file_id, remote_name, size, state, local_path, path_key, sha256, category, created,"
+            " modified FROM pull_items WHERE target_type = ? AND target_id = ?", (target_type, target_id))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+    def pull_paths_taken(self, path_keys: list[str]) -> set[str]:
+        """Which of these path keys some row (of any target) already holds."""
+        taken: set[str] = set()
+        for i in range(0, len(path_keys), 500):
+            chunk = path_keys[i:i + 500]
+            qs = ",".join("?" * len(chunk))
+            taken.update(r[0] for r in self.conn.execute(
+                f"SELECT path_key FROM pull_items WHERE path_key IN ({qs})", chunk))
+        return taken
+
+    def apply_pull_listing(self, run_id: str, inserts: list[dict[str, Any]], updates: list[Update],
+                           deleted: list[tuple[str, str, str]]) -> None:
+        """Record one target's listing: new rows, changed rows, and rows gone remotely."""
+        at = now_iso()
+        with self._tx():
+            if inserts:
+                for row in inserts:
+                    row.setdefault("first_seen", at)
+                    row.setdefault("updated_at", at)
+                    row.setdefault("run_id", run_id)
+                cols = sorted(inserts[0])
+                if any(sorted(r) != cols for r in inserts):
+                    raise ValueError("every new pull row must have the same fields")
+                self.conn.executemany(
+                    f"INSERT INTO pull_items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    [tuple(r[c] for c in cols) for r in inserts])
+                self.conn.executemany(
+                    "INSERT INTO events (at, run_id, kind, item, event) VALUES (?, ?, 'pull', ?, 'listed')",
+                    [(at, run_id, f"{r['target_type']}/{r['target_id']}/{r['file_id']}") for r in inserts])
+            if updates:
+                self.apply(updates, run_id)
+            if deleted:
+                self.apply([Update("pull_items", key, {"state": "remote_deleted"}, event="remote_deleted")
+                            for key in deleted], run_id)
+
+    def pull_todo(self, targets: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+        """Rows still to download (pending or failed), through the partial index."""
+        cur = self.conn.execute(
+            "SELECT target_type, target_id, file_id, size, local_path, attempts, category"
+            " FROM pull_items WHERE state IN ('pending', 'failed') ORDER BY target_type, target_id, file_id")
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r, strict=True)) for r in cur]
+        if targets is not None:
+            wanted = set(targets)
+            rows = [r for r in rows if (r["target_type"], r["target_id"]) in wanted]
+        return rows
+
+    def pull_done_rows(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT target_type, target_id, file_id, local_path, size, sha256 FROM pull_items"
+            " WHERE state IN ('done', 'remote_deleted') AND sha256 IS NOT NULL")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    # -- push ----------------------------------------------------------------------------------
+    def push_rows_for_user(self, user_id: str) -> dict[str, dict[str, Any]]:
+        cur = self.conn.execute(
+            "SELECT rel_path, size, mtime_ns, sha256, state, remote_id, attempts, intent_at"
+            " FROM push_items WHERE user_id = ?", (user_id,))
+        cols = [d[0] for d in cur.description]
+        return {row[0]: dict(zip(cols, row, strict=True)) for row in cur}
+
+    def upsert_push_items(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Insert new local files, or reset changed ones to pending (their old upload stays recorded)."""
+        at = now_iso()
+        for row in rows:
+            row.setdefault("updated_at", at)
+            row["run_id"] = run_id
+        with self._tx():
+            self.db["push_items"].upsert_all(rows, pk=PUSH_KEY, batch_size=500)
+
+    def push_claimed_remote_ids(self, user_id: str) -> set[str]:
+        """Remote documents some local file already owns (never adopt these for another file)."""
+        cur = self.conn.execute(
+            "SELECT remote_id FROM push_uploads WHERE user_id = ? UNION"
+            " SELECT remote_id FROM push_items WHERE user_id = ? AND remote_id IS NOT NULL",
+            (user_id, user_id))
+        return {r[0] for r in cur}
+
+    def record_push_upload(self, run_id: str, user_id: str, rel_path: str, sha256: str | None, size: int,
+                           remote_id: str, remote_name: str, adopted: bool) -> None:
+        """The upload is known to exist remotely: the item is done and the upload joins the history."""
+        at = now_iso()
+        with self._tx():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO push_uploads (user_id, rel_path, sha256, size, remote_id, uploaded_at,"
+                " run_id, adopted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (user_id, rel_path, sha256, size, remote_id, at, run_id, int(adopted)))
+            self.apply([Update("push_items", (user_id, rel_path),
+                               {"state": "done", "remote_id": remote_id, "remote_name": remote_name,
+                                "uploaded_at": at, "last_error": None, "error_class": None},
+                               event="adopted" if adopted else "uploaded")], run_id)
+
+    # -- status --------------------------------------------------------------------------------
+    def summary(self, *, runs: int = 10, failures: int = 50) -> dict[str, Any]:
+        """Counts and bytes by state, the last runs, and the failed items: for ``syncer status``."""
+        out: dict[str, Any] = {"manifest": str(self.path), "schema": SCHEMA_VERSION}
+        for kind, table, size_col in (("pull", "pull_items", "size"), ("push", "push_items", "size")):
+            states = {
+                row[0]: {"count": row[1], "bytes": row[2] or 0}
+                for row in self.conn.execute(
+                    f"SELECT state, count(*), sum({size_col}) FROM {table} GROUP BY state")
+            }
+            if kind == "pull":
+                failed = self.conn.execute(
+                    "SELECT target_type || ':' || target_id, file_id, state, attempts, error_class, last_error,"
+                    " updated_at FROM pull_items WHERE state IN ('failed', 'permanent')"
+                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
+                items = [dict(zip(("target", "file_id", "state", "attempts", "error_class", "last_error",
+                                   "updated_at"), r, strict=True)) for r in failed]
+            else:
+                failed = self.conn.execute(
+                    "SELECT user_id, rel_path, state, attempts, error_class, last_error, updated_at"
+                    " FROM push_items WHERE state IN ('failed', 'permanent', 'uploading')"
+                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
+                items = [dict(zip(("user_id", "rel_path", "state", "attempts", "error_class", "last_error",
+                                   "updated_at"), r, strict=True)) for r in failed]
+            out[kind] = {"states": states, "failed": items}
+        cur = self.conn.execute(
+            "SELECT id, kind, started, ended, outcome, files_done, bytes_done, failed, skipped, pid, host"
+            " FROM runs ORDER BY started DESC LIMIT ?", (runs,))
+        cols = [d[0] for d in cur.description]
+        out["runs"] = [dict(zip(cols, r, strict=True)) for r in cur]
+        return out
+
+
+class Recorder:
+    """The one task that writes outcomes during a run, in batches.
+
+    Workers call :meth:`put` (fire and forget) or ``await`` :meth:`put_and_wait` when they need the
+    row durable before they go on (an upload's intent before its POST).
+    """
+
+    def __init__(self, manifest: Manifest, run_id: str, *, batch: int = 512, interval: float = 0.25):
+        self.manifest = manifest
+        self.run_id = run_id
+        self.batch = batch
+        self.interval = interval
+        self._queue: asyncio.Queue[Update | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+        self.written = 0
+
+    async def __aenter__(self) -> Recorder:
+        self._task = asyncio.create_task(self._run(), name="manifest-recorder")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def put(self, update: Update) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put_nowait(update)
+
+    async def put_and_wait(self, update: Update) -> None:
+        update.done = asyncio.get_running_loop().create_future()
+        self.put(update)
+        await update.done
+
+    async def flush(self) -> None:
+        """Wait until everything put so far is committed."""
+        marker = Update("pull_items", (), {})
+        marker.table = ""  # a no-op marker, skipped by the writer
+        await self.put_and_wait(marker)
+
+    async def close(self) -> None:
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        await asyncio.shield(self._task)
+        self._task = None
+        if self.error is not None:
+            raise self.error
+
+    async def _run(self) -> None:
+        # Group commit: take what is queued, write it in one transaction; what arrives meanwhile
+        # forms the next batch.  A batch nobody waits on may linger up to ``interval`` to grow.
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            items: list[Update] = []
+            if first is None:
+                stop = True
+            else:
+                items.append(first)
+            deadline = time.monotonic() + self.interval
+            while not stop and len(items) < self.batch:
+                if self._queue.empty():
+                    if any(u.done is not None for u in items) or time.monotonic() >= deadline:
+                        break
+                    await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+                    continue
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                else:
+                    items.append(nxt)
+            if stop:
+                while not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if nxt is not None:
+                        items.append(nxt)
+            real = [u for u in items if u.table]
+            try:
+                if real:
+                    await self.manifest.call(self.manifest.apply, real, self.run_id)
+                    self.written += len(real)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter and to close()
+                self.error = exc
+                for u in items:
+                    if u.done is not None and not u.done.done():
+                        u.done.set_exception(exc)
+                return
+            for u in items:
+                if u.done is not None and not u.done.done():
+                    u.done.set_result(None)

@@ -1,0 +1,89 @@
+"""Progress while a run goes on, and the summary at its end.
+
+On a terminal: a rich live display (files and bytes of the total known, rate, ETA, failures).
+Elsewhere (cron, CI, a pipe): one plain line every ``interval`` seconds, no control characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import TextIO
+
+from syncer.stats import RunStats
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def progress_line(stats: RunStats) -> str:
+    elapsed = max(stats.elapsed, 1e-6)
+    rate = stats.bytes_moving / elapsed
+    files_rate = stats.files_done / elapsed
+    left = stats.bytes_total - stats.bytes_done
+    eta = f"{left / rate:.0f}s" if rate > 0 and left > 0 else "-"
+    return (f"{stats.kind}: {stats.files_done}/{stats.files_total} files, "
+            f"{human_bytes(stats.bytes_done)}/{human_bytes(stats.bytes_total)}, "
+            f"{files_rate:.1f} files/s, {human_bytes(rate)}/s, eta {eta}, "
+            f"failed {stats.failed + stats.permanent}")
+
+
+def summary_text(stats: RunStats) -> str:
+    lines = [
+        f"{stats.kind} {stats.outcome}: {stats.files_done} files ({human_bytes(stats.bytes_done)}) in "
+        f"{stats.elapsed:.1f}s; {stats.skipped} already up to date; "
+        f"{stats.failed} failed (retried next run); {stats.permanent} failed permanently",
+    ]
+    if stats.adopted:
+        lines.append(f"{stats.adopted} uploads found already stored after a lost answer (not sent again)")
+    if stats.fatal_error:
+        lines.append(f"stopped: {stats.fatal_error}")
+    lines.append(f"run id {stats.run_id}")
+    return "\n".join(lines)
+
+
+def make_reporter(*, quiet: bool, interval: float, stream: TextIO | None = None,
+                  tty: bool | None = None) -> Callable[[RunStats], Awaitable[None]] | None:
+    """The coroutine the runner starts beside the job, or None when nothing should be shown."""
+    stream = stream or sys.stderr
+    if quiet:
+        return None
+    is_tty = stream.isatty() if tty is None else tty
+    if is_tty:
+        return lambda stats: _rich(stats, stream)
+    return lambda stats: _plain(stats, stream, interval)
+
+
+async def _plain(stats: RunStats, stream: TextIO, interval: float) -> None:
+    next_at = time.monotonic() + interval
+    while True:
+        await asyncio.sleep(max(0.05, next_at - time.monotonic()))
+        next_at += interval
+        print(progress_line(stats), file=stream, flush=True)
+
+
+async def _rich(stats: RunStats, stream: TextIO) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    console = Console(file=stream)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(stats.kind, total=None, files="")
+        try:
+            while True:
+                bar.update(task, total=stats.bytes_total or None, completed=stats.bytes_done,
+                           files=f"{stats.files_done}/{stats.files_total} files, "
+                                 f"{stats.failed + stats.permanent} failed")
+                await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            bar.update(task, completed=stats.bytes_done)
+            raise

@@ -1,0 +1,245 @@
+"""The download pipeline: list targets → plan against the manifest → N downloaders → the recorder.
+
+Stages are joined by a bounded queue, so memory stays flat however many targets and files there
+are.  Every worker reports through one funnel (:meth:`PullJob._finish`) that classifies the outcome:
+done, failed (retried next run), permanent, or fatal (the run stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from syncer.errors import (
+    ApiError,
+    AuthError,
+    IntegrityError,
+    ItemError,
+    LinkExpiredError,
+    LocalIOError,
+    PermanentError,
+    ProtocolError,
+    SyncerError,
+    UnsafeNameError,
+    error_class,
+)
+from syncer.logs import scrub
+from syncer.manifest import Update
+from syncer.models import PullState, Target
+from syncer.pull_plan import TargetPlan, WorkItem, plan_target
+from syncer.runner import RunContext
+from syncer.storage import AtomicWriter, SizeMismatchError, UnsafePathError, ensure_inside
+
+log = logging.getLogger("syncer.pull")
+
+LINK_REFRESHES = 3          # fresh fullpaths fetched for one file within one attempt
+LIST_CONCURRENCY = 8        # targets listed at once (each answer can hold thousands of files)
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    targets: tuple[Target, ...]
+    dest: Path
+    categories: tuple[str, ...] = ()
+    include_shared: bool = False
+    concurrency: int = 32
+    dry_run: bool = False
+
+
+@dataclass
+class DryRunTarget:
+    target: Target
+    files: int
+    bytes: int
+
+
+class PullJob:
+    def __init__(self, ctx: RunContext, opts: PullOptions):
+        self.ctx = ctx
+        self.opts = opts
+        self.dest = opts.dest
+        self.queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=max(16, opts.concurrency * 4))
+        self.dry_run_report: list[DryRunTarget] = []
+
+    # -- the script ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        if not self.opts.dry_run:
+            await asyncio.to_thread(self._prepare_dest)
+        workers = [asyncio.create_task(self._worker(i), name=f"download-{i}")
+                   for i in range(0 if self.opts.dry_run else self.opts.concurrency)]
+        try:
+            await self._list_all()
+            for _ in workers:
+                await self.queue.put(None)
+            results = await asyncio.gather(*workers, return_exceptions=True)
+        except BaseException:
+            # Cancelled (a second signal, or the grace period ran out): abandon what is in flight.
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        for r in results:
+            if isinstance(r, BaseException):
+                self.ctx.fatal(r)
+
+    def _prepare_dest(self) -> None:
+        from syncer.storage import make_dirs
+
+        try:
+            make_dirs(self.dest, self.dest)
+            probe = self.dest / ".syncer-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise LocalIOError(f"cannot write to the destination {self.dest}: {exc.strerror or exc}") from exc
+
+    # -- stage 1: listing and planning -----------------------------------------------------------
+    async def _list_all(self) -> None:
+        targets = iter(self.opts.targets)
+
+        async def lister() -> None:
+            for target in targets:
+                if self.ctx.stopping:
+                    return
+                await self._list_one(target)
+
+        n = min(LIST_CONCURRENCY, max(1, len(self.opts.targets)))
+        await asyncio.gather(*(lister() for _ in range(n)))
+
+    async def _list_one(self, target: Target) -> None:
+        ctx = self.ctx
+        category = self.opts.categories[0] if len(self.opts.categories) == 1 else None
+        try:
+            listing = await ctx.client.list_files(target, category=category,
+                                                  include_shared=self.opts.include_shared)
+        except AuthError as exc:
+            ctx.fatal(exc)
+            return
+        except ApiError as exc:
+            ctx.stats.failed += 1
+            ctx.log_event("list_failed", target=str(target), error_class=error_class(exc), level=logging.WARNING,
+                          message=str(exc))
+            return
+        files = listing.files
+        for bad in listing.bad_items:
+            ctx.log_event("bad_item", target=str(target), level=logging.WARNING, message=bad)
+            ctx.stats.failed += 1
+        ctx.stats.targets += 1
+        rows = await ctx.manifest.call(ctx.manifest.pull_rows_for_target, target.type, target.id)
+        plan: TargetPlan = await asyncio.to_thread(
+            plan_target, target, files, rows, dest=self.dest, categories=self.opts.categories,
+            listing_complete=listing.complete)
+        ctx.stats.skipped += plan.up_to_date
+        ctx.stats.files_total += len(plan.todo)
+        ctx.stats.bytes_total += plan.todo_bytes
+        if self.opts.dry_run:
+            self.dry_run_report.append(DryRunTarget(target, len(plan.todo), plan.todo_bytes))
+            return
+        await ctx.manifest.call(ctx.manifest.apply_pull_listing, ctx.run_id, plan.inserts, plan.updates,
+                                plan.deleted)
+        ctx.log_event("listed", level=logging.DEBUG, target=str(target), files=plan.listed, todo=len(plan.todo),
+                      deleted=len(plan.deleted))
+        for item in plan.todo:
+            if ctx.stopping:
+                return
+            await self.queue.put(item)
+
+    # -- stage 2: downloading --------------------------------------------------------------------
+    async def _worker(self, n: int) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if self.ctx.stopping:
+                continue  # drain: the item stays pending in the manifest for the next run
+            await self._fetch(item)
+
+    async def _fetch(self, item: WorkItem) -> None:
+        started = time.monotonic()
+        try:
+            nbytes, sha = await self.ctx.policy.call(self._transfer, item)
+        except asyncio.CancelledError:
+            raise
+        except (AuthError, LocalIOError) as exc:
+            self.ctx.fatal(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
+            self._record_failure(item, exc)
+            return
+        self.ctx.stats.files_done += 1
+        self.ctx.stats.bytes_done += nbytes
+        self.ctx.recorder.put(Update(
+            "pull_items", item.key,
+            {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": _now(),
+             "last_error": None, "error_class": None},
+            event="done", bump_attempts=True))
+        self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
+                           bytes=nbytes,
+                           duration=round(time.monotonic() - started, 3))
+
+    def _record_failure(self, item: WorkItem, exc: BaseException) -> None:
+        permanent = isinstance(exc, (PermanentError, UnsafeNameError)) or getattr(exc, "permanent", False)
+        state = PullState.PERMANENT if permanent else PullState.FAILED
+        if permanent:
+            self.ctx.stats.permanent += 1
+        else:
+            self.ctx.stats.failed += 1
+        message = scrub(str(exc)) if isinstance(exc, SyncerError) else scrub(f"unexpected error: {exc!r}")
+        self.ctx.recorder.put(Update(
+            "pull_items", item.key,
+            {"state": state.value, "last_error": message[:500], "error_class": error_class(exc)},
+            event="failed", bump_attempts=True, error_class=error_class(exc), detail=message[:500]))
+        self.ctx.log_event("download_failed", file_id=item.file_id, target=str(item.target),
+                           error_class=error_class(exc), level=logging.WARNING, message=message)
+
+    async def _transfer(self, item: WorkItem) -> tuple[int, str]:
+        """One attempt: stream the file to a hidden temp, check it, make it durable, rename it."""
+        try:
+            final = ensure_inside(self.dest, item.local_path)
+        except UnsafePathError as exc:
+            raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination") from exc
+        writer = AtomicWriter(final, root=self.dest, expected_size=item.size)
+        url = item.fullpath
+        for _ in range(LINK_REFRESHES + 1):
+            if not url:
+                url = await self._fresh_link(item)
+            offset = await asyncio.to_thread(writer.existing_bytes)
+            if item.size is None or offset >= item.size:
+                offset = 0
+            try:
+                async with self.ctx.client.download(url, offset=offset) as dl:
+                    await writer.open(dl.offset)
+                    try:
+                        async for chunk in dl.iter_chunks(limit=item.size):
+                            await writer.write(chunk)
+                            self.ctx.stats.bytes_moving += len(chunk)
+                        return await writer.commit()
+                    except SizeMismatchError as exc:
+                        raise IntegrityError(
+                            f"file {item.file_id}: received a different number of bytes than its size") from exc
+                    except OSError as exc:
+                        raise LocalIOError(f"cannot write {self.dest}: {exc.strerror or exc}") from exc
+                    finally:
+                        # A partial temp stays for a Range resume; commit() has already cleaned up.
+                        await writer.abort(keep_partial=True)
+            except LinkExpiredError:
+                url = None  # ask for a fresh fullpath and go on
+                continue
+            except ProtocolError as exc:
+                raise ItemError(f"file {item.file_id}: {exc}") from exc
+        raise LinkExpiredError(f"file {item.file_id}: the view link kept expiring")
+
+    async def _fresh_link(self, item: WorkItem) -> str:
+        info = await self.ctx.client.file_info(item.file_id)
+        if not info.fullpath:
+            raise ProtocolError(f"file {item.file_id}: the server gave no fullpath")
+        return info.fullpath
+
+
+def _now() -> str:
+    from syncer.manifest import now_iso
+
+    return now_iso()

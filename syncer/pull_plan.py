@@ -1,0 +1,157 @@
+"""Planning a pull: one target's listing against what the manifest knows.
+
+Pure logic (plus a ``stat`` per finished file), no network and no writes: the result says which rows
+to insert or change and which files to fetch.  Decisions it encodes:
+
+- A file's local path is chosen once, when it is first seen, and recorded; it never changes after.
+  Two files whose safe names collide in one folder (compared case-insensitively) are told apart by a
+  short suffix derived from the file id; the file seen first (oldest ``created``, then id) keeps the
+  plain name.
+- A remote rename updates ``remote_name`` in the manifest; the local file keeps its path, so paths
+  stay stable for whatever reads the backup.
+- A file gone from the listing is marked ``remote_deleted`` and kept on disk: a backup never deletes.
+- A finished file whose size changed remotely, or whose local copy has disappeared, is fetched again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syncer.manifest import Update
+from syncer.models import PullState, RemoteFile, Target
+from syncer.storage import casefold_key, disambiguate, safe_name
+
+UNCATEGORIZED = "uncategorized"
+
+
+@dataclass
+class WorkItem:
+    """One file to fetch in this run.  ``fullpath`` lives in memory only."""
+
+    target: Target
+    file_id: str
+    size: int | None
+    local_path: str           # relative to dest
+    fullpath: str | None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.target.type, self.target.id, self.file_id)
+
+
+@dataclass
+class TargetPlan:
+    target: Target
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[Update] = field(default_factory=list)
+    deleted: list[tuple[str, str, str]] = field(default_factory=list)
+    todo: list[WorkItem] = field(default_factory=list)
+    up_to_date: int = 0
+    listed: int = 0
+
+    @property
+    def todo_bytes(self) -> int:
+        return sum(w.size or 0 for w in self.todo)
+
+
+def folder_for(target: Target, category: str | None) -> str:
+    return "/".join((target.type, safe_name(target.id), safe_name(category or UNCATEGORIZED)))
+
+
+def plan_target(
+    target: Target,
+    listing: list[RemoteFile],
+    rows: list[dict[str, Any]],
+    *,
+    dest: Path,
+    categories: tuple[str, ...] = (),
+    check_local: bool = True,
+    listing_complete: bool = True,
+) -> TargetPlan:
+    """Compare one target's listing with its manifest rows (see the module docstring)."""
+    plan = TargetPlan(target, listed=len(listing))
+    known = {r["file_id"]: r for r in rows}
+    taken = {r["path_key"] for r in rows}
+    seen: set[str] = set()
+
+    new_files: list[RemoteFile] = []
+    for f in listing:
+        if categories and f.category not in categories:
+            continue
+        if f.id in seen:          # the same id twice in one answer: keep the first
+            continue
+        seen.add(f.id)
+        row = known.get(f.id)
+        if row is None:
+            new_files.append(f)
+            continue
+        _plan_known(plan, target, f, row, dest, check_local)
+
+    # First seen, first served: the oldest file keeps the plain name in a collision.
+    new_files.sort(key=lambda f: (f.created or 0, f.id))
+    for f in new_files:
+        folder = folder_for(target, f.category)
+        name = safe_name(f.name, file_id=f.id, ext=f.ext)
+        rel = f"{folder}/{name}"
+        if casefold_key(rel) in taken:
+            rel = f"{folder}/{disambiguate(name, f.id)}"
+        if casefold_key(rel) in taken:  # a suffix that collides too: the whole id settles it
+            rel = f"{folder}/{disambiguate(name, f.id + f.id)}"
+        key = casefold_key(rel)
+        taken.add(key)
+        plan.inserts.append({
+            "target_type": target.type, "target_id": target.id, "file_id": f.id,
+            "category": f.category, "remote_name": f.name, "size": f.size, "created": f.created,
+            "modified": f.modified, "ext": f.ext, "owner_id": f.owner_id, "local_path": rel,
+            "path_key": key, "state": PullState.PENDING.value,
+        })
+        plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath))
+
+    if not listing_complete:
+        return plan  # some items could not be read: absence proves nothing
+    for file_id, row in known.items():
+        if file_id in seen or row["state"] == PullState.REMOTE_DELETED:
+            continue
+        if categories and row["category"] not in categories:
+            continue  # not covered by this listing
+        plan.deleted.append((target.type, target.id, file_id))
+    return plan
+
+
+def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, Any], dest: Path,
+                check_local: bool) -> None:
+    key = (target.type, target.id, f.id)
+    changes: dict[str, Any] = {}
+    event = None
+    if f.name != row["remote_name"]:
+        changes["remote_name"] = f.name
+        event = "renamed_remote"
+    state = row["state"]
+    if f.size is not None and row["size"] is not None and f.size != row["size"]:
+        changes.update(size=f.size, state=PullState.PENDING.value, sha256=None)
+        event = "changed_remote"
+        state = PullState.PENDING.value
+    elif state == PullState.REMOTE_DELETED:
+        state = PullState.DONE.value if row["sha256"] else PullState.PENDING.value
+        changes["state"] = state
+        event = "reappeared"
+    if state == PullState.DONE and check_local:
+        try:
+            st = os.stat(dest / row["local_path"])
+            missing = row["size"] is not None and st.st_size != row["size"]
+        except FileNotFoundError:
+            missing = True
+        if missing:
+            changes.update(state=PullState.PENDING.value)
+            event = "local_missing"
+            state = PullState.PENDING.value
+    if changes:
+        plan.updates.append(Update("pull_items", key, changes, event=event))
+    if state in (PullState.PENDING, PullState.FAILED):
+        plan.todo.append(WorkItem(target, f.id, f.size if f.size is not None else row["size"],
+                                  row["local_path"], f.fullpath))
+    else:
+        plan.up_to_date += 1

@@ -1,0 +1,166 @@
+"""The harness every run shares: lock, manifest, run row, HTTP session, recorder, signals, summary.
+
+A job (pull or push) gets a :class:`RunContext` and only has to do its work; how a run starts,
+stops, reports and turns into an exit code lives here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syncer.config import Config
+from syncer.errors import AuthError, LocalIOError, SyncerError, error_class
+from syncer.lock import RunLock
+from syncer.logs import event, register_secret, scrub
+from syncer.manifest import Manifest, Recorder
+from syncer.retry import RetryPolicy
+from syncer.stats import RunStats
+
+log = logging.getLogger("syncer.run")
+
+EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_LOCKED = 0, 1, 2, 3, 75
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+STOP_GRACE = 5.0  # seconds in-flight items get to finish after SIGINT/SIGTERM
+
+
+@dataclass
+class RunContext:
+    cfg: Config
+    client: Any                      # syncer.client.FilesClient
+    manifest: Manifest
+    recorder: Recorder
+    stats: RunStats
+    policy: RetryPolicy
+    run_id: str
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    fatal_error: BaseException | None = None
+    signal_received: int | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def fatal(self, exc: BaseException) -> None:
+        """A failure that ends the run (rejected token, disk full): stop starting anything new."""
+        if self.fatal_error is None:
+            self.fatal_error = exc
+            event(log, "fatal", level=logging.ERROR, error_class=error_class(exc),
+                  message=f"stopping the run: {_describe(exc)}")
+        self.stop_event.set()
+
+    def log_event(self, name: str, *, level: int = logging.INFO, message: str | None = None,
+                  **fields: Any) -> None:
+        event(logging.getLogger(f"syncer.{self.stats.kind}"), name, level=level, message=message,
+              run_id=self.run_id, **fields)
+
+
+def _describe(exc: BaseException) -> str:
+    return scrub(str(exc)) if isinstance(exc, SyncerError) else scrub(f"{type(exc).__name__}: {exc}")
+
+
+def exit_code(stats: RunStats, signal_received: int | None) -> int:
+    if stats.outcome == "fatal":
+        return EXIT_FATAL
+    if signal_received is not None:
+        return EXIT_SIGTERM if signal_received == signal.SIGTERM else EXIT_SIGINT
+    if stats.failed or stats.permanent:
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK
+
+
+Job = Callable[[RunContext], Awaitable[None]]
+
+
+async def execute(
+    kind: str,
+    cfg: Config,
+    job: Job,
+    *,
+    token: str,
+    concurrency: int,
+    details: dict[str, Any] | None = None,
+    on_progress: Callable[[RunStats], Awaitable[None]] | None = None,
+    client_factory: Callable[..., Any] | None = None,
+) -> tuple[RunStats, int]:
+    """Run one job under the manifest's lock; returns the stats and the exit code."""
+    from syncer.client import FilesClient, make_session
+
+    register_secret(token)
+    manifest_path = Path(cfg.manifest.path)
+    with RunLock(manifest_path):
+        manifest = Manifest.open(manifest_path)
+        try:
+            await manifest.call(manifest.mark_abandoned_runs)
+            run_id = await manifest.call(manifest.start_run, kind, details or {})
+            stats = RunStats(kind=kind, run_id=run_id)
+            policy = RetryPolicy.from_config(cfg.retry)
+            async with make_session(cfg.api, limit=concurrency) as session:
+                client = (client_factory or FilesClient)(
+                    session, base_url=cfg.api.base_url, token=token, account_code=cfg.api.account_code,
+                    retry=policy)
+                async with Recorder(manifest, run_id) as recorder:
+                    ctx = RunContext(cfg, client, manifest, recorder, stats, policy, run_id)
+                    await _run_with_signals(ctx, job, on_progress)
+            stats.ended = stats.ended or __import__("time").time()
+            if ctx.fatal_error is not None:
+                stats.outcome = "fatal"
+                stats.fatal_error = _describe(ctx.fatal_error)
+            elif ctx.signal_received is not None:
+                stats.outcome = "interrupted"
+            elif stats.failed or stats.permanent:
+                stats.outcome = "failed"
+            else:
+                stats.outcome = "ok"
+            await manifest.call(manifest.finish_run, run_id, stats.outcome, stats.counts())
+            return stats, exit_code(stats, ctx.signal_received)
+        finally:
+            manifest.close()
+
+
+async def _run_with_signals(ctx: RunContext, job: Job,
+                            on_progress: Callable[[RunStats], Awaitable[None]] | None) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(job(ctx), name=f"{ctx.stats.kind}-job")
+    reporter = asyncio.create_task(on_progress(ctx.stats)) if on_progress else None
+
+    def on_signal(signum: int) -> None:
+        if ctx.signal_received is not None:  # the second one: stop at once
+            task.cancel()
+            return
+        ctx.signal_received = signum
+        event(log, "stopping", level=logging.WARNING, run_id=ctx.run_id,
+              message=f"{signal.Signals(signum).name} received: finishing the files in flight"
+                      f" (up to {STOP_GRACE:.0f} s); send it again to stop at once")
+        ctx.stop_event.set()
+        loop.call_later(STOP_GRACE, task.cancel)
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+    try:
+        try:
+            await task
+        except asyncio.CancelledError:
+            if ctx.signal_received is None:
+                raise
+        except (AuthError, LocalIOError) as exc:
+            ctx.fatal(exc)
+        except SyncerError as exc:
+            ctx.fatal(exc)
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+        ctx.stats.ended = __import__("time").time()

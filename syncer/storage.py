@@ -1,0 +1,642 @@
+"""Local files: safe names for hostile remote names, atomic streaming writes, private modes.
+
+Layout of a pull: ``<dest>/<target_type>/<target_id>/<category>/<safe name>``.  Every remote name goes
+through :func:`safe_name`; every path we write is checked with :func:`ensure_inside`; folders are
+0700 and files 0600 whatever the umask.  A download lands in a hidden temp file beside its final
+name and is renamed into place only when complete and durable, so a final path never holds a
+partial file.
+
+Blocking calls here are either tiny (a stat) or made to be run off the event loop: the
+:class:`AtomicWriter` offloads its own I/O; callers offload :func:`sha256_file`,
+:func:`iter_regular_files` and :func:`write_private_text`.
+
+Error messages name folders (ids only), never the file name of a download: file names are patient
+data.  ``OSError`` from the disk is translated into :class:`~syncer.errors.LocalIOError` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import shlex
+import stat
+import tempfile
+import threading
+import unicodedata
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+from syncer.errors import ConfigError, IntegrityError, ItemError, LocalIOError, UnsafeNameError
+
+log = logging.getLogger("syncer.storage")
+
+MAX_NAME_BYTES = 255
+MAX_EXT_BYTES = 32
+TEMP_SUFFIX = ".syncer-part"
+WRITE_BUFFER_BYTES = 1 << 20  # one thread hop per MiB, not per network chunk
+_IOV_MAX = 1024
+
+
+class UnsafePathError(UnsafeNameError, ValueError):
+    """A path would land outside its root, or is not the plain file it should be."""
+
+
+class SizeMismatchError(IntegrityError, ValueError):
+    """The bytes received differ from the size the server announced."""
+
+    def __init__(self, expected: int, actual: int, *, over: bool = False):
+        what = "more than" if over else f"{actual} bytes, not"
+        super().__init__(f"download size mismatch: received {what} the {expected} bytes announced")
+        self.expected, self.actual = expected, actual
+
+
+class ResumeError(ItemError, ValueError):
+    """The partial file left by an earlier run cannot be resumed at that offset: start over at 0."""
+
+
+class LoosePermissionsError(ConfigError, PermissionError):
+    """A secret file is readable or writable by group or others."""
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{dev}{n}" for dev in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"]
+)
+# Separators, NUL, C0/C1 controls, DEL, what Windows forbids, line/paragraph separators, bidi
+# controls (they can disguise an extension: "evil\u202egpj.exe"), and lone surrogates (fsdecode).
+_BAD_CHARS = (
+    set(range(0x00, 0x20))
+    | set(range(0x7F, 0xA0))
+    | {ord(c) for c in '/\\<>:"|?*'}
+    | {0x2028, 0x2029, 0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+    | set(range(0xD800, 0xE000))
+)
+_REPLACE = dict.fromkeys(_BAD_CHARS, "_")
+
+
+def _clean(text: str) -> str:
+    """Replace bad characters, NFC, strip ends; a name that began with dots gets a ``_`` marker."""
+    text = unicodedata.normalize("NFC", text.translate(_REPLACE))
+    core = text.strip(" .")
+    if core and "." in text[: len(text) - len(text.lstrip(" ."))]:
+        core = "_" + core  # ".bashrc" -> "_bashrc": never hidden, and unlike "bashrc"
+    return core
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` that fits ``max_bytes`` of UTF-8, cut on a character boundary."""
+    raw = text.encode("utf-8")
+    return text if len(raw) <= max_bytes else raw[:max_bytes].decode("utf-8", "ignore")
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    """``("stem", ".ext")``; a suffix counts as an extension only if short and free of spaces."""
+    i = name.rfind(".")
+    if i > 0:
+        ext = name[i:]
+        if 1 < len(ext.encode("utf-8")) <= MAX_EXT_BYTES + 1 and " " not in ext:
+            return name[:i], ext
+    return name, ""
+
+
+def _fit(name: str, limit: int = MAX_NAME_BYTES, infix: str = "") -> str:
+    """Insert ``infix`` before the extension and cut the stem so the whole fits ``limit`` bytes."""
+    stem, ext = _split_ext(name)
+    room = limit - len(infix.encode("utf-8")) - len(ext.encode("utf-8"))
+    cut = _cut(stem, room)
+    if cut != stem:
+        # A prefix of an NFC string can end in a different canonical form only in corner cases;
+        # normalising again keeps the result NFC, and a stem can only shrink by it.
+        cut = unicodedata.normalize("NFC", cut).rstrip(" .")
+    return cut + infix + ext
+
+
+def _is_reserved(name: str) -> bool:
+    # Windows applies the device names to the part before the first dot, trailing spaces ignored.
+    return name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED
+
+
+def _id_hash(file_id: str) -> str:
+    return hashlib.sha256(file_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def safe_name(name: str, *, file_id: str = "", ext: str = "") -> str:
+    """One safe path component for any remote name; deterministic.
+
+    NFC; separators, NUL, controls, ``<>:"|?*``, bidi controls and lone surrogates become ``_``;
+    leading and trailing spaces and dots are stripped, and a name that began with a dot gets a
+    ``_`` prefix instead (``.env`` -> ``_env``), so no result is hidden.  Windows device names
+    (``CON``, ``nul.tar.gz``, ``COM1``...) get a ``_`` prefix.  An empty result becomes ``unnamed``,
+    or ``unnamed-<up to 8 alphanumerics of file_id>``.  At most 255 bytes of UTF-8: the stem is cut
+    on a character boundary and an extension (a suffix of at most 32 bytes without spaces) is kept.
+
+    ``ext`` (the server's ``ext`` field) is appended as ``.ext`` unless the name already ends with
+    it, case-insensitively: the server keeps ``ext`` through renames, so it is the better witness
+    of the type (``scan`` + ``pdf`` -> ``scan.pdf``; ``notes.txt`` + ``pdf`` -> ``notes.txt.pdf``).
+    """
+    base = _clean(name)
+    if not base:
+        label = "".join(c for c in file_id if c.isascii() and c.isalnum())[:8]
+        base = f"unnamed-{label or _id_hash(file_id)}" if file_id else "unnamed"
+    tail = _cut(_clean(ext.lstrip(" .")), MAX_EXT_BYTES).rstrip(" .")
+    if tail and " " not in tail and not base.casefold().endswith("." + tail.casefold()):
+        base = f"{base}.{tail}"
+    if _is_reserved(base):
+        base = "_" + base
+    return _fit(base)
+
+
+def disambiguate(safe: str, file_id: str) -> str:
+    """``safe`` with ``~<8 hex of sha256(file_id)>`` before its extension, still a safe name."""
+    return _fit(safe_name(safe), infix="~" + _id_hash(file_id))
+
+
+def casefold_key(name: str) -> str:
+    """The key under which two names collide on a case-insensitive file system.
+
+    Full Unicode case folding: it finds more collisions than NTFS or APFS would (``ß`` vs ``ss``),
+    never fewer; a false collision costs only a suffix.
+    """
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
+
+
+def temp_name(final_name: str) -> str:
+    """The hidden temp name beside ``final_name``; at most 255 bytes."""
+    name = f".{final_name}{TEMP_SUFFIX}"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(final_name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        name = f".{digest}{TEMP_SUFFIX}"
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def _resolve_within(root: Path | str, rel: str | Path) -> tuple[Path, Path]:
+    """(real root, resolved root/rel); the last component stays unresolved (a link is not followed)."""
+    real_root = Path(os.path.realpath(root))
+    full = Path(os.path.abspath(Path(real_root, rel)))
+    if full.name:
+        full = Path(os.path.realpath(full.parent), full.name)
+    if full != real_root and real_root not in full.parents:
+        raise UnsafePathError(f"path escapes {real_root}: {rel}")
+    return real_root, full
+
+
+def ensure_inside(root: Path, rel: str | Path) -> Path:
+    """``root / rel`` with symlinks of existing parents resolved; raise UnsafePathError unless it is
+    strictly below ``root``.  The last component is not resolved: a symlink there is replaced by an
+    atomic rename, never followed, and readers use :func:`open_nofollow`."""
+    real_root, full = _resolve_within(root, rel)
+    if full == real_root:
+        raise UnsafePathError(f"path is the root itself, not a file inside it: {rel}")
+    return full
+
+
+def _mkdir_private(path: Path) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return  # made by someone else (another downloader): not ours to chmod
+    os.chmod(path, 0o700)  # the umask may have taken bits away; never added any, but be exact
+
+
+def make_dirs(path: Path, root: Path) -> None:
+    """Create every missing folder of ``root`` and of ``path`` below it, each with mode 0700 exactly.
+
+    Folders that already exist keep their mode.  Raise UnsafePathError if ``path`` is not ``root``
+    or below it (after resolving symlinks).
+    """
+    missing: list[Path] = []
+    top = Path(os.path.abspath(root))
+    while not os.path.isdir(top):
+        missing.append(top)
+        top = top.parent
+    for folder in reversed(missing):
+        _mkdir_private(folder)
+    real_root, full = _resolve_within(root, os.path.abspath(path))
+    if os.path.isdir(full):
+        return
+    current = real_root
+    for part in full.relative_to(real_root).parts:
+        current = current / part
+        _mkdir_private(current)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write every chunk with ``writev`` (no joining copy), coping with short writes."""
+    views = [memoryview(c) for c in chunks if c]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i : i + _IOV_MAX])
+        while n:
+            if n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+
+
+def _disk_error(exc: OSError, what: str, folder: Path) -> LocalIOError:
+    code = errno.errorcode.get(exc.errno or 0, "?")
+    return LocalIOError(f"{what} in {folder}: {exc.strerror or exc} [{code}]")
+
+
+# ------------------------------------------------------------------------------------------- writer
+
+
+class AtomicWriter:
+    """One download's destination: a hidden 0600 temp file, renamed into place when complete.
+
+    Usage::
+
+        w = AtomicWriter(path, root=dest, expected_size=size, resume=True)
+        offset = w.existing_bytes()          # send "Range: bytes=<offset>-" if > 0
+        async with w:
+            await w.open(offset if got_matching_206 else 0)
+            async for chunk in body:
+                await w.write(chunk)
+            nbytes, sha256 = await w.commit()
+
+    ``final_path`` is a path (absolute or from the working folder) that must lie below ``root``;
+    missing folders between them are made 0700.  Writes are buffered to 1 MiB and handed to a
+    worker thread, which hashes and writes them while the loop receives the next MiB (one batch in
+    flight at most, so the order holds).  A file smaller than the buffer costs two thread hops:
+    ``open`` and ``commit``.
+
+    ``resume`` decides what leaving the ``async with`` block by an exception (cancellation
+    included) does: keep the bytes received so far, written and fsynced, for a later Range request
+    (True), or remove them (False).  Leaving it normally without ``commit`` discards the temp;
+    ``commit`` failing (size mismatch, disk error) always removes it.  ``existing_bytes`` does not
+    depend on ``resume``.  Two writers must never share a final path at the same time; the caller
+    (and the run lock) see to that.
+    """
+
+    def __init__(
+        self,
+        final_path: Path,
+        *,
+        root: Path,
+        expected_size: int | None,
+        resume: bool = False,
+        chunk_fsync: bool = False,
+    ):
+        self.final_path = Path(final_path)
+        self.root = Path(root)
+        self.expected_size = expected_size
+        self.resume = resume
+        self.chunk_fsync = chunk_fsync
+        self.temp_path = self.final_path.with_name(temp_name(self.final_path.name))
+        self._final = self.final_path  # resolved in open()
+        self._temp = self.temp_path
+        self._fd: int | None = None
+        self._hash = hashlib.sha256()
+        self._bytes = 0  # received, buffered or written
+        self._buf: list[bytes] = []
+        self._buf_len = 0
+        self._pending: asyncio.Future[None] | None = None
+        self._failed = False  # a write went wrong: what is on disk is no longer a clean prefix
+        self._state = "new"  # new -> open -> (closing ->) committed | closed
+        self._lock = threading.Lock()  # serialises the worker-thread steps of this writer
+
+    # -- queries
+
+    def existing_bytes(self) -> int:
+        """Bytes in a temp file left by an interrupted run, worth a Range request; else 0.
+
+        0 when there is no plain temp file (a link, a hard-linked file), or when it is not shorter
+        than ``expected_size`` (nothing left to ask for: start over).  One ``lstat``.
+        """
+        try:
+            st = os.lstat(self.temp_path)
+        except OSError:
+            return 0
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return 0
+        if self.expected_size is not None and st.st_size >= self.expected_size:
+            return 0
+        return st.st_size
+
+    @property
+    def bytes_written(self) -> int:
+        return self._bytes
+
+    # -- steps
+
+    async def open(self, offset: int = 0) -> None:
+        """Create the temp file (0600, never through a link), or reopen it at ``offset`` to resume."""
+        if self._state != "new":
+            raise RuntimeError("AtomicWriter.open() called twice")
+        try:
+            await asyncio.to_thread(self._open_sync, offset)
+        except OSError as exc:
+            raise _disk_error(exc, "cannot create a download's temp file", self.final_path.parent) from exc
+        self._state = "open"
+
+    def _open_sync(self, offset: int) -> None:
+        self._final = ensure_inside(self.root, os.path.abspath(self.final_path))
+        self._temp = self._final.with_name(self.temp_path.name)
+        make_dirs(self._final.parent, self.root)
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC
+        if offset <= 0:
+            # Unlink first and create exclusively: a stale temp could be a hard link to a file
+            # elsewhere, and truncating it would clobber that file.
+            try:
+                os.unlink(self._temp)
+            except FileNotFoundError:
+                pass
+            fd = os.open(self._temp, flags | os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        else:
+            fd = os.open(self._temp, flags | os.O_RDWR)
+        try:
+            os.fchmod(fd, 0o600)
+            if offset > 0:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < offset:
+                    raise ResumeError(f"the partial download cannot be resumed at byte {offset}")
+                os.ftruncate(fd, offset)
+                self._hash_prefix(fd, offset)
+                os.lseek(fd, offset, os.SEEK_SET)
+                self._bytes = offset
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _hash_prefix(self, fd: int, length: int) -> None:
+        buf = bytearray(WRITE_BUFFER_BYTES)
+        view = memoryview(buf)
+        pos = 0
+        while pos < length:
+            n = os.preadv(fd, [view[: min(len(buf), length - pos)]], pos)
+            if n == 0:
+                raise ResumeError("the partial download shrank while being read")
+            self._hash.update(view[:n])
+            pos += n
+
+    async def write(self, chunk: bytes) -> None:
+        """Add ``chunk``; raise SizeMismatchError (temp removed) once more than expected arrives."""
+        if self._state != "open":
+            raise RuntimeError(f"AtomicWriter.write() on a writer that is {self._state}")
+        if not chunk:
+            return
+        if not isinstance(chunk, bytes):
+            chunk = bytes(chunk)  # a caller's reused buffer must not change under us
+        self._bytes += len(chunk)
+        if self.expected_size is not None and self._bytes > self.expected_size:
+            await self.abort(keep_partial=False)
+            raise SizeMismatchError(self.expected_size, self._bytes, over=True)
+        self._buf.append(chunk)
+        self._buf_len += len(chunk)
+        if self._buf_len >= WRITE_BUFFER_BYTES:
+            await self._wait_pending()
+            chunks, self._buf, self._buf_len = self._buf, [], 0
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self._flush_sync, chunks)
+
+    def _flush_sync(self, chunks: list[bytes]) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                for c in chunks:
+                    self._hash.update(c)
+                _write_all(self._fd, chunks)
+                if self.chunk_fsync:
+                    os.fsync(self._fd)
+            except BaseException:
+                self._failed = True
+                raise
+
+    async def _wait_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                await asyncio.shield(pending)
+            except OSError as exc:
+                raise _disk_error(exc, "cannot write a download", self.final_path.parent) from exc
+
+    async def commit(self) -> tuple[int, str]:
+        """Check the size, write the rest, fsync, rename into place, fsync the folder.
+
+        Returns ``(bytes, sha256 hex)``.  On any failure the temp is removed and nothing is at the
+        final path that was not there before.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"AtomicWriter.commit() on a writer that is {self._state}")
+        try:
+            await self._wait_pending()
+            if self.expected_size is not None and self._bytes != self.expected_size:
+                raise SizeMismatchError(self.expected_size, self._bytes)
+            chunks, self._buf, self._buf_len = self._buf, [], 0
+            fut = asyncio.get_running_loop().run_in_executor(None, self._commit_sync, chunks)
+            try:
+                digest = await asyncio.shield(fut)
+            except OSError as exc:
+                raise _disk_error(exc, "cannot finish a download", self.final_path.parent) from exc
+        except BaseException:
+            await self.abort(keep_partial=False)
+            raise
+        return self._bytes, digest
+
+    def _commit_sync(self, chunks: list[bytes]) -> str:
+        with self._lock:
+            if self._fd is None:
+                raise RuntimeError("the writer was closed during commit")
+            try:
+                for c in chunks:
+                    self._hash.update(c)
+                _write_all(self._fd, chunks)
+                os.fsync(self._fd)
+            except BaseException:
+                self._failed = True
+                raise
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            os.replace(self._temp, self._final)
+            self._state = "committed"
+            _fsync_dir(self._final.parent)
+            return self._hash.hexdigest()
+
+    async def abort(self, keep_partial: bool = False) -> None:
+        """Close; remove the temp unless ``keep_partial`` (then it is completed, fsynced and kept
+        for a later Range resume).  Never raises for disk trouble: it only logs.  A writer that was
+        never opened created nothing and removes nothing (an earlier run's partial stays)."""
+        if self._state == "new":
+            self._state = "closed"
+        if self._state in ("committed", "closed"):
+            return
+        self._state = "closing"
+        pending, self._pending = self._pending, None
+        chunks, self._buf, self._buf_len = self._buf, [], 0
+        cancelled: asyncio.CancelledError | None = None
+        if pending is not None:
+            # The batch in flight must land before the rest, or the kept partial has a hole.
+            try:
+                await asyncio.shield(pending)
+            except asyncio.CancelledError as exc:
+                cancelled, keep_partial = exc, False
+            except Exception:  # noqa: BLE001 - the flush marked the writer failed: nothing is kept
+                pass
+        # The worker step takes the writer's lock, so it runs after any step still in a thread,
+        # and it runs to its end even if we are cancelled while waiting for it.
+        fut = asyncio.get_running_loop().run_in_executor(None, self._abort_sync, chunks, keep_partial)
+        if cancelled is not None:
+            raise cancelled
+        await asyncio.shield(fut)
+
+    def _abort_sync(self, chunks: list[bytes], keep_partial: bool) -> None:
+        with self._lock:
+            if self._state in ("committed", "closed"):
+                return  # a second abort (after a cancellation) must not undo the first
+            self._state = "closed"
+            fd, self._fd = self._fd, None
+            keep = keep_partial and not self._failed and fd is not None
+            try:
+                if keep and fd is not None:
+                    try:
+                        _write_all(fd, chunks)
+                        os.fsync(fd)
+                    except OSError as exc:
+                        keep = False
+                        log.warning("%s", _disk_error(exc, "cannot keep a partial download", self._final.parent))
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            if not keep:
+                try:
+                    os.unlink(self._temp)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("%s", _disk_error(exc, "cannot remove a partial download", self._final.parent))
+
+    async def __aenter__(self) -> AtomicWriter:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.abort(keep_partial=self.resume and exc_type is not None)
+
+
+# ------------------------------------------------------------------------------------- other files
+
+
+def open_nofollow(path: Path) -> int:
+    """Open a regular file read-only, refusing a symlink (UnsafePathError) or a FIFO/device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(f"is a symbolic link: {path}") from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"not a regular file: {path}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[int, str]:
+    """(size, sha256 hex) of a regular file, read without following a final symlink.  Blocking."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    size = 0
+    with open(open_nofollow(path), "rb", buffering=0, closefd=True) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return size, h.hexdigest()
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text`` (UTF-8), mode 0600, durable on return.  Blocking."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".syncer-tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        _write_all(fd, [text.encode("utf-8")])
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def check_private_file(path: Path) -> None:
+    """Raise LoosePermissionsError if group or others have any access to ``path`` (like ssh)."""
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        raise LoosePermissionsError(
+            f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"it holds secrets, so syncer refuses it. Fix it with: chmod 600 {shlex.quote(str(path))}"
+        )
+
+
+def iter_regular_files(
+    root: Path, on_skip: Callable[[Path, str], None] | None = None
+) -> Iterator[tuple[Path, os.stat_result]]:
+    """Walk ``root`` depth-first in name order, yielding ``(path, lstat)`` of regular files.
+
+    Skipped, and reported through ``on_skip(path, reason)``: symlinks (``"symlink"``), names
+    starting with a dot, files or folders (``"hidden"``: our own temp files among them), anything
+    that is not a regular file or folder (``"special"``) and folders that cannot be read
+    (``"unreadable: <strerror>"``).  ``root`` itself may be a symlink.  Blocking: run it in a thread.
+    """
+
+    def skip(path: Path, reason: str) -> None:
+        if on_skip is not None:
+            on_skip(path, reason)
+
+    def walk(folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if folder == root:
+                raise
+            skip(folder, f"unreadable: {exc.strerror or exc}")
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                skip(path, "hidden")
+            elif entry.is_symlink():
+                skip(path, "symlink")
+            elif entry.is_dir(follow_symlinks=False):
+                yield from walk(path)
+            else:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    yield path, st
+                else:
+                    skip(path, "special")
+
+    root = Path(root)
+    yield from walk(root)

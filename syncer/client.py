@@ -159,6 +159,10 @@ class Download:
         while True:
             try:
                 chunk = await read(chunk_size)
+            except aiohttp.ClientPayloadError as exc:
+                of = f" of {self.length}" if self.length is not None else ""
+                raise TruncatedBody(f"the body was cut short after {self.bytes_read}{of} bytes "
+                                    f"({_payload_reason(exc)})", url=self._url) from _safe_cause(exc)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise _translate_exc(exc, self._url, in_body=True) from _safe_cause(exc)
             if not chunk:
@@ -452,6 +456,25 @@ def _translate_exc(exc: BaseException, url: str, *, upload: bool = False, in_bod
     if isinstance(exc, aiohttp.ClientPayloadError):
         return TruncatedBody(f"the body was cut short ({_describe(exc)})", url=where)
     return ConnectionFailed(f"connection failed{' mid-body' if in_body else ''} ({_describe(exc)})", url=where)
+
+
+def _payload_reason(exc: BaseException) -> str:
+    """Why aiohttp gave up on a body, in a few words."""
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None:
+            break
+        if isinstance(e, ConnectionResetError):
+            return "connection reset"
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    if "ConnectionResetError" in text:
+        return "connection reset"
+    if "ContentLengthError" in text or "content length" in text:
+        return "connection closed early"
+    if "TransferEncodingError" in text:
+        return "chunked encoding broken off"
+    return type(exc).__name__
 
 
 def _describe(exc: BaseException) -> str:

@@ -55,6 +55,7 @@ _CACHE_TOTAL_MAX = 256 * 2**20
 _ENDLESS_MAX = 2**30  # an "endless" body still stops after 1 GiB
 _UPLOAD_FLUSH = 1 << 20
 _SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})")
+_TIME_RE = re.compile(r"[0-9]{1,12}")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 _HTML_503 = (
     "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center>"
@@ -437,12 +438,12 @@ class FakeServer:
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=4 * 2**20)  # rename forms only; uploads are streamed
         api = f"{self.prefix}/api_v3"
-        app.router.add_get(f"{api}/files", self._endpoint("list", self._list))
-        app.router.add_post(f"{api}/files", self._endpoint("upload", self._upload))
-        app.router.add_get(f"{api}/files/{{id}}", self._endpoint("info", self._info))
-        app.router.add_post(f"{api}/files/{{id}}", self._endpoint("rename", self._rename))
-        app.router.add_delete(f"{api}/files/{{id}}", self._endpoint("delete", self._delete))
-        app.router.add_get(f"{self.prefix}/files/view/{{id}}", self._endpoint("view", self._view))
+        app.router.add_get(f"{api}/files", self._endpoint("list", "_list"))
+        app.router.add_post(f"{api}/files", self._endpoint("upload", "_upload"))
+        app.router.add_get(f"{api}/files/{{id}}", self._endpoint("info", "_info"))
+        app.router.add_post(f"{api}/files/{{id}}", self._endpoint("rename", "_rename"))
+        app.router.add_delete(f"{api}/files/{{id}}", self._endpoint("delete", "_delete"))
+        app.router.add_get(f"{self.prefix}/files/view/{{id}}", self._endpoint("view", "_view"))
         return app
 
     async def start(self) -> None:
@@ -459,9 +460,13 @@ class FakeServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Remove the server's own temporary data folder; for a server that was never started."""
         if self._tmpdir is not None:
             tmpdir, self._tmpdir = self._tmpdir, None
-            await asyncio.to_thread(tmpdir.cleanup)
+            tmpdir.cleanup()
 
     async def __aenter__(self) -> FakeServer:
         await self.start()
@@ -527,10 +532,12 @@ class FakeServer:
                 return _error(429, "too many requests (injected)")
         return None
 
-    def _endpoint(
-        self, kind: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """Count the request, add latency, inject general faults, map _ApiError to a JSON error."""
+    def _endpoint(self, kind: str, method: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Count the request, add latency, inject general faults, map _ApiError to a JSON error.
+
+        The handler is looked up by name on each request, so a test may replace e.g. `srv._view`
+        on a running server to script one odd answer.
+        """
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             self.counters[kind] += 1
@@ -539,7 +546,7 @@ class FakeServer:
             resp = self._general_fault()
             if resp is None:
                 try:
-                    resp = await handler(request)
+                    resp = await getattr(self, method)(request)
                 except _ApiError as exc:
                     resp = _error(exc.status, exc.message)
             if resp.status != 200:
@@ -556,7 +563,7 @@ class FakeServer:
         token = request.headers.get("X-ApiToken")
         if not token:
             raise _ApiError(401, "missing X-ApiToken")
-        if hmac.compare_digest(token, self.api_key):
+        if token == self.api_key:  # a test server: constant-time comparison buys nothing here
             return None
         user = self._token_users.get(token)
         if user is None:
@@ -703,11 +710,11 @@ class FakeServer:
     async def _view(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["id"]
         q = request.query
-        try:
-            issued = int(q.get("time", ""))
-        except ValueError:
-            raise _ApiError(403, "invalid link") from None
-        if not hmac.compare_digest(self._sign(file_id, issued), q.get("auth_code", "")):
+        stamp = q.get("time", "")
+        if not _TIME_RE.fullmatch(stamp):  # int() would also take "1_7e9" or " +17": not the link we made
+            raise _ApiError(403, "invalid link")
+        issued = int(stamp)
+        if self._sign(file_id, issued) != q.get("auth_code"):
             raise _ApiError(403, "invalid link")
         if self.clock() - (issued + 1) > self.link_ttl:
             raise _ApiError(403, "link expired")
@@ -725,9 +732,7 @@ class FakeServer:
         if self._draw("endless_body"):
             return await self._send_endless(request, headers)
         if self._draw("wrong_size"):
-            body = await self._read(rec, 0, rec.size) + b"\0"
-            self.counters["view_bytes"] += len(body)
-            return web.Response(body=body, headers=headers)
+            return await self._send_file(request, rec, 0, rec.size, 200, headers, None, extra=b"\0")
         start, end, status = 0, rec.size, 200
         if self.range_support:
             headers["Accept-Ranges"] = "bytes"
@@ -735,8 +740,7 @@ class FakeServer:
             if wanted and rec.size > 0:
                 span = _parse_range(wanted, rec.size)
                 if span == (-1, -1):
-                    headers["Content-Range"] = f"bytes */{rec.size}"
-                    return _error(416, "range not satisfiable", headers)
+                    return _error(416, "range not satisfiable", {"Content-Range": f"bytes */{rec.size}"})
                 if span is not None:
                     start, end, status = span[0], span[1], 206
                     headers["Content-Range"] = f"bytes {start}-{end - 1}/{rec.size}"
@@ -752,24 +756,14 @@ class FakeServer:
             return web.Response(status=status, body=rec.cached[start:end], headers=headers)
         return await self._send_file(request, rec, start, length, status, headers, cut)
 
-    async def _read(self, rec: _Rec, start: int, end: int) -> bytes:
-        if rec.cached is not None:
-            return rec.cached[start:end]
-
-        def read() -> bytes:
-            with open(rec.path, "rb") as f:
-                f.seek(start)
-                return f.read(end - start)
-
-        return await asyncio.to_thread(read)
-
     async def _send_file(
         self, request: web.Request, rec: _Rec, start: int, length: int, status: int,
-        headers: dict[str, str], cut: str | None,
+        headers: dict[str, str], cut: str | None, extra: bytes = b"",
     ) -> web.StreamResponse:  # fmt: skip
-        """Stream `length` bytes from `start` in 256 KiB chunks; `cut` stops halfway (reset or close)."""
+        """Stream `length` bytes from `start` in 256 KiB chunks, then `extra` (for wrong_size);
+        `cut` stops halfway, with a reset or a clean close."""
         resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = length
+        resp.content_length = length + len(extra)
         await resp.prepare(request)
         to_send = length // 2 if cut else length
         sent = 0
@@ -788,6 +782,9 @@ class FakeServer:
                 await resp.write(chunk)
                 sent += len(chunk)
                 self.counters["view_bytes"] += len(chunk)
+            if extra:
+                await resp.write(extra)
+                self.counters["view_bytes"] += len(extra)
         except ConnectionError:
             return resp  # the client went away
         finally:
@@ -795,10 +792,8 @@ class FakeServer:
                 await asyncio.to_thread(f.close)
         if cut == "reset":
             _reset(request)
-        elif cut == "truncate":
-            if request.transport is not None:
-                request.transport.close()  # flushes what was written, then FIN: a short body
-            return resp
+        elif cut == "truncate" and request.transport is not None:
+            request.transport.close()  # flushes what was written, then FIN: a short body
         return resp
 
     async def _send_endless(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
@@ -828,7 +823,7 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
         return (-1, -1) if n == 0 else (max(0, size - n), size)
     start = int(m[1])
     end = int(m[2]) + 1 if m[2] else size
-    if end <= start:
+    if m[2] and end <= start:
         return None  # syntactically invalid (last < first): ignored, as RFC 9110 says
     if start >= size:
         return (-1, -1)

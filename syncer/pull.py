@@ -16,6 +16,7 @@ from pathlib import Path
 from syncer.errors import (
     ApiError,
     AuthError,
+    ConnectionFailed,
     IntegrityError,
     ItemError,
     LinkExpiredError,
@@ -23,6 +24,7 @@ from syncer.errors import (
     PermanentError,
     ProtocolError,
     SyncerError,
+    TransientError,
     UnsafeNameError,
     error_class,
 )
@@ -63,6 +65,8 @@ class PullJob:
         self.dest = opts.dest
         self.queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=max(16, opts.concurrency * 4))
         self.dry_run_report: list[DryRunTarget] = []
+        self.listed_ok = 0
+        self.list_unreachable = 0
 
     # -- the script ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -108,6 +112,9 @@ class PullJob:
 
         n = min(LIST_CONCURRENCY, max(1, len(self.opts.targets)))
         await asyncio.gather(*(lister() for _ in range(n)))
+        if self.listed_ok == 0 and self.list_unreachable and not self.ctx.stopping:
+            self.ctx.fatal(ConnectionFailed(
+                f"the API is unreachable: listing failed for all {self.list_unreachable} targets after retries"))
 
     async def _list_one(self, target: Target) -> None:
         ctx = self.ctx
@@ -119,10 +126,13 @@ class PullJob:
             ctx.fatal(exc)
             return
         except ApiError as exc:
+            if isinstance(exc, TransientError):
+                self.list_unreachable += 1
             ctx.stats.failed += 1
             ctx.log_event("list_failed", target=str(target), error_class=error_class(exc), level=logging.WARNING,
                           message=str(exc))
             return
+        self.listed_ok += 1
         files = listing.files
         for bad in listing.bad_items:
             ctx.log_event("bad_item", target=str(target), level=logging.WARNING, message=bad)

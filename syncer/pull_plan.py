@@ -22,7 +22,7 @@ from typing import Any
 
 from syncer.manifest import Update
 from syncer.models import PullState, RemoteFile, Target
-from syncer.storage import casefold_key, disambiguate, safe_name
+from syncer.storage import casefold_key, disambiguate, safe_name, sha256_file
 
 UNCATEGORIZED = "uncategorized"
 
@@ -148,6 +148,15 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
             changes.update(state=PullState.PENDING.value)
             event = "local_missing"
             state = PullState.PENDING.value
+    if state in (PullState.PENDING, PullState.FAILED) and check_local and "size" not in changes:
+        # Killed after the rename but before the manifest heard of it: the final path only ever
+        # holds a complete file written for this id, so adopt it instead of fetching it again.
+        adopted = _adopt_local(dest / row["local_path"], row["size"])
+        if adopted is not None:
+            changes.update(state=PullState.DONE.value, sha256=adopted, bytes=row["size"],
+                           last_error=None, error_class=None)
+            event = "adopted_local"
+            state = PullState.DONE.value
     if changes:
         plan.updates.append(Update("pull_items", key, changes, event=event))
     if state in (PullState.PENDING, PullState.FAILED):
@@ -155,3 +164,16 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
                                   row["local_path"], f.fullpath))
     else:
         plan.up_to_date += 1
+
+
+def _adopt_local(path: Path, size: int | None) -> str | None:
+    """The sha256 of a complete local copy of the expected size, or None."""
+    if size is None:
+        return None
+    try:
+        if os.stat(path).st_size != size:
+            return None
+        got, digest = sha256_file(path)
+    except OSError:
+        return None
+    return digest if got == size else None

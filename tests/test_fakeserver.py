@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import time
 import unicodedata
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,22 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def srv(clock: Clock) -> AsyncIterator[FakeServer]:
-    async with FakeServer(
-        seed=7, users=3, files_per_user=6, visits=2, files_per_visit=3, clock=clock
-    ) as server:
+    async with FakeServer(seed=7, users=3, files_per_user=6, visits=2, files_per_visit=3, clock=clock) as server:
         yield server
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., FakeServer]]:
+    """Builds servers that are never started, and removes their data folders afterwards."""
+    made: list[FakeServer] = []
+
+    def make(**kw: Any) -> FakeServer:
+        made.append(FakeServer(**kw))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
 
 
 @pytest.fixture
@@ -81,7 +94,7 @@ def upload_form(
     form = aiohttp.FormData(quote_fields=quote)
     if category is not None:
         form.add_field("meta.category", category)
-    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
+    form.add_field("file", io.BytesIO(data), filename=filename, content_type="application/octet-stream")
     return form
 
 
@@ -125,6 +138,7 @@ async def test_auth_statuses(srv: FakeServer, http: aiohttp.ClientSession) -> No
     async with http.get(srv.base_url + "/files", params={"target_type": "user", "target_id": user}) as r:
         assert r.status == 401 and (await r.json())["error"]["code"] == 401
     assert (await list_files(http, srv, "user", user, {"X-ApiToken": "nope"}))[0] == 401
+    assert (await list_files(http, srv, "user", user, {"X-ApiToken": "caf\u00e9".encode().decode("latin-1")}))[0] == 401
     wrong_account = {"X-ApiToken": srv.api_key, "X-AccountCode": "otherclinic"}
     assert (await list_files(http, srv, "user", user, wrong_account))[0] == 401
     # A user token lists its own files only.
@@ -228,9 +242,11 @@ async def test_upload_refusals(srv: FakeServer, http: aiohttp.ClientSession) -> 
         assert r.status == 400
     form = aiohttp.FormData()
     form.add_field("meta.category", "user_document")
-    form.add_field("other", "value")
+    form.add_field("attachment", b"x", filename="x.txt")  # a file, but not in the field `file`
     async with http.post(url, data=form, headers=tok(srv, srv.users[0])) as r:
-        assert r.status == 400 and "file" in (await r.json())["error"]["message"]
+        assert r.status == 400 and "'file'" in (await r.json())["error"]["message"]
+    async with http.post(url, data={"meta.category": "user_document"}, headers=tok(srv, srv.users[0])) as r:
+        assert r.status == 400  # not multipart at all
     async with http.post(url, data=upload_form(b"x"), headers={"X-ApiToken": "bad"}) as r:
         assert r.status == 401
     assert len(srv.files()) == before
@@ -288,7 +304,7 @@ async def test_delete(srv: FakeServer, http: aiohttp.ClientSession) -> None:
     async with http.delete(f"{srv.base_url}/files/{rec['id']}", headers=tok(srv, rec["owner"])) as r:
         assert r.status == 200 and await r.json() == {"data": True}
     assert rec["id"] not in {r["id"] for r in srv.files()}
-    assert not Path(rec["path"]).exists()
+    assert not await asyncio.to_thread(os.path.exists, rec["path"])
     async with http.get(f"{srv.base_url}/files/{rec['id']}", headers=key(srv)) as r:
         assert r.status == 404
     async with http.delete(f"{srv.base_url}/files/{rec['id']}", headers=key(srv)) as r:
@@ -341,6 +357,8 @@ async def test_view_link_checks(srv: FakeServer, http: aiohttp.ClientSession, cl
         link.replace("auth_code=", "auth_code=0"),
         link.replace(f"time={issued}", f"time={issued + 1}"),
         link.replace(f"time={issued}", "time=soon"),
+        link.replace(f"time={issued}", f"time=+{issued}"),
+        link.replace("auth_code=", "auth_code=%C3%A9"),
         link.split("?")[0],
     ):
         async with http.get(bad) as r:
@@ -354,7 +372,7 @@ async def test_view_link_checks(srv: FakeServer, http: aiohttp.ClientSession, cl
         assert r.status == 403 and "expired" in (await r.json())["error"]["message"]
     async with http.get(srv.view_url(rec["id"])) as r:  # a fresh link works again
         assert r.status == 200
-    assert srv.counters["view_403"] == 5
+    assert srv.counters["view_403"] == 7
 
 
 async def test_link_expiry_real_clock(http: aiohttp.ClientSession) -> None:
@@ -371,7 +389,12 @@ async def test_range_requests(srv: FakeServer, http: aiohttp.ClientSession) -> N
     data = bytes(range(256)) * 40
     rec = srv.add_file("user", srv.users[0], "r.bin", data)
     link = srv.view_url(rec["id"])
-    cases = {"bytes=100-": (100, 10240), "bytes=10-19": (10, 20), "bytes=-5": (10235, 10240), "bytes=10-99999": (10, 10240)}
+    cases = {
+        "bytes=100-": (100, 10240),
+        "bytes=10-19": (10, 20),
+        "bytes=-5": (10235, 10240),
+        "bytes=10-99999": (10, 10240),
+    }
     for header, (start, end) in cases.items():
         async with http.get(link, headers={"Range": header}) as r:
             assert r.status == 206, header
@@ -380,6 +403,8 @@ async def test_range_requests(srv: FakeServer, http: aiohttp.ClientSession) -> N
             assert await r.read() == data[start:end]
     async with http.get(link, headers={"Range": "bytes=20000-"}) as r:
         assert r.status == 416 and r.headers["Content-Range"] == "bytes */10240"
+    async with http.get(link, headers={"Range": "bytes=9-3"}) as r:
+        assert r.status == 200 and await r.read() == data  # invalid (last < first): ignored
     async with http.get(link, headers={"Range": "bytes=0-1,5-6"}) as r:
         assert r.status == 200 and await r.read() == data  # several ranges: ignored
     srv.range_support = False
@@ -391,7 +416,7 @@ async def test_range_requests(srv: FakeServer, http: aiohttp.ClientSession) -> N
 async def test_large_file_streams_from_disk(srv: FakeServer, http: aiohttp.ClientSession) -> None:
     size = 3 * 2**20 + 17  # over the in-memory cache limit: streamed in chunks from disk
     rec = srv.add_file("user", srv.users[0], "big.bin", size=size)
-    assert Path(rec["path"]).stat().st_size == size
+    assert await asyncio.to_thread(os.path.getsize, rec["path"]) == size
     async with http.get(srv.view_url(rec["id"])) as r:
         body = await r.read()
     assert len(body) == size and hashlib.sha256(body).hexdigest() == rec["sha256"]
@@ -509,13 +534,14 @@ async def test_truncate_body(srv: FakeServer, http: aiohttp.ClientSession, cache
     assert srv.counters["fault_truncate_body"] == 1
 
 
-async def test_wrong_size(srv: FakeServer, http: aiohttp.ClientSession) -> None:
-    rec = srv.add_file("user", srv.users[0], "w.bin", b"abc")
+@pytest.mark.parametrize("size", [3, 600_000], ids=["memory", "disk"])
+async def test_wrong_size(srv: FakeServer, http: aiohttp.ClientSession, size: int) -> None:
+    rec = srv.add_file("user", srv.users[0], "w.bin", size=size)
     srv.set_faults(wrong_size=1.0)
-    async with http.get(srv.view_url(rec["id"])) as r:
+    async with http.get(srv.view_url(rec["id"]), headers={"Range": "bytes=1-"}) as r:
         body = await r.read()
-        assert r.status == 200 and r.content_length == 4
-    assert body == b"abc\0" and srv.counters["fault_wrong_size"] == 1
+        assert r.status == 200 and r.content_length == size + 1  # Range ignored
+    assert body == srv.file_bytes(rec["id"]) + b"\0" and srv.counters["fault_wrong_size"] == 1
 
 
 async def test_endless_body(srv: FakeServer, http: aiohttp.ClientSession) -> None:
@@ -573,8 +599,8 @@ async def test_latency(srv: FakeServer, http: aiohttp.ClientSession) -> None:
     assert time.perf_counter() - t >= 0.15
 
 
-def test_set_faults_rejects_unknown_names() -> None:
-    srv = FakeServer()
+def test_set_faults_rejects_unknown_names(make_server: Callable[..., FakeServer]) -> None:
+    srv = make_server()
     with pytest.raises(TypeError):
         srv.set_faults(error_404=1.0)
     srv.set_faults(error_500=0.5)
@@ -584,9 +610,9 @@ def test_set_faults_rejects_unknown_names() -> None:
 # ---- seeding ----------------------------------------------------------------------------------------
 
 
-def test_seeding_is_deterministic() -> None:
+def test_seeding_is_deterministic(make_server: Callable[..., FakeServer]) -> None:
     kw: dict[str, Any] = dict(users=3, files_per_user=4, visits=2, files_per_visit=2, hostile_names=True)
-    a, b, c = FakeServer(seed=11, **kw), FakeServer(seed=11, **kw), FakeServer(seed=12, **kw)
+    a, b, c = make_server(seed=11, **kw), make_server(seed=11, **kw), make_server(seed=12, **kw)
 
     def summary(s: FakeServer) -> list[tuple[Any, ...]]:
         return [(r["id"], r["name"], r["size"], r["sha256"], r["created"], r["target_id"]) for r in s.files()]
@@ -595,17 +621,18 @@ def test_seeding_is_deterministic() -> None:
     assert a.users == b.users and a.visits == b.visits and a.user_tokens == b.user_tokens and a.api_key == b.api_key
     assert a.file_bytes(a.files()[3]["id"]) == b.file_bytes(b.files()[3]["id"])
     assert {r[0] for r in summary(a)}.isdisjoint(r[0] for r in summary(c))
-    assert a.add_file("user", a.users[0], "x", size=5000)["sha256"] == b.add_file("user", b.users[0], "x", size=5000)[
-        "sha256"
-    ]
+    assert (
+        a.add_file("user", a.users[0], "x", size=5000)["sha256"]
+        == b.add_file("user", b.users[0], "x", size=5000)["sha256"]
+    )
 
 
-def test_seeded_sizes_mix_and_given_sizes() -> None:
-    mixed = FakeServer(seed=2, users=4, files_per_user=20)
+def test_seeded_sizes_mix_and_given_sizes(make_server: Callable[..., FakeServer]) -> None:
+    mixed = make_server(seed=2, users=4, files_per_user=20)
     sizes = [r["size"] for r in mixed.files()]
     assert 0 in sizes and any(100 <= s < 1000 for s in sizes) and any(s >= 10_000 for s in sizes)
     assert max(sizes) <= 200_000
-    fixed = FakeServer(seed=2, users=2, files_per_user=3, sizes=(0, 7, 1_000_000))
+    fixed = make_server(seed=2, users=2, files_per_user=3, sizes=(0, 7, 1_000_000))
     assert [r["size"] for r in fixed.files()] == [0, 7, 1_000_000] * 2
     for r in fixed.files():
         assert hashlib.sha256(fixed.file_bytes(r["id"])).hexdigest() == r["sha256"]
@@ -613,7 +640,7 @@ def test_seeded_sizes_mix_and_given_sizes() -> None:
     assert {r["name"] for r in fixed.files()} and all(" - " in r["name"] for r in fixed.files())
 
 
-async def test_hostile_names(clock: Clock, http: aiohttp.ClientSession) -> None:
+async def test_hostile_names(clock: Clock, http: aiohttp.ClientSession, make_server: Callable[..., FakeServer]) -> None:
     async with FakeServer(seed=4, users=3, files_per_user=3, visits=1, files_per_visit=2, hostile_names=True,
                           clock=clock) as srv:  # fmt: skip
         first = [f["name"] for f in (await list_files(http, srv, "user", srv.users[0]))[1]["data"]]
@@ -632,7 +659,7 @@ async def test_hostile_names(clock: Clock, http: aiohttp.ClientSession) -> None:
         nul = next(r for r in srv.files() if r["name"] == "nul\x00byte.txt")
         async with http.get(srv.view_url(nul["id"])) as r:
             assert r.status == 200 and "nul%00byte.txt" in r.headers["Content-Disposition"]
-    plain = FakeServer(seed=4, users=3, files_per_user=3)
+    plain = make_server(seed=4, users=3, files_per_user=3)
     assert not {r["name"] for r in plain.files()} & set(seedlib.HOSTILE_NAMES)
 
 
@@ -736,3 +763,24 @@ def test_main_subprocess_prints_info_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_handlers_can_be_replaced_on_a_running_server(srv: FakeServer, http: aiohttp.ClientSession) -> None:
+    from aiohttp import web
+
+    original = srv._view
+    seen: list[str] = []
+
+    async def scripted(request: web.Request) -> web.StreamResponse:
+        seen.append(request.match_info["id"])
+        return web.Response(status=410) if len(seen) == 1 else await original(request)
+
+    srv._view = scripted  # type: ignore[method-assign]
+    link = srv.view_url(srv.files()[0]["id"])
+    async with http.get(link) as r:
+        assert r.status == 410
+    async with http.get(link) as r:
+        assert r.status == 200
+    assert len(seen) == 2 and srv.counters["view"] == 2 and srv.counters["view_410"] == 1

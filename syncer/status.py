@@ -1,0 +1,194 @@
+"""``syncer status``: what the manifest says, for operators (a table) and scripts (one JSON document).
+
+Reads the manifest only, through a read-only connection (``Manifest.open(readonly=True)``), inside
+one read transaction so every number comes from the same snapshot.  In WAL mode a reader never waits
+for a writer, so status answers while a pull or push is running (it shows that run as ``running``).
+
+Decisions:
+
+- No manifest at the configured path is an error (``ManifestError``, exit 2), not an empty status:
+  a typo in ``-c`` or ``manifest.path`` must not look like "nothing failed".  Nothing is created.
+  A manifest that exists but has no rows yet gives an all-zero status.
+- Every known state is present in ``states`` (zero when empty), so scripts need no ``.get``.
+- Failed items are the newest ``failures`` per kind (default 50; 0 or less lists them all);
+  ``failed_total`` says how many there are in all.  Pull lists ``failed`` and ``permanent`` items,
+  push also ``uploading`` ones (an upload whose outcome is not known yet).
+- Errors are stored secret-free; they are scrubbed once more anyway and never hold a view link.
+- A ``running`` run gets ``alive``: whether its process still exists (same host only; ``None`` when
+  it cannot be told).  ``False`` means it was killed; the next run marks it so.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, TextIO
+
+from syncer.logs import scrub
+from syncer.manifest import Manifest, now_iso
+from syncer.models import PullState, PushState
+from syncer.progress import human_bytes
+
+PULL_STATES = tuple(s.value for s in PullState)
+PUSH_STATES = tuple(s.value for s in PushState)
+DEFAULT_RUNS = 10
+DEFAULT_FAILURES = 50
+_FAILING = {"pull": ("failed", "permanent"), "push": ("failed", "permanent", "uploading")}
+
+
+def collect(manifest_path: str | os.PathLike, *, runs: int = DEFAULT_RUNS,
+            failures: int = DEFAULT_FAILURES) -> dict[str, Any]:
+    """The status document (see the module docstring); ManifestError when there is no manifest."""
+    manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
+    try:
+        manifest.conn.execute("BEGIN")  # one snapshot for every query below
+        try:
+            raw = manifest.summary(runs=runs, failures=failures if failures > 0 else -1)
+        finally:
+            manifest.conn.execute("ROLLBACK")
+    finally:
+        manifest.close()
+    return _shape(raw)
+
+
+def _shape(raw: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"manifest": raw["manifest"], "schema": raw["schema"], "generated_at": now_iso()}
+    for kind, known in (("pull", PULL_STATES), ("push", PUSH_STATES)):
+        found = raw[kind]["states"]
+        states = {s: dict(found.get(s, {"count": 0, "bytes": 0})) for s in known}
+        states.update({s: v for s, v in found.items() if s not in states})  # a state from a newer syncer
+        failed = []
+        for item in raw[kind]["failed"]:
+            item = dict(item)
+            item["last_error"] = scrub(item["last_error"]) if item.get("last_error") else item.get("last_error")
+            failed.append(item)
+        out[kind] = {
+            "total": {"count": sum(v["count"] for v in states.values()),
+                      "bytes": sum(v["bytes"] for v in states.values())},
+            "states": states,
+            "failed_total": sum(states[s]["count"] for s in _FAILING[kind] if s in states),
+            "failed": failed,
+        }
+    host = socket.gethostname()
+    out["runs"] = [dict(r, alive=_alive(r, host) if r["outcome"] == "running" else None) for r in raw["runs"]]
+    return out
+
+
+def _alive(run: dict[str, Any], host: str) -> bool | None:
+    pid = run.get("pid")
+    if run.get("host") != host or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return None
+    return True
+
+
+# -- human output --------------------------------------------------------------------------------
+def _safe(text: object) -> str:
+    """Printable text for a terminal: control characters (a newline in an error, ESC) escaped."""
+    s = "" if text is None else str(text)
+    return s if s.isprintable() else s.encode("unicode_escape").decode("ascii")
+
+
+def _item_name(kind: str, item: dict[str, Any]) -> str:
+    if kind == "pull":
+        return f"{item['target']}/{item['file_id']}"
+    return f"user:{item['user_id']}/{item['rel_path']}"
+
+
+def _outcome(run: dict[str, Any]) -> str:
+    if run["outcome"] == "running" and run.get("alive") is False:
+        return "running? (process gone)"
+    return str(run["outcome"])
+
+
+def _states_line(section: dict[str, Any]) -> str:
+    parts = [f"{s} {v['count']} ({human_bytes(v['bytes'])})" for s, v in section["states"].items() if v["count"]]
+    return ", ".join(parts) if parts else "nothing recorded"
+
+
+def render_text(st: dict[str, Any]) -> str:
+    """Plain text (for pipes, cron mail, logs): no colours, no control characters."""
+    lines = [f"manifest {_safe(st['manifest'])}"]
+    for kind in ("pull", "push"):
+        sec = st[kind]
+        lines.append(f"{kind}: {sec['total']['count']} items ({human_bytes(sec['total']['bytes'])}): "
+                     f"{_states_line(sec)}")
+    lines.append(f"last runs ({len(st['runs'])}):" if st["runs"] else "no runs yet")
+    for r in st["runs"]:
+        lines.append(f"  {r['id']}  {r['kind']:<4}  {r['started']} -> {r['ended'] or '-'}  {_outcome(r)}  "
+                     f"done {r['files_done'] or 0} ({human_bytes(r['bytes_done'] or 0)}), "
+                     f"failed {r['failed'] or 0}, skipped {r['skipped'] or 0}")
+    for kind in ("pull", "push"):
+        sec = st[kind]
+        if not sec["failed_total"]:
+            continue
+        lines.append(f"failed {kind} items ({len(sec['failed'])} of {sec['failed_total']}, newest first):")
+        for item in sec["failed"]:
+            lines.append(f"  {_safe(_item_name(kind, item))}  {item['state']}  attempts {item['attempts'] or 0}  "
+                         f"{item['error_class'] or '-'}  {_safe(item['last_error'] or '')}")
+    return "\n".join(lines)
+
+
+def print_rich(st: dict[str, Any], stream: TextIO | None = None, *, console: Any = None) -> None:
+    """Compact tables for a terminal.  Every cell is a ``Text``: nothing from the data is markup."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console(file=stream, highlight=False)
+    console.print(Text(f"manifest {st['manifest']}", style="dim"))
+    counts = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
+    counts.add_column("kind")
+    for col in ("state", "items", "bytes"):
+        counts.add_column(col, justify="right" if col != "state" else "left")
+    for kind in ("pull", "push"):
+        sec = st[kind]
+        shown = [(s, v) for s, v in sec["states"].items() if v["count"]] or [("-", {"count": 0, "bytes": 0})]
+        for i, (state, v) in enumerate(shown):
+            style = "red" if state in _FAILING[kind] else ""
+            counts.add_row(Text(kind if i == 0 else ""), Text(state, style=style), Text(str(v["count"])),
+                           Text(human_bytes(v["bytes"])))
+    console.print(counts)
+    if st["runs"]:
+        runs = Table(title="last runs", title_justify="left", box=box.SIMPLE, show_edge=False, pad_edge=False)
+        for col in ("run", "kind", "started", "ended", "outcome", "done", "bytes", "failed", "skipped"):
+            runs.add_column(col, justify="right" if col in ("done", "bytes", "failed", "skipped") else "left")
+        for r in st["runs"]:
+            style = {"ok": "green", "running": "cyan"}.get(r["outcome"], "red")
+            runs.add_row(Text(r["id"]), Text(r["kind"]), Text(r["started"] or "-"), Text(r["ended"] or "-"),
+                         Text(_outcome(r), style=style), Text(str(r["files_done"] or 0)),
+                         Text(human_bytes(r["bytes_done"] or 0)), Text(str(r["failed"] or 0)),
+                         Text(str(r["skipped"] or 0)))
+        console.print(runs)
+    else:
+        console.print(Text("no runs yet"))
+    for kind in ("pull", "push"):
+        sec = st[kind]
+        if not sec["failed_total"]:
+            continue
+        table = Table(title=f"failed {kind} items ({len(sec['failed'])} of {sec['failed_total']}, newest first)",
+                      title_justify="left", box=box.SIMPLE, show_edge=False, pad_edge=False)
+        for col in ("item", "state", "attempts", "error", "last error"):
+            table.add_column(col, overflow="fold")
+        for item in sec["failed"]:
+            table.add_row(Text(_safe(_item_name(kind, item))), Text(item["state"], style="red"),
+                          Text(str(item["attempts"] or 0)), Text(item["error_class"] or "-"),
+                          Text(_safe(item["last_error"] or "")))
+        console.print(table)
+
+
+def print_human(st: dict[str, Any], stream: TextIO) -> None:
+    """A rich table when ``stream`` is a terminal, plain text otherwise."""
+    if stream.isatty():
+        print_rich(st, stream)
+    else:
+        print(render_text(st), file=stream)

@@ -1,0 +1,237 @@
+"""``syncer verify``: re-hash backed-up files against the manifest's sizes and SHA-256 digests.
+
+The files checked are the pull items the manifest says are on disk: state ``done``, and
+``remote_deleted`` ones with a recorded sha256 (a backup keeps a file the server deleted).  Each is
+looked up under ``pull.dest`` at its recorded ``local_path`` and classified:
+
+- ``ok``: a regular file with the recorded size and digest;
+- ``missing``: nothing at that path;
+- ``changed``: a different size or digest, or not a regular file any more (a symlink, a folder),
+  or a path that now leads outside the destination through a symlinked folder;
+- ``unreadable``: it exists but cannot be read (permissions, an I/O error).
+
+Decisions:
+
+- The default is a random sample of ``DEFAULT_SAMPLE`` (100) files: a quick spot check an operator
+  can run any time; ``--all`` re-reads the whole backup (hours for terabytes: schedule it).  A
+  sample larger than the backup checks everything.  The sample is drawn from the OS's randomness,
+  then sorted by path so the disk reads folders in order.
+- Sizes are compared first (a ``stat``); a file whose size differs is ``changed`` without hashing.
+- Hashing runs in ``workers`` threads (default 2-4; hashlib releases the GIL on large updates), at
+  most ``4 * workers`` files in flight, so memory stays flat for any number of files.
+- Read only: the manifest is opened read-only and nothing is recorded.  Results go to stdout (and
+  the exit code); a later version may record them as an event.
+- A pull that is running may replace a file while it is being checked (a changed remote file is
+  fetched again): run verify between runs, or re-check the files it reports.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from syncer.manifest import Manifest
+from syncer.progress import human_bytes
+from syncer.storage import UnsafePathError, ensure_inside, sha256_file
+
+DEFAULT_SAMPLE = 100
+MISSING, CHANGED, UNREADABLE = "missing", "changed", "unreadable"
+
+
+def default_workers() -> int:
+    return max(2, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class Problem:
+    kind: str                       # missing | changed | unreadable
+    target: str                     # TYPE:ID
+    file_id: str
+    local_path: str                 # relative to dest, as recorded in the manifest
+    detail: str
+    expected_size: int | None = None
+    actual_size: int | None = None
+    expected_sha256: str | None = None
+    actual_sha256: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    manifest: str
+    dest: str
+    mode: str                       # "all" or "sample"
+    eligible: int = 0               # files the manifest says are backed up
+    checked: int = 0
+    ok: int = 0
+    bytes_hashed: int = 0
+    elapsed: float = 0.0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def of_kind(self, kind: str) -> list[Problem]:
+        return [p for p in self.problems if p.kind == kind]
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "problems"}
+        out["elapsed"] = round(self.elapsed, 3)
+        out["passed"] = self.passed
+        for kind in (MISSING, CHANGED, UNREADABLE):
+            out[kind] = [asdict(p) for p in self.of_kind(kind)]
+        return out
+
+
+def check_file(dest: Path, row: dict[str, Any]) -> tuple[Problem | None, int]:
+    """Check one manifest row against its file; (the problem or None, bytes hashed).  Blocking."""
+    expected_size, expected_sha = row["size"], row["sha256"]
+
+    def problem(kind: str, detail: str, actual_size: int | None = None, actual_sha: str | None = None) -> Problem:
+        return Problem(kind, f"{row['target_type']}:{row['target_id']}", row["file_id"], row["local_path"],
+                       detail, expected_size, actual_size, expected_sha, actual_sha)
+
+    try:
+        path = ensure_inside(dest, row["local_path"])
+        st = os.lstat(path)
+    except UnsafePathError:
+        return problem(CHANGED, "its path now leads outside the destination (a symlinked folder)"), 0
+    except (FileNotFoundError, NotADirectoryError):
+        return problem(MISSING, "no file at this path"), 0
+    except (OSError, ValueError) as exc:
+        return problem(UNREADABLE, f"cannot stat it: {getattr(exc, 'strerror', None) or exc}"), 0
+    if stat.S_ISLNK(st.st_mode):
+        return problem(CHANGED, "replaced by a symbolic link"), 0
+    if not stat.S_ISREG(st.st_mode):
+        return problem(CHANGED, "not a regular file"), 0
+    if expected_size is not None and st.st_size != expected_size:
+        return problem(CHANGED, f"size {st.st_size}, expected {expected_size}", st.st_size), 0
+    try:
+        size, digest = sha256_file(path)
+    except UnsafePathError:
+        return problem(CHANGED, "replaced by a symbolic link or a special file"), 0
+    except FileNotFoundError:
+        return problem(MISSING, "no file at this path"), 0
+    except OSError as exc:
+        return problem(UNREADABLE, f"cannot read it: {exc.strerror or exc}"), 0
+    if expected_size is not None and size != expected_size:
+        return problem(CHANGED, f"size {size}, expected {expected_size}", size, digest), size
+    if digest != expected_sha:
+        return problem(CHANGED, "content differs from the recorded SHA-256", size, digest), size
+    return None, size
+
+
+ProgressFn = Callable[[int, int, int], None]  # (checked, total, bytes hashed)
+
+
+def verify(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, sample: int | None = DEFAULT_SAMPLE,
+           workers: int | None = None, rng: random.Random | None = None,
+           on_progress: ProgressFn | None = None) -> VerifyReport:
+    """Check ``sample`` random backed-up files (``None``: all of them); ManifestError without a manifest."""
+    started = time.monotonic()
+    manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
+    try:
+        rows = manifest.pull_done_rows()
+    finally:
+        manifest.close()
+    report = VerifyReport(manifest=str(manifest_path), dest=str(dest), mode="all" if sample is None else "sample",
+                          eligible=len(rows))
+    if sample is not None and sample < len(rows):
+        rows = (rng or random.SystemRandom()).sample(rows, max(0, sample))
+    rows.sort(key=lambda r: r["local_path"])
+    _check_all(Path(dest), rows, report, workers or default_workers(), on_progress)
+    report.problems.sort(key=lambda p: (p.kind, p.local_path))
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+def _check_all(dest: Path, rows: Iterable[dict[str, Any]], report: VerifyReport, workers: int,
+               on_progress: ProgressFn | None) -> None:
+    rows = list(rows)
+    total = len(rows)
+    pending = iter(rows)
+    window = 4 * workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+        inflight: set[Future[tuple[Problem | None, int]]] = set()
+        while True:
+            for row in pending:
+                inflight.add(pool.submit(check_file, dest, row))
+                if len(inflight) >= window:
+                    break
+            if not inflight:
+                break
+            finished, inflight = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                problem, nbytes = fut.result()
+                report.checked += 1
+                report.bytes_hashed += nbytes
+                if problem is None:
+                    report.ok += 1
+                else:
+                    report.problems.append(problem)
+            if on_progress is not None:
+                on_progress(report.checked, total, report.bytes_hashed)
+
+
+# -- output --------------------------------------------------------------------------------------
+def _safe(text: object) -> str:
+    s = "" if text is None else str(text)
+    return s if s.isprintable() else s.encode("unicode_escape").decode("ascii")
+
+
+def render_text(report: VerifyReport) -> str:
+    scope = "all" if report.mode == "all" or report.checked >= report.eligible else "a random sample"
+    lines = [
+        f"verify: checked {report.checked} of {report.eligible} backed-up files ({scope}) under "
+        f"{_safe(report.dest)} in {report.elapsed:.1f}s, {human_bytes(report.bytes_hashed)} hashed: "
+        f"{report.ok} ok, {len(report.of_kind(MISSING))} missing, {len(report.of_kind(CHANGED))} changed, "
+        f"{len(report.of_kind(UNREADABLE))} unreadable"
+    ]
+    if report.eligible == 0:
+        lines.append("nothing to verify: the manifest records no backed-up file yet")
+    for p in report.problems:
+        lines.append(f"{p.kind:<10}  {p.target}/{p.file_id}  {_safe(p.local_path)}  ({_safe(p.detail)})")
+    return "\n".join(lines)
+
+
+class ProgressPrinter:
+    """A progress line on ``stream`` for long checks.
+
+    On a terminal: one line rewritten in place (after the first second), cleared at the end.
+    Elsewhere: a plain line every ``interval`` seconds, no control characters.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, interval: float = 30.0):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = 0.25 if self.tty else interval
+        self.started = time.monotonic()
+        self.next_at = self.started + (1.0 if self.tty else interval)
+        self.shown = False
+
+    def __call__(self, checked: int, total: int, nbytes: int) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        self.next_at = now + self.interval
+        rate = nbytes / max(now - self.started, 1e-6)
+        line = f"verify: {checked}/{total} files, {human_bytes(nbytes)} hashed, {human_bytes(rate)}/s"
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.shown = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

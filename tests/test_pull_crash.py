@@ -1,0 +1,115 @@
+"""pull as a real process, killed with SIGKILL at several moments, then rerun to completion."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from syncer.fakeserver import FakeServer, Faults
+
+
+def write_config(srv: FakeServer, tmp: Path, *, concurrency: int = 4) -> Path:
+    targets = [f"user:{u}" for u in srv.users] + [f"visit:{v}" for v in srv.visits]
+    cfg = tmp / "syncer.toml"
+    cfg.write_text(
+        f'[api]\nbase_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n'
+        f'timeout_connect = 5.0\ntimeout_read = 5.0\n'
+        f'[manifest]\npath = "manifest.sqlite"\n'
+        f'[retry]\nattempts = 8\nmin_wait = 0.01\nmax_wait = 0.05\n'
+        f'[pull]\ndest = "backup"\nconcurrency = {concurrency}\ntargets = {targets!r}\n'.replace("'", '"'),
+        encoding="utf-8")
+    return cfg
+
+
+def start_pull(cfg: Path, srv: FakeServer) -> subprocess.Popen:
+    env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
+    return subprocess.Popen([sys.executable, "-m", "syncer", "pull", "-c", str(cfg), "-q"], env=env,
+                            cwd=cfg.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def final_files(dest: Path) -> list[Path]:
+    return [Path(d) / f for d, _, fs in os.walk(dest) for f in fs if not f.startswith(".")]
+
+
+def test_sigkill_at_several_moments_then_rerun_is_complete_and_intact(tmp_path):
+    sizes = (1_000, 20_000, 150_000, 600_000)
+    srv = FakeServer(seed=11, users=6, files_per_user=12, visits=2, files_per_visit=4, hostile_names=True,
+                     sizes=sizes, faults=Faults(latency_ms=15))
+    total_bytes = None
+    with srv.run_in_thread():
+        total_bytes = sum(f["size"] for f in srv.files())
+        cfg = write_config(srv, tmp_path)
+        kills = 0
+        for delay in (0.3, 0.8, 1.1, 1.4, 1.7):
+            proc = start_pull(cfg, srv)
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=30)
+            # Nothing partial ever sits at a final path: every final file is complete.
+            by_path = {}
+            if (tmp_path / "manifest.sqlite").exists():
+                conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'pull_items'").fetchone():
+                    by_path = {p: (fid, size) for p, fid, size in
+                               conn.execute("SELECT local_path, file_id, size FROM pull_items")}
+                conn.close()
+            for path in final_files(tmp_path / "backup"):
+                rel = path.relative_to(tmp_path / "backup").as_posix()
+                assert rel in by_path, f"a file at a final path the manifest does not know: {rel}"
+                assert path.read_bytes() == srv.file_bytes(by_path[rel][0]), rel
+        assert kills >= 2, "the runs ended before they could be killed: the test proved nothing"
+        proc = start_pull(cfg, srv)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+        rows = conn.execute("SELECT file_id, local_path, state FROM pull_items").fetchall()
+        conn.close()
+        assert len(rows) == len(srv.files())
+        for file_id, local_path, state in rows:
+            assert state == "done"
+            assert (tmp_path / "backup" / local_path).read_bytes() == srv.file_bytes(file_id)
+        assert not [p for p in (tmp_path / "backup").rglob(".*")], "temp files left behind"
+        # Bytes fetched again are bounded by what was in flight at each kill (concurrency 4 each).
+        refetched = srv.counters["view_bytes"] - total_bytes
+        assert refetched <= kills * 4 * max(sizes), (refetched, kills)
+
+
+@pytest.mark.slow
+def test_large_file_streams_with_flat_memory(tmp_path):
+    size = 256 * 2**20
+    srv = FakeServer(seed=12)
+    with srv.run_in_thread():
+        user = srv.add_user()
+        rec = srv.add_file("user", user, "scan.bin", size=size, category="user_document")
+        cfg = tmp_path / "syncer.toml"
+        cfg.write_text(
+            f'[api]\nbase_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n'
+            f'[manifest]\npath = "m.sqlite"\n[pull]\ndest = "backup"\ntargets = ["user:{user}"]\n',
+            encoding="utf-8")
+        env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
+        code = ("import resource, subprocess, sys; "
+                "r = subprocess.run([sys.executable, '-m', 'syncer', 'pull', '-c', sys.argv[1], '-q']); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+        res = subprocess.run([sys.executable, "-c", code, str(cfg)], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        peak_kib = int(res.stdout.strip().splitlines()[-1])
+        assert peak_kib * 1024 < size / 4, f"peak RSS {peak_kib} KiB for a {size} byte file"
+        out = tmp_path / "backup" / "user" / user / "user_document" / "scan.bin"
+        assert out.stat().st_size == size
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(out, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        assert h.hexdigest() == rec["sha256"]

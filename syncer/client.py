@@ -62,6 +62,7 @@ CHUNK_SIZE = 256 * 1024
 MAX_ERROR_BODY = 64 * 1024          # an error answer is read this far, no further
 MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits; an endless body does not
 THREAD_PARSE_ABOVE = 2 * 1024 * 1024  # parse big JSON bodies off the event loop
+THREAD_PARSE_ITEMS = 2000           # and big listings' items
 MAX_SERVER_MESSAGE = 200            # characters of the server's error message kept in ours
 
 # 5xx answers to an upload after which the file may well be stored: the origin failed while answering
@@ -253,38 +254,31 @@ class FilesClient:
     # -- endpoints ---------------------------------------------------------------------------------
 
     async def list_files(self, target: Target, *, category: str | None = None,
-                         include_shared: bool = False) -> Listing:
+                         include_shared: bool = False, token: str | None = None) -> Listing:
         """``GET /files`` for one target: every file of it, in one answer (retried on transient errors).
 
         404 gives an empty ``Listing`` with ``target_missing`` set.  Items that cannot be parsed do not
         sink the listing: they are named in ``Listing.bad_items``.  ``data`` that is not a list raises
-        ``ProtocolError``.
+        ``ProtocolError``.  ``token``: list as that user (a user token may list its own files) instead
+        of with the account API key; the push reconciles a lost upload this way.
         """
         params = {"target_id": target.id, "target_type": target.type}
         if category:
             params["category"] = category
         if include_shared:
             params["include_shared"] = "1"
+        headers = self._api_headers(token) if token else None
         try:
-            data = await self.retry.call(self._call, "GET", self._files_url, params=params)
+            data = await self.retry.call(self._call, "GET", self._files_url, params=params, headers=headers)
         except NotFoundError:
             return Listing(target_missing=True)
         if not isinstance(data, list):
             raise ProtocolError(f"the listing of {target} is a {type(data).__name__}, not a list",
                                 url=str(self._files_url))
-        listing = Listing()
-        seen: set[str] = set()
-        for i, item in enumerate(data):
-            try:
-                rf = RemoteFile.from_api(item)
-            except ProtocolError as exc:
-                listing.bad_items.append(f"item {i}: {exc}")
-                continue
-            if rf.id in seen:
-                log.debug("listing of %s: duplicate file id %s dropped", target, rf.id)
-                continue
-            seen.add(rf.id)
-            listing.files.append(rf)
+        if len(data) > THREAD_PARSE_ITEMS:
+            listing = await asyncio.to_thread(_parse_listing, data, target)
+        else:
+            listing = _parse_listing(data, target)
         if listing.bad_items:
             log.debug("listing of %s: %d unusable items", target, len(listing.bad_items))
         return listing
@@ -430,6 +424,23 @@ class FilesClient:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("GET %s -> %d", redact_url(url), resp.status)
         return resp
+
+
+def _parse_listing(items: list[Any], target: Target) -> Listing:
+    listing = Listing()
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        try:
+            rf = RemoteFile.from_api(item)
+        except ProtocolError as exc:
+            listing.bad_items.append(f"item {i}: {exc}")
+            continue
+        if rf.id in seen:
+            log.debug("listing of %s: duplicate file id %s dropped", target, rf.id)
+            continue
+        seen.add(rf.id)
+        listing.files.append(rf)
+    return listing
 
 
 # -- translation: the one place that knows aiohttp's errors and the API's statuses --------------------

@@ -755,3 +755,15 @@ class socket_bound_but_closed:  # noqa: N801 - used like a function
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+
+async def test_a_large_listing_in_one_answer(mock_client):
+    items = [{"id": f"f{i}", "name": f"scan-{i}.pdf", "size": i, "fullpath": f"https://x/v/f{i}?auth_code=a"}
+             for i in range(5000)]
+    items.append({"name": "no id"})
+    with aioresponses() as m:
+        m.get(LIST_RE, payload={"data": items})
+        listing = await mock_client.list_files(Target("visit", "1"))  # parsed off the loop
+    assert len(listing) == 5000 and listing[4999].size == 4999
+    assert listing.bad_items == ["item 5000: file object: required field 'id' is missing"]

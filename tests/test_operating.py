@@ -1,0 +1,134 @@
+"""Running it for real: the lock, signals, metrics, log formats and non-TTY output of `syncer pull`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from syncer.fakeserver import FakeServer, Faults
+
+
+def write_config(srv: FakeServer, tmp: Path, *, concurrency: int = 4, extra: str = "") -> Path:
+    targets = [f"user:{u}" for u in srv.users] + [f"visit:{v}" for v in srv.visits]
+    cfg = tmp / "syncer.toml"
+    cfg.write_text(
+        f'[api]\nbase_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n'
+        f'[manifest]\npath = "manifest.sqlite"\n'
+        f'[retry]\nattempts = 10\nmin_wait = 0.01\nmax_wait = 0.05\n'
+        f'[pull]\ndest = "backup"\nconcurrency = {concurrency}\ntargets = {targets!r}\n'.replace("'", '"')
+        + extra, encoding="utf-8")
+    return cfg
+
+
+def syncer(cfg: Path, srv: FakeServer, *args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
+    return subprocess.Popen([sys.executable, "-m", "syncer", *args, "-c", str(cfg)], env=env, cwd=cfg.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def wait_for_progress(manifest: Path, minimum: int, timeout: float = 20) -> None:
+    """Until the manifest records at least `minimum` finished files."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if manifest.exists():
+            try:
+                conn = sqlite3.connect(manifest, timeout=1)
+                n = conn.execute("SELECT count(*) FROM pull_items WHERE state = 'done'").fetchone()[0]
+                conn.close()
+                if n >= minimum:
+                    return
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not finish {minimum} files in {timeout}s")
+
+
+def test_second_run_on_the_same_manifest_exits_75_naming_the_holder(tmp_path):
+    srv = FakeServer(seed=21, users=4, files_per_user=10, faults=Faults(latency_ms=60))
+    with srv.run_in_thread():
+        cfg = write_config(srv, tmp_path, concurrency=2)
+        first = syncer(cfg, srv, "pull", "-q")
+        wait_for_progress(tmp_path / "manifest.sqlite", 1)
+        second = syncer(cfg, srv, "pull", "-q")
+        out, err = second.communicate(timeout=30)
+        assert second.returncode == 75, err.decode()
+        assert f"pid {first.pid}" in err.decode()
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err.decode()[-2000:]
+
+
+def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
+    srv = FakeServer(seed=22, users=3, files_per_user=10, faults=Faults(latency_ms=40))
+    with srv.run_in_thread():
+        cfg = write_config(srv, tmp_path, concurrency=2)
+        first = syncer(cfg, srv, "pull", "-q")
+        wait_for_progress(tmp_path / "manifest.sqlite", 1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        second = syncer(cfg, srv, "pull", "-q")
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err.decode()[-2000:]
+        conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+        outcomes = [r[0] for r in conn.execute("SELECT outcome FROM runs ORDER BY started")]
+        conn.close()
+        assert outcomes == ["killed", "ok"]
+
+
+def test_sigterm_stops_cleanly_records_and_the_next_run_resumes(tmp_path):
+    srv = FakeServer(seed=23, users=4, files_per_user=15, faults=Faults(latency_ms=50))
+    with srv.run_in_thread():
+        cfg = write_config(srv, tmp_path, concurrency=2)
+        proc = syncer(cfg, srv, "pull")
+        wait_for_progress(tmp_path / "manifest.sqlite", 2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 8, "SIGTERM did not stop the run within a few seconds"
+        assert proc.returncode == 143, err.decode()[-2000:]
+        assert "interrupted" in out.decode()
+        conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+        done = conn.execute("SELECT count(*) FROM pull_items WHERE state = 'done'").fetchone()[0]
+        outcome = conn.execute("SELECT outcome FROM runs").fetchone()[0]
+        conn.close()
+        assert 0 < done < len(srv.files())
+        assert outcome == "interrupted"
+        views_before = srv.counters["view"]
+        proc = syncer(cfg, srv, "pull", "-q")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        # The rerun fetched only what was left (files in flight at the signal at most twice).
+        assert srv.counters["view"] - views_before <= len(srv.files()) - done + 2
+
+
+def test_metrics_file_json_logs_and_no_control_characters(tmp_path):
+    srv = FakeServer(seed=24, users=2, files_per_user=6, hostile_names=True,
+                     faults=Faults(error_500=0.2, reset_mid_body=0.1))
+    with srv.run_in_thread():
+        cfg = write_config(srv, tmp_path)
+        metrics = tmp_path / "syncer.prom"
+        proc = syncer(cfg, srv, "pull", "--log-format", "json", "--log-level", "debug",
+                      "--metrics-file", str(metrics), "--progress-interval", "0.05")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        for stream in (out, err):
+            assert b"\r" not in stream and b"\x1b" not in stream
+        events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+        downloaded = [e for e in events if e.get("event") == "downloaded"]
+        assert len(downloaded) == len(srv.files())
+        for e in downloaded:
+            assert {"run_id", "file_id", "target", "bytes", "duration"} <= set(e)
+        text = metrics.read_text()
+        assert f'syncer_files_done{{kind="pull"}} {len(srv.files())}' in text
+        assert 'syncer_last_run_success{kind="pull"} 1' in text
+        assert oct(metrics.stat().st_mode & 0o777) == "0o600"
+        # Names of patients' files are not logged at info level.
+        info_text = "\n".join(json.dumps(e) for e in events if e["level"] == "info")
+        for f in srv.files():
+            if len(f["name"]) > 6:
+                assert f["name"] not in info_text

@@ -350,6 +350,7 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
       syncer verify -c syncer.toml --all --json  # the whole backup, for an audit
     """
     from syncer import verify as verify_mod
+    from syncer.runner import EXIT_SIGINT
 
     if sample is not None and check_all:
         raise click.UsageError("give --sample N or --all, not both")
@@ -359,6 +360,8 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
         report = verify_mod.verify(cfg.manifest.path, cfg.pull.dest,
                                    sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE),
                                    on_progress=progress)
+    except KeyboardInterrupt:
+        raise Exit("verify interrupted: nothing was concluded", EXIT_SIGINT) from None
     finally:
         progress.close()
     if as_json:
@@ -366,3 +369,62 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
     else:
         click.echo(verify_mod.render_text(report))
     sys.exit(0 if report.passed else 1)
+
+
+@main.command(context_settings=CONTEXT)
+@config_option
+@click.option("--source", type=click.Path(file_okay=False),
+              help="The folder to upload: <source>/<user_id>/**/<file> (push.source).")
+@click.option("--tokens-file", type=click.Path(dir_okay=False),
+              help="CSV with header user_id,token, mode 0600 (push.tokens_file).")
+@click.option("--user", "users", multiple=True, metavar="ID", help="Only this user's folder; repeatable.")
+@click.option("--concurrency", type=int, help="Uploads at once (default 8).")
+@click.option("--dry-run", is_flag=True, help="Scan and plan only: print what would be uploaded; send nothing.")
+@run_options
+@handle_errors
+def push(config_path: str | None, source: str | None, tokens_file: str | None, users: tuple[str, ...],
+         concurrency: int | None, dry_run: bool, log_format: str | None, log_level: str | None, quiet: bool,
+         progress_interval: float | None, metrics_file: str | None) -> None:
+    """Upload every file under SOURCE/<user_id>/ as that user's document, exactly once.
+
+    Each user's files go up with that user's own token (from the tokens file), named by their base
+    name. The manifest records every upload, so a rerun sends only what is new or changed; an upload
+    whose answer was lost is looked for on the server before anything is sent again.
+
+    \b
+    Example:
+      export VSEE_API_TOKEN=...        # the account API key
+      syncer push -c syncer.toml --source /migration/docs --tokens-file tokens.csv
+    """
+    from syncer.progress import human_bytes, make_reporter
+    from syncer.push import PushJob, options_from_config, plan_dry
+    from syncer.runner import execute
+
+    cfg = _load(config_path, {
+        "push": {"source": source, "tokens_file": tokens_file, "concurrency": concurrency},
+        "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
+    })
+    opts = options_from_config(cfg, users)
+    if dry_run:
+        report, problems = plan_dry(opts, Path(cfg.manifest.path))
+        for problem in problems:
+            click.echo(problem, err=True)
+        for row in report:
+            note = f"\t({row.note})" if row.note else ""
+            click.echo(f"user:{row.user_id}\t{row.files} files\t{human_bytes(row.bytes)}{note}")
+        click.echo(f"total: {len(report)} users, {sum(r.files for r in report)} files, "
+                   f"{human_bytes(sum(r.bytes for r in report))} would be uploaded (dry run: nothing sent)")
+        return
+    if not cfg.api.base_url:
+        raise ConfigError("api.base_url is not set in the config")
+    token = cfg.api_token()
+    _setup_logs(cfg, quiet)
+
+    async def job(ctx: Any) -> None:
+        await PushJob(ctx, opts).run()
+
+    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
+    stats, code = asyncio.run(execute(
+        "push", cfg, job, token=token, concurrency=cfg.push.concurrency, on_progress=reporter,
+        details={"source": str(opts.source), "users": len(opts.users) or None}))
+    _finish(stats, code, metrics_file)

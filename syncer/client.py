@@ -404,13 +404,16 @@ class FilesClient:
                     del headers["Range"]
                     offset = 0
                     resp = await self._get_view(url, headers)
-            if resp.status == 206 and offset > 0:
+            # A server that compresses anyway (despite "identity") announces the compressed length,
+            # while aiohttp hands us the decompressed bytes: no length can be checked then.
+            encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+            clen = None if encoded else resp.content_length
+            if resp.status == 206 and offset > 0 and not encoded:
                 start, end, total = _content_range(resp.headers.get("Content-Range", ""))  # type: ignore[misc]
-                length = resp.content_length if resp.content_length is not None else end - start + 1
+                length = clen if clen is not None else end - start + 1
                 return Download(resp, url, offset=start, total_size=total, length=length)
             if resp.status in (200, 203):
-                length = resp.content_length
-                return Download(resp, url, offset=0, total_size=length, length=length)
+                return Download(resp, url, offset=0, total_size=clen, length=clen)
             raise await _status_error(resp, url, view=True, secrets=(self._token,))
         except BaseException:
             resp.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -126,7 +127,7 @@ class Manifest:
         """Open (and create or upgrade) the manifest; ManifestError when it cannot be used."""
         path = Path(path)
         if not path.exists():
-            if not create:
+            if not create or readonly:
                 raise ManifestError(f"no manifest at {path}: nothing has run with this configuration yet")
             try:
                 _create_private(path)
@@ -134,7 +135,7 @@ class Manifest:
                 raise ManifestError(f"cannot create the manifest {path}: {exc.strerror or exc}") from exc
         try:
             if readonly:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, check_same_thread=False,
                                        isolation_level=None, timeout=30)
             else:
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)

@@ -141,7 +141,7 @@ class PullJob:
         rows = await ctx.manifest.call(ctx.manifest.pull_rows_for_target, target.type, target.id)
         plan: TargetPlan = await asyncio.to_thread(
             plan_target, target, files, rows, dest=self.dest, categories=self.opts.categories,
-            listing_complete=listing.complete)
+            listing_complete=listing.complete and not listing.target_missing)
         ctx.stats.skipped += plan.up_to_date
         ctx.stats.files_total += len(plan.todo)
         ctx.stats.bytes_total += plan.todo_bytes

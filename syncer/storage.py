@@ -231,6 +231,14 @@ def make_dirs(path: Path, root: Path) -> None:
         _mkdir_private(current)
 
 
+# Folders already checked and made, by (root, folder) as given: most files of a run share a
+# handful of folders, and resolving a path costs a stat per component.  Entries are dropped when
+# a folder turns out to be gone.  (The destination is 0700: only this user could swap a folder for a
+# link meanwhile.)
+_ready_folders: dict[tuple[str, str], Path] = {}
+_READY_FOLDERS_MAX = 4096
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -307,6 +315,7 @@ class AtomicWriter:
         self._final = self.final_path  # resolved in open()
         self._temp = self.temp_path
         self._fd: int | None = None
+        self._created = False  # the temp file exists (open() may leave that to the first write)
         self._hash = hashlib.sha256()
         self._bytes = 0  # received, buffered or written
         self._buf: list[bytes] = []
@@ -341,19 +350,53 @@ class AtomicWriter:
     # -- steps
 
     async def open(self, offset: int = 0) -> None:
-        """Create the temp file (0600, never through a link), or reopen it at ``offset`` to resume."""
+        """Start the temp file (0600, never through a link), or reopen it at ``offset`` to resume.
+
+        At offset 0 in a folder this process has already checked, the file is created by the first
+        write to disk (a batch or ``commit``) rather than here: one thread hop less per small file.
+        """
         if self._state != "new":
             raise RuntimeError("AtomicWriter.open() called twice")
+        if offset <= 0 and self._folder_ready():
+            self._state = "open"
+            return
         try:
             await asyncio.to_thread(self._open_sync, offset)
         except OSError as exc:
             raise _disk_error(exc, "cannot create a download's temp file", self.final_path.parent) from exc
         self._state = "open"
 
+    def _folder_ready(self) -> bool:
+        final = os.path.abspath(self.final_path)
+        folder = _ready_folders.get((os.path.abspath(self.root), os.path.dirname(final)))
+        if folder is None:
+            return False
+        self._final = folder / os.path.basename(final)
+        self._temp = folder / self.temp_path.name
+        return True
+
     def _open_sync(self, offset: int) -> None:
-        self._final = ensure_inside(self.root, os.path.abspath(self.final_path))
-        self._temp = self._final.with_name(self.temp_path.name)
-        make_dirs(self._final.parent, self.root)
+        final = os.path.abspath(self.final_path)
+        key = (os.path.abspath(self.root), os.path.dirname(final))
+        for attempt in (1, 2):
+            folder = _ready_folders.get(key)
+            if folder is None:
+                folder = ensure_inside(self.root, final).parent
+                make_dirs(folder, self.root)
+                if len(_ready_folders) >= _READY_FOLDERS_MAX:
+                    _ready_folders.clear()
+                _ready_folders[key] = folder
+            self._final = folder / os.path.basename(final)
+            self._temp = folder / self.temp_path.name
+            try:
+                self._create_sync(offset)
+                return
+            except FileNotFoundError:
+                _ready_folders.pop(key, None)  # the folder went away under us: check and make it again
+                if attempt == 2 or offset > 0:
+                    raise
+
+    def _create_sync(self, offset: int) -> None:
         flags = os.O_NOFOLLOW | os.O_CLOEXEC
         if offset <= 0:
             # Unlink first and create exclusively: a stale temp could be a hard link to a file
@@ -378,7 +421,16 @@ class AtomicWriter:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._fd, self._created = fd, True
+
+    def _fd_for_writing(self) -> int:
+        """The open temp file, created now if ``open`` left that to the first write."""
+        if self._fd is None:
+            if self._created:
+                raise RuntimeError("the writer was closed while a write was pending")
+            self._open_sync(0)
+        assert self._fd is not None
+        return self._fd
 
     def _hash_prefix(self, fd: int, length: int) -> None:
         buf = bytearray(WRITE_BUFFER_BYTES)
@@ -412,14 +464,13 @@ class AtomicWriter:
 
     def _flush_sync(self, chunks: list[bytes]) -> None:
         with self._lock:
-            if self._fd is None:
-                return
             try:
+                fd = self._fd_for_writing()
                 for c in chunks:
                     self._hash.update(c)
-                _write_all(self._fd, chunks)
+                _write_all(fd, chunks)
                 if self.chunk_fsync:
-                    os.fsync(self._fd)
+                    os.fsync(fd)
             except BaseException:
                 self._failed = True
                 raise
@@ -457,17 +508,16 @@ class AtomicWriter:
 
     def _commit_sync(self, chunks: list[bytes]) -> str:
         with self._lock:
-            if self._fd is None:
-                raise RuntimeError("the writer was closed during commit")
             try:
+                fd = self._fd_for_writing()
                 for c in chunks:
                     self._hash.update(c)
-                _write_all(self._fd, chunks)
-                os.fsync(self._fd)
+                _write_all(fd, chunks)
+                os.fsync(fd)
             except BaseException:
                 self._failed = True
                 raise
-            fd, self._fd = self._fd, None
+            self._fd = None
             os.close(fd)
             os.replace(self._temp, self._final)
             self._state = "committed"
@@ -506,20 +556,22 @@ class AtomicWriter:
             if self._state in ("committed", "closed"):
                 return  # a second abort (after a cancellation) must not undo the first
             self._state = "closed"
-            fd, self._fd = self._fd, None
-            keep = keep_partial and not self._failed and fd is not None
+            keep = keep_partial and not self._failed
             try:
-                if keep and fd is not None:
-                    try:
-                        _write_all(fd, chunks)
-                        os.fsync(fd)
-                    except OSError as exc:
-                        keep = False
-                        log.warning("%s", _disk_error(exc, "cannot keep a partial download", self._final.parent))
-            finally:
+                if keep and chunks and not self._created:
+                    self._open_sync(0)
+                fd, self._fd = self._fd, None
                 if fd is not None:
-                    os.close(fd)
-            if not keep:
+                    try:
+                        if keep:
+                            _write_all(fd, chunks)
+                            os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            except OSError as exc:
+                keep = False
+                log.warning("%s", _disk_error(exc, "cannot keep a partial download", self._final.parent))
+            if self._created and not keep:
                 try:
                     os.unlink(self._temp)
                 except FileNotFoundError:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from syncer.errors import ConfigError
 from syncer.logs import register_secret
-from syncer.storage import check_private_file
+from syncer.storage import LoosePermissionsError, check_private_file
 
 HEADER = ("user_id", "token")
 # User ids are folder names under the push source and go into URLs: ASCII letters, digits, '-', '_'.
@@ -31,7 +31,9 @@ def load_tokens(path: str | Path) -> dict[str, str]:
     is missing, loose (readable or writable by group or others), or malformed."""
     path = Path(path)
     try:
-        check_private_file(path)  # LoosePermissionsError is a ConfigError, with the chmod 600 fix
+        check_private_file(path)
+    except LoosePermissionsError:
+        raise  # a ConfigError (exit 2) that names the file and says: chmod 600
     except FileNotFoundError:
         raise ConfigError(f"tokens file {path} does not exist") from None
     except OSError as exc:

@@ -161,24 +161,29 @@ def _check_all(dest: Path, rows: Iterable[dict[str, Any]], report: VerifyReport,
     window = 4 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         inflight: set[Future[tuple[Problem | None, int]]] = set()
-        while True:
-            for row in pending:
-                inflight.add(pool.submit(check_file, dest, row))
-                if len(inflight) >= window:
+        try:
+            while True:
+                for row in pending:
+                    inflight.add(pool.submit(check_file, dest, row))
+                    if len(inflight) >= window:
+                        break
+                if not inflight:
                     break
-            if not inflight:
-                break
-            finished, inflight = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                problem, nbytes = fut.result()
-                report.checked += 1
-                report.bytes_hashed += nbytes
-                if problem is None:
-                    report.ok += 1
-                else:
-                    report.problems.append(problem)
-            if on_progress is not None:
-                on_progress(report.checked, total, report.bytes_hashed)
+                finished, inflight = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    problem, nbytes = fut.result()
+                    report.checked += 1
+                    report.bytes_hashed += nbytes
+                    if problem is None:
+                        report.ok += 1
+                    else:
+                        report.problems.append(problem)
+                if on_progress is not None:
+                    on_progress(report.checked, total, report.bytes_hashed)
+        except BaseException:
+            # Ctrl-C or a bug: do not start the queued files; only those being hashed finish.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 # -- output --------------------------------------------------------------------------------------

@@ -650,7 +650,7 @@ async def test_connection_refused_is_retried(http_session, fake_sleep):
 
 
 async def test_read_timeout_is_transient(server):
-    server.set_faults(latency_ms=500)
+    server.set_faults(latency_ms=200)
     api = ApiConfig(base_url=server.base_url, timeout_connect=2, timeout_read=0.05)
     async with make_session(api, limit=2) as session:
         c = FilesClient(session, base_url=server.base_url, token=server.api_key, retry=RetryPolicy(attempts=1))
@@ -758,12 +758,41 @@ class socket_bound_but_closed:  # noqa: N801 - used like a function
 
 
 
-async def test_a_large_listing_in_one_answer(mock_client):
-    items = [{"id": f"f{i}", "name": f"scan-{i}.pdf", "size": i, "fullpath": f"https://x/v/f{i}?auth_code=a"}
-             for i in range(5000)]
-    items.append({"name": "no id"})
+async def test_a_large_listing_is_parsed_off_the_loop(mock_client, monkeypatch):
+    import syncer.client
+
+    monkeypatch.setattr(syncer.client, "THREAD_PARSE_ITEMS", 100)  # aioresponses cannot feed a big body
+    items = [{"id": f"f{i}", "name": f"s{i}", "size": i} for i in range(500)] + [{"name": "no id"}]
     with aioresponses() as m:
         m.get(LIST_RE, payload={"data": items})
-        listing = await mock_client.list_files(Target("visit", "1"))  # parsed off the loop
-    assert len(listing) == 5000 and listing[4999].size == 4999
-    assert listing.bad_items == ["item 5000: file object: required field 'id' is missing"]
+        listing = await mock_client.list_files(Target("visit", "1"))
+    assert len(listing) == 500 and listing[499].size == 499
+    assert listing.bad_items == ["item 500: file object: required field 'id' is missing"]
+
+
+async def test_compressed_download_is_not_length_checked(http_session):
+    """A server that gzips despite ``Accept-Encoding: identity``: aiohttp decompresses, so the announced
+    (compressed) length cannot be compared with the bytes we get."""
+    import gzip
+
+    from aiohttp import web
+
+    raw = b"hello " * 1000
+
+    async def view(request: web.Request) -> web.Response:
+        assert request.headers["Accept-Encoding"] == "identity"
+        return web.Response(body=gzip.compress(raw), headers={"Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/files/view/{id}", view)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        c = FilesClient(http_session, base_url=f"http://127.0.0.1:{port}/api_v3", token="k")
+        dl, data = await fetch(c, f"http://127.0.0.1:{port}/files/view/f1?auth_code=c0ffee&time=1")
+    finally:
+        await runner.cleanup()
+    assert data == raw and dl.length is None and dl.total_size is None

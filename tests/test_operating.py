@@ -50,7 +50,7 @@ def wait_for_progress(manifest: Path, minimum: int, timeout: float = 20) -> None
 
 
 def test_second_run_on_the_same_manifest_exits_75_naming_the_holder(tmp_path):
-    srv = FakeServer(seed=21, users=4, files_per_user=10, faults=Faults(latency_ms=60))
+    srv = FakeServer(seed=21, users=8, files_per_user=10, faults=Faults(latency_ms=100))
     with srv.run_in_thread():
         cfg = write_config(srv, tmp_path, concurrency=2)
         first = syncer(cfg, srv, "pull", "-q")

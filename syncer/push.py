@@ -1,0 +1,688 @@
+"""The upload pipeline: scan ``<source>/<user_id>/**`` → plan against the manifest → M uploaders → recorder.
+
+Every regular file below a user's folder is uploaded once, as that user (with the user's own token from
+the tokens file), under its base name.  How "exactly once" holds, since ``POST /files`` is not idempotent:
+
+- An intent (state ``uploading``, ``intent_at``, the size, mtime and sha256 being sent) is committed
+  before every POST.  A crash or a lost answer leaves that row as evidence.
+- A POST whose outcome is unknown (``UploadOutcomeUnknown``: answer lost, 500/502/504, unreadable 2xx)
+  is never re-sent blindly: the user's documents are listed and one with the same name (NFC) and size,
+  created since the attempt began (minus ``CLOCK_SLACK``), not already claimed by another local file,
+  and whose downloaded bytes hash to the local sha256, is adopted.  The hash is the only proof (the API
+  has no checksum): a same-name, same-size document someone else added is never mistaken for ours.
+  Only when no such document exists is the file sent again (bounded by ``retry.attempts``).
+- Rows left ``uploading`` (or ``failed`` after an intent) by an earlier run are reconciled the same way
+  before anything else is done with them.
+- Two local files that could be mistaken for each other (same user, name and size) are never in flight
+  together, so a reconcile cannot adopt the upload of the other one.
+- A file that was uploaded and later changes (its sha256 differs) is uploaded again as a new document;
+  the old document stays on the server and both uploads are kept in ``push_uploads``.  A file that was
+  only touched (same sha256) is not uploaded again.
+- A file that changes while it is being uploaded fails (retried next run).  If the server stored it, the
+  stored bytes are checked: a clean copy of what was hashed is kept and recorded, anything else (a mix of
+  old and new bytes) is deleted so it cannot pass for the file.
+
+Logs at info level name users and item ids (a short hash of the relative path), never file names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import stat
+import time
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syncer.errors import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    ConfigError,
+    ItemError,
+    LinkExpiredError,
+    LocalIOError,
+    ManifestError,
+    PermanentError,
+    SyncerError,
+    TooLargeError,
+    TransientError,
+    UploadOutcomeUnknown,
+    error_class,
+)
+from syncer.logs import scrub
+from syncer.manifest import Manifest, Update
+from syncer.models import PushState, RemoteFile, Target
+from syncer.runner import RunContext
+from syncer.storage import iter_regular_files, sha256_file
+from syncer.tokens import load_tokens, valid_user_id
+
+log = logging.getLogger("syncer.push")
+
+CLOCK_SLACK = 120.0     # seconds: a server clock this far behind ours still finds its own upload
+MANIFEST_SIDE_FILES = ("", "-wal", "-shm", "-journal", ".lock")
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    source: Path
+    tokens: dict[str, str] = field(repr=False)   # user id -> token: secrets, never printed
+    users: tuple[str, ...] = ()                  # empty: every user folder under source
+    category: str = "user_document"
+    concurrency: int = 8
+    exclude: frozenset[str] = frozenset()        # real paths never uploaded (the manifest and its files)
+
+
+def options_from_config(cfg: Any, users: Iterable[str] = ()) -> PushOptions:
+    """PushOptions from a loaded Config and ``--user`` ids; ConfigError for what cannot work."""
+    push = cfg.push
+    if push.tokens_file is None:
+        raise ConfigError("no tokens file: give --tokens-file PATH or push.tokens_file in the config "
+                          "(CSV with the header user_id,token, mode 0600)")
+    chosen = tuple(dict.fromkeys(u.strip() for u in users))
+    for user in chosen:
+        if not valid_user_id(user):
+            raise ConfigError(f"--user {user!r} is not a user id (letters, digits, '-' or '_')")
+    source = Path(push.source)
+    if not source.is_dir():
+        raise ConfigError(f"the push source {source} is not a folder (set --source or push.source)")
+    tokens = load_tokens(push.tokens_file)
+    manifest = Path(cfg.manifest.path)
+    exclude = frozenset(os.path.realpath(manifest.with_name(manifest.name + s)) for s in MANIFEST_SIDE_FILES)
+    return PushOptions(source=source, tokens=tokens, users=chosen, category=push.category,
+                       concurrency=push.concurrency, exclude=exclude)
+
+
+def item_id(rel_path: str) -> str:
+    """A short, stable id for a file in logs, where its name (patient data) must not appear."""
+    return hashlib.sha256(rel_path.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+# -- planning ---------------------------------------------------------------------------------------
+
+@dataclass
+class PushItem:
+    user_id: str
+    rel_path: str                 # POSIX, relative to the user's folder
+    path: Path
+    size: int                     # at scan time (the row's size for a vanished file)
+    mtime_ns: int
+    row: dict[str, Any] | None    # the manifest row when planned
+    reconcile: bool = False       # an earlier POST may have stored it: look before sending
+    missing: bool = False         # the local file is gone: only settle the earlier attempt
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user_id, self.rel_path)
+
+    @property
+    def name(self) -> str:
+        return self.rel_path.rsplit("/", 1)[-1]
+
+
+@dataclass
+class UserPlan:
+    user_id: str
+    items: list[PushItem] = field(default_factory=list)
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    up_to_date: int = 0
+    held_permanent: int = 0       # failed for good before and unchanged since: not retried
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (symlink, hidden, ...)
+    unsendable: int = 0           # names that are not valid UTF-8 cannot be sent or recorded
+
+    @property
+    def todo_bytes(self) -> int:
+        return sum(i.size for i in self.items if not i.missing)
+
+
+def plan_user(user_id: str, folder: Path, rows: dict[str, dict[str, Any]], *,
+              exclude: frozenset[str] = frozenset()) -> UserPlan:
+    """Compare one user's folder with its manifest rows.  Blocking (walks the folder): run in a thread.
+
+    New file → a pending row and an item.  Unchanged (size and mtime) and done → up to date, not even
+    hashed.  Unchanged and permanent → held.  Changed, pending or failed → an item (the uploader hashes
+    it; a done file whose sha256 is the same is only touched).  A row whose last POST may have been
+    stored (``uploading``, or ``failed`` after an intent) → an item that reconciles first, even when the
+    local file has gone.
+    """
+    plan = UserPlan(user_id)
+    root = Path(os.path.realpath(folder))
+
+    def on_skip(path: Path, reason: str) -> None:
+        reason = reason.split(":", 1)[0]
+        plan.skipped[reason] = plan.skipped.get(reason, 0) + 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("user %s: skipped %s (%s)", user_id, _rel(path, root), reason)
+
+    seen: set[str] = set()
+    for path, st in iter_regular_files(root, on_skip):
+        if str(path) in exclude:
+            continue
+        rel = _rel(path, root)
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            plan.unsendable += 1
+            log.debug("user %s: a file name is not valid UTF-8: %r", user_id, rel)
+            continue
+        seen.add(rel)
+        row = rows.get(rel)
+        item = PushItem(user_id, rel, path, st.st_size, st.st_mtime_ns, row)
+        if row is None:
+            plan.inserts.append({"user_id": user_id, "rel_path": rel, "size": st.st_size,
+                                 "mtime_ns": st.st_mtime_ns, "sha256": None, "state": PushState.PENDING.value})
+            plan.items.append(item)
+            continue
+        state = row["state"]
+        item.reconcile = _may_be_stored(row)
+        unchanged = row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns
+        if unchanged and state == PushState.DONE:
+            plan.up_to_date += 1
+        elif unchanged and state == PushState.PERMANENT:
+            plan.held_permanent += 1
+        else:
+            plan.items.append(item)
+    for rel, row in rows.items():
+        if rel not in seen and _may_be_stored(row):
+            plan.items.append(PushItem(user_id, rel, root / rel, row["size"] or 0, row["mtime_ns"] or 0, row,
+                                       reconcile=True, missing=True))
+    # Settle earlier attempts first: their documents are then claimed before anything new is sent.
+    plan.items.sort(key=lambda i: not i.reconcile)
+    return plan
+
+
+def _may_be_stored(row: dict[str, Any]) -> bool:
+    return row["state"] in (PushState.UPLOADING, PushState.FAILED) and row.get("intent_at") is not None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def user_folders(source: Path, users: tuple[str, ...]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """``([(user_id, folder)], [problems])``: the user folders under ``source`` in name order (only
+    ``users`` when given), and one line per folder or requested user that cannot be used."""
+    problems: list[str] = []
+    found: dict[str, Path] = {}
+    with os.scandir(source) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            problems.append(f"a user folder is a symbolic link (not followed): {entry.name!r}")
+        elif not entry.is_dir(follow_symlinks=False):
+            continue  # a file beside the user folders (the manifest, a README): not anyone's
+        elif not valid_user_id(entry.name):
+            problems.append(f"folder {entry.name!r} is not a user id (letters, digits, '-' or '_'): skipped")
+        else:
+            found[entry.name] = Path(entry.path)
+    if not users:
+        return list(found.items()), problems
+    out = []
+    for user in users:
+        if user in found:
+            out.append((user, found[user]))
+        else:
+            problems.append(f"user {user}: no folder {source / user}")
+    return out, problems
+
+
+@dataclass
+class DryRunUser:
+    user_id: str
+    files: int
+    bytes: int
+    note: str = ""
+
+
+def plan_dry(opts: PushOptions, manifest_path: Path) -> tuple[list[DryRunUser], list[str]]:
+    """What a push would upload, per user, against the manifest opened read only (never written).
+    Blocking; sends nothing.  Returns the per-user rows and the problems found."""
+    folders, problems = user_folders(opts.source, opts.users)
+    manifest = Manifest.open(manifest_path, readonly=True) if Path(manifest_path).exists() else None
+    report = []
+    try:
+        for user, folder in folders:
+            rows = manifest.push_rows_for_user(user) if manifest is not None else {}
+            plan = plan_user(user, folder, rows, exclude=opts.exclude)
+            if user not in opts.tokens:
+                report.append(DryRunUser(user, 0, 0, f"no token: {len(plan.items)} files would be skipped"))
+                continue
+            uploads = [i for i in plan.items if not i.missing]
+            report.append(DryRunUser(user, len(uploads), plan.todo_bytes,
+                                     f"{plan.up_to_date} up to date" if plan.up_to_date else ""))
+    finally:
+        if manifest is not None:
+            manifest.close()
+    return report, problems
+
+
+# -- the job ----------------------------------------------------------------------------------------
+
+class _UserRejected(Exception):
+    """The user's token was refused (401)."""
+
+
+class _Stopping(Exception):
+    """The run is stopping: leave the item as the manifest has it."""
+
+
+@dataclass
+class _Snapshot:
+    """What was hashed: the upload is valid only while the file still looks like this."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    ident: tuple[int, ...]
+
+
+def _ident(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _form_name(name: str) -> str:
+    # What the client puts in the multipart header (CR, LF, NUL percent-encoded): the server stores that.
+    return name.replace("\r", "%0D").replace("\n", "%0A").replace("\0", "%00")
+
+
+class PushJob:
+    def __init__(self, ctx: RunContext, opts: PushOptions):
+        self.ctx = ctx
+        self.opts = opts
+        self.queue: asyncio.Queue[PushItem | None] = asyncio.Queue(maxsize=max(16, opts.concurrency * 4))
+        self.rejected: set[str] = set()           # users whose token got a 401
+        self.users_with_items: set[str] = set()
+        self.planning_done = False
+        self._busy: dict[tuple[str, str, int], asyncio.Event] = {}
+
+    # -- the script ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        workers = [asyncio.create_task(self._worker(), name=f"upload-{i}") for i in range(self.opts.concurrency)]
+        try:
+            await self._scan_all()
+            self.planning_done = True
+            self._check_all_rejected()
+            for _ in workers:
+                await self.queue.put(None)
+            results = await asyncio.gather(*workers, return_exceptions=True)
+        except BaseException:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        for r in results:
+            if isinstance(r, BaseException):
+                self.ctx.fatal(r)
+
+    # -- stage 1: scan and plan ----------------------------------------------------------------
+    async def _scan_all(self) -> None:
+        ctx = self.ctx
+        try:
+            folders, problems = await asyncio.to_thread(user_folders, self.opts.source, self.opts.users)
+        except OSError as exc:
+            raise LocalIOError(f"cannot read the push source {self.opts.source}: {exc.strerror or exc}") from exc
+        for problem in problems:
+            ctx.log_event("user_skipped", level=logging.WARNING, message=problem)
+            if problem.startswith("user "):  # a --user that names no folder: asked for, not done
+                ctx.stats.failed += 1
+        for user, folder in folders:
+            if ctx.stopping:
+                return
+            await self._scan_user(user, folder)
+
+    async def _scan_user(self, user: str, folder: Path) -> None:
+        ctx = self.ctx
+        rows = await ctx.manifest.call(ctx.manifest.push_rows_for_user, user)
+        try:
+            plan = await asyncio.to_thread(plan_user, user, folder, rows, exclude=self.opts.exclude)
+        except OSError as exc:
+            ctx.stats.failed += 1
+            ctx.log_event("scan_failed", level=logging.WARNING, user=user,
+                          message=f"cannot read the folder of user {user}: {exc.strerror or exc}")
+            return
+        skipped = sum(plan.skipped.values())
+        ctx.stats.skipped += skipped + plan.up_to_date + plan.held_permanent
+        if plan.unsendable:
+            ctx.stats.permanent += plan.unsendable
+            ctx.log_event("bad_names", level=logging.WARNING, user=user,
+                          message=f"user {user}: {plan.unsendable} file names are not valid UTF-8 and cannot"
+                                  " be uploaded (rename them; --log-level debug shows which)")
+        if plan.skipped.get("symlink"):
+            ctx.log_event("symlinks_skipped", user=user,
+                          message=f"skipped {plan.skipped['symlink']} symlinks for user {user} (never followed)")
+        if plan.held_permanent:
+            ctx.log_event("held_permanent", user=user,
+                          message=f"user {user}: {plan.held_permanent} files failed permanently before and are"
+                                  " unchanged: not retried (see syncer status)")
+        token = self.opts.tokens.get(user)
+        if token is None:
+            ctx.stats.skipped += len(plan.items)
+            ctx.log_event("no_token", level=logging.WARNING, user=user,
+                          message=f"user {user} has no token in the tokens file: its {len(plan.items)} files"
+                                  " to upload are skipped")
+            return
+        ctx.stats.targets += 1
+        if plan.inserts:
+            await ctx.manifest.call(ctx.manifest.upsert_push_items, ctx.run_id, plan.inserts)
+        uploads = [i for i in plan.items if not i.missing]
+        ctx.stats.files_total += len(uploads)
+        ctx.stats.bytes_total += plan.todo_bytes
+        ctx.log_event("scanned", level=logging.DEBUG, user=user,
+                      message=f"user {user}: {len(uploads)} files to upload, {plan.up_to_date} up to date,"
+                              f" {skipped} skipped")
+        if plan.items:
+            self.users_with_items.add(user)
+        for item in plan.items:
+            if ctx.stopping:
+                return
+            await self.queue.put(item)
+
+    # -- stage 2: upload -----------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if self.ctx.stopping:
+                continue  # drain: the manifest keeps the item as it is for the next run
+            try:
+                await self._one(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the recorder died: stop, but keep draining
+                self.ctx.fatal(exc)
+
+    async def _one(self, item: PushItem) -> None:
+        """The one failure funnel: every outcome of an item is classified and recorded here."""
+        ctx = self.ctx
+        started = time.monotonic()
+        if item.user_id in self.rejected:
+            self._record_failure(item, _rejected_error(item.user_id))
+            return
+        lock_key = (item.user_id, _nfc(item.name), item.size)
+        while lock_key in self._busy:  # a look-alike (same user, name, size) is in flight: wait for it
+            await self._busy[lock_key].wait()
+        self._busy[lock_key] = asyncio.Event()
+        try:
+            await self._process(item)
+        except asyncio.CancelledError:
+            raise
+        except _Stopping:
+            return
+        except _UserRejected:
+            self._reject_user(item.user_id)
+            self._record_failure(item, _rejected_error(item.user_id))
+        except (LocalIOError, ManifestError) as exc:
+            ctx.fatal(exc)
+        except AuthError as exc:  # the account API key (used to fetch a link or delete a torn copy)
+            ctx.fatal(exc)
+        except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
+            self._record_failure(item, exc)
+        else:
+            ctx.log_event("pushed", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),
+                          duration=round(time.monotonic() - started, 3))
+        finally:
+            self._busy.pop(lock_key).set()
+
+    async def _process(self, item: PushItem) -> None:
+        ctx = self.ctx
+        row = item.row or {}
+        if item.reconcile:
+            found = await self._reconcile(item, row.get("size"), row.get("sha256"), row.get("intent_at"))
+            if found is not None:
+                await self._record_upload(item, found, row.get("sha256"), row["size"], adopted=True)
+                if item.missing or (row["size"], row["mtime_ns"]) == (item.size, item.mtime_ns):
+                    return
+                row = {**row, "state": PushState.DONE.value}  # the file changed since: send the new content
+            elif item.missing:
+                ctx.stats.skipped += 1
+                ctx.recorder.put(Update("push_items", item.key,
+                                        {"state": PushState.FAILED.value, "intent_at": None,
+                                         "last_error": "the local file is gone; nothing was stored",
+                                         "error_class": "Missing"}, event="gone"))
+                return
+        if item.missing:
+            return
+        snap = await self._snapshot(item, row)
+        if row.get("state") == PushState.DONE and snap.sha256 == row.get("sha256"):
+            # Touched, not changed: the document on the server already holds these bytes.
+            ctx.stats.files_total -= 1
+            ctx.stats.bytes_total -= item.size
+            ctx.stats.skipped += 1
+            ctx.recorder.put(Update("push_items", item.key, {"size": snap.size, "mtime_ns": snap.mtime_ns},
+                                    event="touched"))
+            return
+        remote, adopted = await self._upload(item, snap)
+        await self._record_upload(item, remote, snap.sha256, snap.size, adopted=adopted)
+
+    async def _snapshot(self, item: PushItem, row: dict[str, Any]) -> _Snapshot:
+        """Stat and (unless the manifest already knows this exact content) hash the file."""
+        try:
+            st = await asyncio.to_thread(os.lstat, item.path)
+            if not stat.S_ISREG(st.st_mode):
+                raise ItemError("it is no longer a regular file (a symlink or a folder now?)")
+            known = row.get("sha256") if (row.get("size"), row.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) \
+                and row.get("state") != PushState.DONE else None
+            if known:
+                return _Snapshot(st.st_size, st.st_mtime_ns, known, _ident(st))
+            size, digest = await asyncio.to_thread(sha256_file, item.path)
+            after = await asyncio.to_thread(os.lstat, item.path)
+        except FileNotFoundError:
+            raise ItemError("the file disappeared before it was uploaded") from None
+        except ItemError:
+            raise
+        except OSError as exc:
+            raise ItemError(f"cannot read the file: {exc.strerror or exc}") from None
+        if _ident(after) != _ident(st) or size != st.st_size:
+            raise ItemError("the file changed while it was being read; it will be uploaded next run")
+        return _Snapshot(size, st.st_mtime_ns, digest, _ident(st))
+
+    async def _unchanged(self, item: PushItem, snap: _Snapshot) -> bool:
+        try:
+            st = await asyncio.to_thread(os.lstat, item.path)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and _ident(st) == snap.ident
+
+    async def _upload(self, item: PushItem, snap: _Snapshot) -> tuple[RemoteFile, bool]:
+        """POST the file, retrying per the shared policy; after an unknown outcome, reconcile before
+        sending again.  Returns the remote file and whether it was adopted (found, not answered)."""
+        ctx = self.ctx
+        policy = ctx.policy
+        token = self.opts.tokens[item.user_id]
+        since: float | None = None
+        last: BaseException | None = None
+        for attempt in range(1, policy.attempts + 1):
+            if ctx.stopping:
+                raise _Stopping()
+            if not await self._unchanged(item, snap):
+                raise ItemError("the file changed before it was uploaded; it will be uploaded next run")
+            now = time.time()
+            since = now if since is None else since
+            await ctx.recorder.put_and_wait(Update(
+                "push_items", item.key,
+                {"state": PushState.UPLOADING.value, "intent_at": since, "size": snap.size,
+                 "mtime_ns": snap.mtime_ns, "sha256": snap.sha256},
+                event="intent", bump_attempts=True))
+            try:
+                remote = await ctx.client.upload(item.path, category=self.opts.category, token=token,
+                                                 filename=item.name)
+            except AuthError:
+                raise _UserRejected() from None
+            except UploadOutcomeUnknown as exc:
+                last = exc
+                self._retry_note(item, exc, attempt)
+                await policy.sleep(policy.wait_for(exc, attempt))  # a moment for the store to show
+                found = await self._reconcile(item, snap.size, snap.sha256, since)
+                if found is not None:
+                    return found, True
+                continue
+            except TransientError as exc:  # refused before anything was stored: safe to send again
+                last = exc
+                if attempt < policy.attempts:
+                    self._retry_note(item, exc, attempt)
+                    await policy.sleep(policy.wait_for(exc, attempt))
+                continue
+            except FileNotFoundError:
+                raise ItemError("the file disappeared before it was uploaded") from None
+            except OSError as exc:
+                raise ItemError(f"cannot read the file: {exc.strerror or exc}") from None
+            ctx.stats.bytes_moving += snap.size
+            if not await self._unchanged(item, snap):
+                await self._settle_torn(item, remote, snap)
+            return remote, False
+        assert last is not None
+        raise last
+
+    def _retry_note(self, item: PushItem, exc: BaseException, attempt: int) -> None:
+        self.ctx.log_event("upload_retry", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),
+                           attempt=attempt, error_class=error_class(exc))
+
+    async def _settle_torn(self, item: PushItem, remote: RemoteFile, snap: _Snapshot) -> None:
+        """The file changed while it was being sent.  Keep the stored copy only if it is exactly what was
+        hashed; otherwise delete it (best effort) and fail the item, to be uploaded next run."""
+        try:
+            clean = await self._remote_sha(remote) == snap.sha256
+        except ApiError:
+            clean = False
+        if clean:
+            return  # recorded as the upload of what was hashed; the next run sends the new content
+        detail = f"the stored copy {remote.id} was deleted"
+        try:
+            await self.ctx.client.delete(remote.id)
+        except ApiError as exc:
+            detail = f"the stored copy {remote.id} could not be deleted ({error_class(exc)}): delete it by hand"
+        raise ItemError(f"the file changed while it was being uploaded; {detail}; it will be uploaded next run")
+
+    async def _record_upload(self, item: PushItem, remote: RemoteFile, sha: str | None, size: int, *,
+                             adopted: bool) -> None:
+        ctx = self.ctx
+        # Straight to the manifest, not through the recorder: the history row and the state change
+        # commit together, and before anything else happens to this file.
+        await ctx.manifest.call(ctx.manifest.record_push_upload, ctx.run_id, item.user_id, item.rel_path, sha,
+                                size, remote.id, remote.name, adopted)
+        if adopted:
+            ctx.stats.adopted += 1
+            ctx.log_event("adopted", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path), file_id=remote.id,
+                          message=f"user {item.user_id}: an upload whose answer was lost was found stored"
+                                  f" ({remote.id}); not sent again")
+        if not item.missing:
+            ctx.stats.files_done += 1
+            ctx.stats.bytes_done += size
+
+    # -- reconcile -----------------------------------------------------------------------------
+    async def _reconcile(self, item: PushItem, size: int | None, sha: str | None,
+                         since: float | None) -> RemoteFile | None:
+        """The user's document that an earlier POST of this file stored, or None if there is none."""
+        ctx = self.ctx
+        token = self.opts.tokens[item.user_id]
+        try:
+            listing = await ctx.client.list_files(Target("user", item.user_id), category=self.opts.category,
+                                                  token=token)
+        except AuthError:
+            raise _UserRejected() from None
+        claimed = await ctx.manifest.call(ctx.manifest.push_claimed_remote_ids, item.user_id)
+        want = {_nfc(item.name), _nfc(_form_name(item.name))}
+        floor = (since or 0.0) - CLOCK_SLACK
+        candidates = []
+        for f in listing:
+            if f.id in claimed or size is None or f.size != size:
+                continue
+            if f.created is not None and since is not None and f.created < floor:
+                continue
+            name = _nfc(f.name)
+            exact = name in want
+            if exact or any(name.endswith(w) for w in want):  # a server may prefix a date: the hash decides
+                candidates.append((not exact, f.created or 0, f.id, f))
+        candidates.sort(key=lambda c: c[:3])
+        if sha is None:  # no hash to prove it (should not happen: intents carry one): only an exact twin
+            exact_ones = [c[3] for c in candidates if not c[0]]
+            return exact_ones[0] if len(exact_ones) == 1 else None
+        for *_, f in candidates:
+            if await self._remote_sha(f) == sha:
+                return f
+        if not listing.complete:
+            raise ItemError("cannot tell whether an earlier upload was stored (the listing had unreadable"
+                            " items); not sending it again blindly")
+        return None
+
+    async def _remote_sha(self, f: RemoteFile) -> str:
+        """sha256 of a stored document's bytes (downloaded, never kept)."""
+        ctx = self.ctx
+
+        async def once() -> str:
+            url = f.fullpath
+            for _ in range(3):
+                if not url:
+                    url = (await ctx.client.file_info(f.id)).fullpath
+                h = hashlib.sha256()
+                try:
+                    async with ctx.client.download(url) as dl:  # type: ignore[arg-type]
+                        async for chunk in dl.iter_chunks(limit=f.size):
+                            h.update(chunk)
+                except LinkExpiredError:
+                    url = None
+                    continue
+                return h.hexdigest()
+            raise LinkExpiredError(f"file {f.id}: the view link kept expiring")
+
+        return await ctx.policy.call(once)
+
+    # -- failures ------------------------------------------------------------------------------
+    def _reject_user(self, user: str) -> None:
+        if user in self.rejected:
+            return
+        self.rejected.add(user)
+        self.ctx.log_event("token_rejected", level=logging.ERROR, user=user,
+                           message=f"the token for user {user} was rejected (401): that user's files are not"
+                                   " uploaded; fix the tokens file")
+        self._check_all_rejected()
+
+    def _check_all_rejected(self) -> None:
+        if self.planning_done and self.users_with_items and self.users_with_items <= self.rejected:
+            self.ctx.fatal(AuthError("the token of every user with files to upload was rejected (401):"
+                                     " check the tokens file"))
+
+    def _record_failure(self, item: PushItem, exc: BaseException) -> None:
+        ctx = self.ctx
+        permanent = isinstance(exc, PermanentError)
+        if isinstance(exc, TooLargeError):
+            message = f"the server refused the file as too large (413); not retried until it changes: {exc}"
+        elif isinstance(exc, BadRequestError):
+            message = f"the server refused the upload (400); not retried until the file changes: {exc}"
+        elif isinstance(exc, SyncerError):
+            message = str(exc)
+        else:
+            message = f"unexpected error: {type(exc).__name__}: {exc}"
+        message = scrub(message)[:500]
+        fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
+        if permanent:
+            ctx.stats.permanent += 1
+            fields.update(state=PushState.PERMANENT.value, intent_at=None)  # refused: nothing was stored
+        else:
+            ctx.stats.failed += 1
+            if not isinstance(exc, UploadOutcomeUnknown):
+                fields["state"] = PushState.FAILED.value
+            # else: stays 'uploading': the next run looks for the document before sending anything
+        ctx.recorder.put(Update("push_items", item.key, fields, event="failed", error_class=error_class(exc),
+                                detail=message))
+        ctx.log_event("upload_failed", level=logging.WARNING, user=item.user_id, item=item_id(item.rel_path),
+                      error_class=error_class(exc), message=f"user {item.user_id}: {message}")
+
+
+def _rejected_error(user: str) -> AuthError:
+    return AuthError(f"the token for user {user} was rejected (401)")

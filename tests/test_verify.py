@@ -1,0 +1,221 @@
+"""``syncer verify``: re-hash a real backup (made by a real pull over loopback) against the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from syncer import verify
+from syncer.cli import main
+from syncer.fakeserver import FakeServer
+from syncer.manifest import Manifest
+
+
+def write_config(folder: Path, base_url: str = "http://127.0.0.1:9", targets: list[str] | None = None) -> Path:
+    cfg = folder / "syncer.toml"
+    cfg.write_text(
+        f'[api]\nbase_url = "{base_url}"\naccount_code = "democlinic"\n'
+        f'[manifest]\npath = "manifest.sqlite"\n'
+        f'[pull]\ndest = "backup"\ntargets = {json.dumps(targets or [])}\n', encoding="utf-8")
+    return cfg
+
+
+def run(args: list[str], token: str | None = None):
+    return CliRunner().invoke(main, args, env={"VSEE_API_TOKEN": token}, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    srv = FakeServer(seed=5, users=2, files_per_user=4, visits=1, files_per_visit=2)
+    with srv.run_in_thread():
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def pristine(server: FakeServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("pristine")
+    targets = [f"user:{u}" for u in server.users] + [f"visit:{v}" for v in server.visits]
+    cfg = write_config(folder, server.base_url, targets)
+    result = run(["pull", "-c", str(cfg), "-q"], server.api_key)
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def backup(pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of the backup and its manifest, with a config pointing at them."""
+    shutil.copytree(pristine / "backup", tmp_path / "backup", symlinks=True)
+    shutil.copy2(pristine / "manifest.sqlite", tmp_path / "manifest.sqlite")
+    shutil.copy2(pristine / "syncer.toml", tmp_path / "syncer.toml")
+    return tmp_path
+
+
+def done_rows(folder: Path) -> list[dict]:
+    m = Manifest.open(folder / "manifest.sqlite", create=False, readonly=True)
+    try:
+        return sorted(m.pull_done_rows(), key=lambda r: r["local_path"])
+    finally:
+        m.close()
+
+
+def verify_json(folder: Path, *args: str) -> tuple[int, dict]:
+    result = run(["verify", "-c", str(folder / "syncer.toml"), "--json", *args])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_all_intact(backup: Path, server: FakeServer) -> None:
+    result = run(["verify", "-c", str(backup / "syncer.toml"), "--all"])
+    assert result.exit_code == 0, result.output
+    n = len(server.files())
+    assert f"checked {n} of {n} backed-up files (all)" in result.stdout
+    assert f"{n} ok, 0 missing, 0 changed, 0 unreadable" in result.stdout
+    code, doc = verify_json(backup, "--all")
+    assert code == 0 and doc["passed"] is True
+    assert doc["checked"] == doc["ok"] == doc["eligible"] == n
+    assert doc["bytes_hashed"] == sum(f["size"] for f in server.files())
+    assert doc["missing"] == doc["changed"] == doc["unreadable"] == []
+
+
+def test_flipped_byte_is_changed(backup: Path) -> None:
+    row = next(r for r in done_rows(backup) if r["size"] > 10)
+    path = backup / "backup" / row["local_path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = run(["verify", "-c", str(backup / "syncer.toml"), "--all"])
+    assert result.exit_code == 1
+    assert "1 changed" in result.stdout
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("changed"))
+    assert f"{row['target_type']}:{row['target_id']}/{row['file_id']}" in line and row["local_path"] in line
+    code, doc = verify_json(backup, "--all")
+    assert code == 1 and doc["passed"] is False and doc["missing"] == []
+    [changed] = doc["changed"]
+    assert changed["file_id"] == row["file_id"] and changed["local_path"] == row["local_path"]
+    assert changed["expected_sha256"] == row["sha256"]
+    assert changed["actual_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_deleted_file_is_missing(backup: Path) -> None:
+    row = done_rows(backup)[0]
+    (backup / "backup" / row["local_path"]).unlink()
+    result = run(["verify", "-c", str(backup / "syncer.toml"), "--all"])
+    assert result.exit_code == 1
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("missing"))
+    assert f"{row['target_type']}:{row['target_id']}/{row['file_id']}" in line and row["local_path"] in line
+    code, doc = verify_json(backup, "--all")
+    assert code == 1 and [p["file_id"] for p in doc["missing"]] == [row["file_id"]] and doc["changed"] == []
+
+
+def test_truncated_and_symlinked_files_are_changed(backup: Path) -> None:
+    rows = [r for r in done_rows(backup) if r["size"] > 10]
+    truncated, linked = backup / "backup" / rows[0]["local_path"], backup / "backup" / rows[1]["local_path"]
+    truncated.write_bytes(truncated.read_bytes()[:-1])
+    outside = backup / "elsewhere"
+    outside.write_bytes(linked.read_bytes())  # same bytes: only the link itself is wrong
+    linked.unlink()
+    linked.symlink_to(outside)
+    code, doc = verify_json(backup, "--all")
+    assert code == 1
+    details = {p["file_id"]: p["detail"] for p in doc["changed"]}
+    assert details[rows[0]["file_id"]].startswith("size ")
+    assert "symbolic link" in details[rows[1]["file_id"]]
+
+
+def test_sample(backup: Path, server: FakeServer) -> None:
+    code, doc = verify_json(backup, "--sample", "3")
+    assert code == 0 and doc["mode"] == "sample"
+    assert doc["checked"] == doc["ok"] == 3 and doc["eligible"] == len(server.files())
+    result = run(["verify", "-c", str(backup / "syncer.toml"), "--sample", "3"])
+    assert f"checked 3 of {len(server.files())} backed-up files (a random sample)" in result.stdout
+    code, doc = verify_json(backup)  # the default sample (100) is larger than this backup: all of it
+    assert code == 0 and doc["checked"] == len(server.files())
+
+
+def test_sample_and_all_together_is_a_usage_error(backup: Path) -> None:
+    result = run(["verify", "-c", str(backup / "syncer.toml"), "--sample", "3", "--all"])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_remote_deleted_files_are_still_verified(tmp_path: Path) -> None:
+    srv = FakeServer(seed=6)
+    with srv.run_in_thread():
+        user = srv.add_user()
+        keep = srv.add_file("user", user, "keep.txt", b"kept")
+        gone = srv.add_file("user", user, "gone.txt", b"deleted on the server, kept in the backup")
+        cfg = write_config(tmp_path, srv.base_url, [f"user:{user}"])
+        assert run(["pull", "-c", str(cfg), "-q"], srv.api_key).exit_code == 0
+        srv.delete_file(gone["id"])
+        assert run(["pull", "-c", str(cfg), "-q"], srv.api_key).exit_code == 0
+    status = json.loads(run(["status", "-c", str(cfg), "--json"]).stdout)
+    assert status["pull"]["states"]["remote_deleted"]["count"] == 1
+    code, doc = verify_json(tmp_path, "--all")
+    assert code == 0 and doc["checked"] == 2
+    (tmp_path / "backup" / "user" / user / "user_document" / "gone.txt").write_bytes(b"tampered")
+    code, doc = verify_json(tmp_path, "--all")
+    assert code == 1 and [p["file_id"] for p in doc["changed"]] == [gone["id"]]
+    assert keep["id"] not in {p["file_id"] for p in doc["changed"]}
+
+
+def test_verify_is_read_only(backup: Path) -> None:
+    manifest = backup / "manifest.sqlite"
+    (backup / "backup" / done_rows(backup)[0]["local_path"]).unlink()
+    before = (hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest.stat().st_mtime_ns)
+    assert run(["verify", "-c", str(backup / "syncer.toml"), "--all"]).exit_code == 1
+    assert (hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest.stat().st_mtime_ns) == before
+    wal = manifest.with_name(manifest.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_no_manifest_is_exit_2(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    result = run(["verify", "-c", str(tmp_path / "syncer.toml")])
+    assert result.exit_code == 2 and "no manifest at" in result.output
+    assert not (tmp_path / "manifest.sqlite").exists()
+
+
+def test_library_with_more_workers_and_progress(backup: Path, server: FakeServer) -> None:
+    calls: list[tuple[int, int, int]] = []
+    report = verify.verify(backup / "manifest.sqlite", backup / "backup", sample=None, workers=3,
+                           on_progress=lambda *a: calls.append(a))
+    assert report.passed and report.checked == len(server.files())
+    assert calls and calls[-1][0] == calls[-1][1] == report.checked
+
+
+def test_progress_printer_plain_and_tty() -> None:
+    plain = io.StringIO()
+    p = verify.ProgressPrinter(plain, tty=False, interval=0.0)
+    p(1, 10, 2048)
+    p(2, 10, 4096)
+    p.close()
+    lines = plain.getvalue().splitlines()
+    assert lines == [ln for ln in lines if ln.startswith("verify: ")] and len(lines) == 2
+    assert "\r" not in plain.getvalue() and "\x1b" not in plain.getvalue()
+    tty = io.StringIO()
+    t = verify.ProgressPrinter(tty, tty=True)
+    t.next_at = 0.0
+    t(5, 10, 1 << 20)
+    t.close()
+    assert tty.getvalue().startswith("\rverify: 5/10 files") and tty.getvalue().endswith("\r\x1b[K")
+
+
+def test_unreadable_file(backup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    victim = done_rows(backup)[0]["local_path"]
+    real = verify.sha256_file
+
+    def sha256_file(path: Path) -> tuple[int, str]:
+        if str(path).endswith(victim):  # root reads any file: chmod 0 cannot show this
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(verify, "sha256_file", sha256_file)
+    report = verify.verify(backup / "manifest.sqlite", backup / "backup", sample=None)
+    [problem] = report.problems
+    assert problem.kind == "unreadable" and problem.local_path == victim
+    assert "Permission denied" in problem.detail and not report.passed

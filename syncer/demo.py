@@ -92,7 +92,7 @@ async def run_demo(workdir: Path, *, on_progress: Any = None) -> DemoResult:
     from syncer.pull import PullJob, PullOptions
     from syncer.runner import execute
 
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - once, before any work
     async with FakeServer(seed=42, users=4, files_per_user=6, visits=2, files_per_visit=3,
                           hostile_names=True, sizes=(0, 700, 12_000, 90_000, 400_000)) as srv:
         cfg = demo_config(srv, workdir)

@@ -23,7 +23,8 @@ _HEADER = re.compile(r"(X-ApiToken['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.IGNORE
 
 def register_secret(value: str | None) -> None:
     """Mask this value wherever it would appear in a log record or a scrubbed message."""
-    if value and len(value) >= 4:
+    # Shorter values would mask ordinary words in messages; real tokens are far longer.
+    if value and len(value) >= 8:
         with _LOCK:
             _SECRETS.add(value)
 

@@ -34,8 +34,7 @@ import os
 import stat
 import time
 import unicodedata
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ from syncer.errors import (
     ApiError,
     AuthError,
     BadRequestError,
-    ConfigError,
     ItemError,
     LinkExpiredError,
     LocalIOError,
@@ -56,214 +54,28 @@ from syncer.errors import (
     error_class,
 )
 from syncer.logs import scrub
-from syncer.manifest import Manifest, Update
+from syncer.manifest import Update
 from syncer.models import PushState, RemoteFile, Target
+from syncer.push_plan import (
+    DryRunUser,
+    PushItem,
+    PushOptions,
+    UserPlan,
+    item_id,
+    options_from_config,
+    plan_dry,
+    plan_user,
+    user_folders,
+)
 from syncer.runner import RunContext
-from syncer.storage import iter_regular_files, sha256_file
-from syncer.tokens import load_tokens, valid_user_id
+from syncer.storage import sha256_file
+
+__all__ = ["CLOCK_SLACK", "DryRunUser", "PushItem", "PushJob", "PushOptions", "UserPlan", "item_id",
+           "options_from_config", "plan_dry", "plan_user", "user_folders"]
 
 log = logging.getLogger("syncer.push")
 
 CLOCK_SLACK = 120.0     # seconds: a server clock this far behind ours still finds its own upload
-MANIFEST_SIDE_FILES = ("", "-wal", "-shm", "-journal", ".lock")
-
-
-@dataclass(frozen=True)
-class PushOptions:
-    source: Path
-    tokens: dict[str, str] = field(repr=False)   # user id -> token: secrets, never printed
-    users: tuple[str, ...] = ()                  # empty: every user folder under source
-    category: str = "user_document"
-    concurrency: int = 8
-    exclude: frozenset[str] = frozenset()        # real paths never uploaded (the manifest and its files)
-
-
-def options_from_config(cfg: Any, users: Iterable[str] = ()) -> PushOptions:
-    """PushOptions from a loaded Config and ``--user`` ids; ConfigError for what cannot work."""
-    push = cfg.push
-    if push.tokens_file is None:
-        raise ConfigError("no tokens file: give --tokens-file PATH or push.tokens_file in the config "
-                          "(CSV with the header user_id,token, mode 0600)")
-    chosen = tuple(dict.fromkeys(u.strip() for u in users))
-    for user in chosen:
-        if not valid_user_id(user):
-            raise ConfigError(f"--user {user!r} is not a user id (letters, digits, '-' or '_')")
-    source = Path(push.source)
-    if not source.is_dir():
-        raise ConfigError(f"the push source {source} is not a folder (set --source or push.source)")
-    tokens = load_tokens(push.tokens_file)
-    manifest = Path(cfg.manifest.path)
-    exclude = frozenset(os.path.realpath(manifest.with_name(manifest.name + s)) for s in MANIFEST_SIDE_FILES)
-    return PushOptions(source=source, tokens=tokens, users=chosen, category=push.category,
-                       concurrency=push.concurrency, exclude=exclude)
-
-
-def item_id(rel_path: str) -> str:
-    """A short, stable id for a file in logs, where its name (patient data) must not appear."""
-    return hashlib.sha256(rel_path.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-
-
-# -- planning ---------------------------------------------------------------------------------------
-
-@dataclass
-class PushItem:
-    user_id: str
-    rel_path: str                 # POSIX, relative to the user's folder
-    path: Path
-    size: int                     # at scan time (the row's size for a vanished file)
-    mtime_ns: int
-    row: dict[str, Any] | None    # the manifest row when planned
-    reconcile: bool = False       # an earlier POST may have stored it: look before sending
-    missing: bool = False         # the local file is gone: only settle the earlier attempt
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.user_id, self.rel_path)
-
-    @property
-    def name(self) -> str:
-        return self.rel_path.rsplit("/", 1)[-1]
-
-
-@dataclass
-class UserPlan:
-    user_id: str
-    items: list[PushItem] = field(default_factory=list)
-    inserts: list[dict[str, Any]] = field(default_factory=list)
-    up_to_date: int = 0
-    held_permanent: int = 0       # failed for good before and unchanged since: not retried
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (symlink, hidden, ...)
-    unsendable: int = 0           # names that are not valid UTF-8 cannot be sent or recorded
-
-    @property
-    def todo_bytes(self) -> int:
-        return sum(i.size for i in self.items if not i.missing)
-
-
-def plan_user(user_id: str, folder: Path, rows: dict[str, dict[str, Any]], *,
-              exclude: frozenset[str] = frozenset()) -> UserPlan:
-    """Compare one user's folder with its manifest rows.  Blocking (walks the folder): run in a thread.
-
-    New file → a pending row and an item.  Unchanged (size and mtime) and done → up to date, not even
-    hashed.  Unchanged and permanent → held.  Changed, pending or failed → an item (the uploader hashes
-    it; a done file whose sha256 is the same is only touched).  A row whose last POST may have been
-    stored (``uploading``, or ``failed`` after an intent) → an item that reconciles first, even when the
-    local file has gone.
-    """
-    plan = UserPlan(user_id)
-    root = Path(os.path.realpath(folder))
-
-    def on_skip(path: Path, reason: str) -> None:
-        reason = reason.split(":", 1)[0]
-        plan.skipped[reason] = plan.skipped.get(reason, 0) + 1
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("user %s: skipped %s (%s)", user_id, _rel(path, root), reason)
-
-    seen: set[str] = set()
-    for path, st in iter_regular_files(root, on_skip):
-        if str(path) in exclude:
-            continue
-        rel = _rel(path, root)
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            plan.unsendable += 1
-            log.debug("user %s: a file name is not valid UTF-8: %r", user_id, rel)
-            continue
-        seen.add(rel)
-        row = rows.get(rel)
-        item = PushItem(user_id, rel, path, st.st_size, st.st_mtime_ns, row)
-        if row is None:
-            plan.inserts.append({"user_id": user_id, "rel_path": rel, "size": st.st_size,
-                                 "mtime_ns": st.st_mtime_ns, "sha256": None, "state": PushState.PENDING.value})
-            plan.items.append(item)
-            continue
-        state = row["state"]
-        item.reconcile = _may_be_stored(row)
-        unchanged = row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns
-        if unchanged and state == PushState.DONE:
-            plan.up_to_date += 1
-        elif unchanged and state == PushState.PERMANENT:
-            plan.held_permanent += 1
-        else:
-            plan.items.append(item)
-    for rel, row in rows.items():
-        if rel not in seen and _may_be_stored(row):
-            plan.items.append(PushItem(user_id, rel, root / rel, row["size"] or 0, row["mtime_ns"] or 0, row,
-                                       reconcile=True, missing=True))
-    # Settle earlier attempts first: their documents are then claimed before anything new is sent.
-    plan.items.sort(key=lambda i: not i.reconcile)
-    return plan
-
-
-def _may_be_stored(row: dict[str, Any]) -> bool:
-    return row["state"] in (PushState.UPLOADING, PushState.FAILED) and row.get("intent_at") is not None
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-
-
-def user_folders(source: Path, users: tuple[str, ...]) -> tuple[list[tuple[str, Path]], list[str]]:
-    """``([(user_id, folder)], [problems])``: the user folders under ``source`` in name order (only
-    ``users`` when given), and one line per folder or requested user that cannot be used."""
-    problems: list[str] = []
-    found: dict[str, Path] = {}
-    with os.scandir(source) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_symlink():
-            problems.append(f"a user folder is a symbolic link (not followed): {entry.name!r}")
-        elif not entry.is_dir(follow_symlinks=False):
-            continue  # a file beside the user folders (the manifest, a README): not anyone's
-        elif not valid_user_id(entry.name):
-            problems.append(f"folder {entry.name!r} is not a user id (letters, digits, '-' or '_'): skipped")
-        else:
-            found[entry.name] = Path(entry.path)
-    if not users:
-        return list(found.items()), problems
-    out = []
-    for user in users:
-        if user in found:
-            out.append((user, found[user]))
-        else:
-            problems.append(f"user {user}: no folder {source / user}")
-    return out, problems
-
-
-@dataclass
-class DryRunUser:
-    user_id: str
-    files: int
-    bytes: int
-    note: str = ""
-
-
-def plan_dry(opts: PushOptions, manifest_path: Path) -> tuple[list[DryRunUser], list[str]]:
-    """What a push would upload, per user, against the manifest opened read only (never written).
-    Blocking; sends nothing.  Returns the per-user rows and the problems found."""
-    folders, problems = user_folders(opts.source, opts.users)
-    manifest = Manifest.open(manifest_path, readonly=True) if Path(manifest_path).exists() else None
-    report = []
-    try:
-        for user, folder in folders:
-            rows = manifest.push_rows_for_user(user) if manifest is not None else {}
-            plan = plan_user(user, folder, rows, exclude=opts.exclude)
-            if user not in opts.tokens:
-                report.append(DryRunUser(user, 0, 0, f"no token: {len(plan.items)} files would be skipped"))
-                continue
-            uploads = [i for i in plan.items if not i.missing]
-            report.append(DryRunUser(user, len(uploads), plan.todo_bytes,
-                                     f"{plan.up_to_date} up to date" if plan.up_to_date else ""))
-    finally:
-        if manifest is not None:
-            manifest.close()
-    return report, problems
 
 
 # -- the job ----------------------------------------------------------------------------------------
@@ -577,7 +389,8 @@ class PushJob:
                                 size, remote.id, remote.name, adopted)
         if adopted:
             ctx.stats.adopted += 1
-            ctx.log_event("adopted", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path), file_id=remote.id,
+            ctx.log_event("adopted", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),
+                          file_id=remote.id,
                           message=f"user {item.user_id}: an upload whose answer was lost was found stored"
                                   f" ({remote.id}); not sent again")
         if not item.missing:

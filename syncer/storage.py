@@ -11,7 +11,8 @@ Blocking calls here are either tiny (a stat) or made to be run off the event loo
 :func:`iter_regular_files` and :func:`write_private_text`.
 
 Error messages name folders (ids only), never the file name of a download: file names are patient
-data.  ``OSError`` from the disk is translated into :class:`~syncer.errors.LocalIOError` here.
+data.  :class:`AtomicWriter` turns ``OSError`` from the disk into :class:`~syncer.errors.LocalIOError`;
+the blocking helpers let ``OSError`` through for their callers to judge.
 """
 
 from __future__ import annotations
@@ -185,17 +186,19 @@ def _resolve_within(root: Path | str, rel: str | Path) -> tuple[Path, Path]:
     if full.name:
         full = Path(os.path.realpath(full.parent), full.name)
     if full != real_root and real_root not in full.parents:
-        raise UnsafePathError(f"path escapes {real_root}: {rel}")
+        raise UnsafePathError(f"a path would leave {real_root} (through '..' or a symbolic link)")
     return real_root, full
 
 
 def ensure_inside(root: Path, rel: str | Path) -> Path:
     """``root / rel`` with symlinks of existing parents resolved; raise UnsafePathError unless it is
-    strictly below ``root``.  The last component is not resolved: a symlink there is replaced by an
-    atomic rename, never followed, and readers use :func:`open_nofollow`."""
+    strictly below ``root``.  ``rel`` may also be absolute (then it must point below ``root``).
+    The last component is not resolved: a symlink there is replaced by an atomic rename, never
+    followed, and readers use :func:`open_nofollow`.  The message never holds ``rel`` (a file name
+    is patient data)."""
     real_root, full = _resolve_within(root, rel)
     if full == real_root:
-        raise UnsafePathError(f"path is the root itself, not a file inside it: {rel}")
+        raise UnsafePathError(f"a path is {real_root} itself, not a file inside it")
     return full
 
 
@@ -286,8 +289,8 @@ class AtomicWriter:
     ``final_path`` is a path (absolute or from the working folder) that must lie below ``root``;
     missing folders between them are made 0700.  Writes are buffered to 1 MiB and handed to a
     worker thread, which hashes and writes them while the loop receives the next MiB (one batch in
-    flight at most, so the order holds).  A file smaller than the buffer costs two thread hops:
-    ``open`` and ``commit``.
+    flight at most, so the order holds); sha256 runs there too, off the loop.  A file smaller than
+    the buffer costs one thread hop (``commit``) once its folder is known, two the first time.
 
     ``resume`` decides what leaving the ``async with`` block by an exception (cancellation
     included) does: keep the bytes received so far, written and fsynced, for a later Range request
@@ -357,6 +360,9 @@ class AtomicWriter:
         """
         if self._state != "new":
             raise RuntimeError("AtomicWriter.open() called twice")
+        name = self.final_path.name
+        if name in ("", ".", "..") or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise UnsafePathError("a download's file name is not one path component of at most 255 bytes")
         if offset <= 0 and self._folder_ready():
             self._state = "open"
             return
@@ -393,7 +399,7 @@ class AtomicWriter:
                 return
             except FileNotFoundError:
                 _ready_folders.pop(key, None)  # the folder went away under us: check and make it again
-                if attempt == 2 or offset > 0:
+                if attempt == 2:
                     raise
 
     def _create_sync(self, offset: int) -> None:
@@ -407,7 +413,10 @@ class AtomicWriter:
                 pass
             fd = os.open(self._temp, flags | os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         else:
-            fd = os.open(self._temp, flags | os.O_RDWR)
+            try:
+                fd = os.open(self._temp, flags | os.O_RDWR)
+            except FileNotFoundError as exc:
+                raise ResumeError("the partial download to resume is gone") from exc
         try:
             os.fchmod(fd, 0o600)
             if offset > 0:
@@ -487,7 +496,9 @@ class AtomicWriter:
         """Check the size, write the rest, fsync, rename into place, fsync the folder.
 
         Returns ``(bytes, sha256 hex)``.  On any failure the temp is removed and nothing is at the
-        final path that was not there before.
+        final path that was not there before.  (Cancelled while the rename is under way, the file
+        may be in place although ``commit`` raised: the caller records nothing, the next run
+        downloads it again.)
         """
         if self._state != "open":
             raise RuntimeError(f"AtomicWriter.commit() on a writer that is {self._state}")

@@ -61,14 +61,14 @@ def parse_tokens(text: str, where: str = "tokens file") -> dict[str, str]:
         cells = [c.strip() for c in row]
         if not cells or not "".join(cells) or cells[0].startswith("#"):
             continue
-        # Register first: whatever goes wrong below, a value that may be a token is masked in logs.
-        for cell in cells[1:]:
-            register_secret(cell)
         if not header_seen:
             if tuple(c.lower() for c in cells) != HEADER:
                 raise ConfigError(f"{where}:{lineno}: the first line must be the header 'user_id,token'")
             header_seen = True
             continue
+        # Register before any check: whatever goes wrong below, a value that may be a token is masked.
+        for cell in cells[1:]:
+            register_secret(cell)
         if len(cells) != 2:
             raise ConfigError(f"{where}:{lineno}: expected 2 columns (user_id,token), got {len(cells)}")
         user_id, token = cells

@@ -9,8 +9,6 @@ import stat
 import unicodedata
 from pathlib import Path
 
-import pytest
-
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, RetryConfig
 from syncer.fakeserver import FakeServer, Faults
 from syncer.models import Target
@@ -69,7 +67,7 @@ def assert_faithful(srv: FakeServer, cfg: Config) -> list[dict]:
         assert row["sha256"] == hashlib.sha256(data).hexdigest()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert row["remote_name"] == by_id[row["file_id"]]["name"]
-    for folder, dirs, files in os.walk(dest):
+    for folder, _dirs, files in os.walk(dest):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
         leftovers = [f for f in files if f.startswith(".")]
         assert not leftovers, f"temp files left in {folder}: {leftovers}"

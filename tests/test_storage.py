@@ -6,6 +6,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,50 @@ async def test_happy_path_bytes_hash_and_modes(tmp_path: Path, umask: int) -> No
     for folder in (root, root / "user", root / "user" / "42", final.parent):
         assert mode(folder) == 0o700, folder
     assert leftovers(final.parent) == []
+
+
+async def test_later_files_in_a_known_folder(tmp_path: Path, umask: int) -> None:
+    folder = tmp_path / "user" / "1" / "user_document"
+    async with AtomicWriter(folder / "first", root=tmp_path, expected_size=1) as w:
+        await w.open()
+        await w.write(b"1")
+        await w.commit()
+    # The folder is known now: open() leaves the temp file to the first write to disk.
+    async with AtomicWriter(folder / "second", root=tmp_path, expected_size=3) as w:
+        await w.open()
+        await w.write(b"two")
+        assert await w.commit() == (3, hashlib.sha256(b"two").hexdigest())
+    assert (folder / "second").read_bytes() == b"two" and mode(folder / "second") == 0o600
+    big = os.urandom(WRITE_BUFFER_BYTES + 1)
+    with pytest.raises(ConnectionError):
+        async with AtomicWriter(folder / "third", root=tmp_path, expected_size=None, resume=True) as w:
+            await w.open()
+            for c in chunks_of(big):
+                await w.write(c)
+            raise ConnectionError
+    assert (folder / ".third.syncer-part").read_bytes() == big and mode(folder / ".third.syncer-part") == 0o600
+    with pytest.raises(ConnectionError):
+        async with AtomicWriter(folder / "fourth", root=tmp_path, expected_size=None, resume=True) as w:
+            await w.open()
+            await w.write(b"4")
+            raise ConnectionError
+    assert (folder / ".fourth.syncer-part").read_bytes() == b"4"
+    assert not (folder / "third").exists() and not (folder / "fourth").exists()
+
+
+async def test_a_folder_removed_between_files_is_made_again(tmp_path: Path) -> None:
+    folder = tmp_path / "user" / "1"
+    for name in ("a", "b"):
+        async with AtomicWriter(folder / name, root=tmp_path, expected_size=1) as w:
+            await w.open()
+            await w.write(b"x")
+            await w.commit()
+        shutil.rmtree(tmp_path / "user")
+    async with AtomicWriter(folder / "c", root=tmp_path, expected_size=1) as w:
+        await w.open()
+        await w.write(b"x")
+        await w.commit()
+    assert (folder / "c").read_bytes() == b"x" and mode(folder) == 0o700
 
 
 async def test_large_file_goes_through_several_batches(tmp_path: Path) -> None:
@@ -211,6 +256,17 @@ async def test_resume_beyond_the_partial_is_refused(tmp_path: Path) -> None:
     await w.write(b"123456789")
     await w.commit()
     assert (tmp_path / "r.bin").read_bytes() == b"123456789"
+
+
+async def test_resume_without_a_partial_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ResumeError):
+        await AtomicWriter(tmp_path / "r.bin", root=tmp_path, expected_size=9).open(3)
+
+
+@pytest.mark.parametrize("name", ["a" * 256, "é" * 128])
+async def test_a_name_too_long_for_the_file_system_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsafePathError):
+        await AtomicWriter(tmp_path / name, root=tmp_path, expected_size=1).open()
 
 
 def test_existing_bytes(tmp_path: Path) -> None:

@@ -92,6 +92,12 @@ def test_header_only_means_no_users() -> None:
     assert parse_tokens("user_id,token\n") == {}
 
 
+def test_the_header_words_are_not_taken_for_secrets() -> None:
+    parse_tokens(f"User_Id,Token\n1,{SECRET_A}\n")
+    assert scrub("user 9 has no token in the tokens file") == "user 9 has no token in the tokens file"
+    assert scrub("Token") == "Token"
+
+
 @pytest.mark.parametrize(("text", "ok"), [
     ("2317820300", True), ("abc-DEF_9", True), ("u", True),
     ("", False), ("-lead", False), ("a/b", False), ("..", False), ("a b", False), ("ünï", False),

@@ -216,9 +216,8 @@ class PullJob:
         for _ in range(LINK_REFRESHES + 1):
             if not url:
                 url = await self._fresh_link(item)
-            offset = await asyncio.to_thread(writer.existing_bytes)
-            if item.size is None or offset >= item.size:
-                offset = 0
+            # A partial temp left by an interrupted attempt or run: ask for the rest (Range).
+            offset = await asyncio.to_thread(writer.existing_bytes) if item.size else 0
             try:
                 async with self.ctx.client.download(url, offset=offset) as dl:
                     await writer.open(dl.offset)
@@ -230,8 +229,6 @@ class PullJob:
                     except SizeMismatchError as exc:
                         raise IntegrityError(
                             f"file {item.file_id}: received a different number of bytes than its size") from exc
-                    except OSError as exc:
-                        raise LocalIOError(f"cannot write {self.dest}: {exc.strerror or exc}") from exc
                     finally:
                         # A partial temp stays for a Range resume; commit() has already cleaned up.
                         await writer.abort(keep_partial=True)

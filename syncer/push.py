@@ -102,6 +102,27 @@ def _ident(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
+def _take_snapshot(path: Path, row: dict[str, Any]) -> _Snapshot:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ItemError("it is no longer a regular file (a symlink or a folder now?)")
+        if (row.get("size"), row.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) and row.get("sha256") \
+                and row.get("state") != PushState.DONE:
+            return _Snapshot(st.st_size, st.st_mtime_ns, row["sha256"], _ident(st))  # hashed at its intent
+        size, digest = sha256_file(path)
+        after = os.lstat(path)
+    except FileNotFoundError:
+        raise ItemError("the file disappeared before it was uploaded") from None
+    except ItemError:
+        raise
+    except OSError as exc:
+        raise ItemError(f"cannot read the file: {exc.strerror or exc}") from None
+    if _ident(after) != _ident(st) or size != st.st_size:
+        raise ItemError("the file changed while it was being read; it will be uploaded next run")
+    return _Snapshot(size, st.st_mtime_ns, digest, _ident(st))
+
+
 def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
@@ -282,26 +303,8 @@ class PushJob:
         await self._record_upload(item, remote, snap.sha256, snap.size, adopted=adopted)
 
     async def _snapshot(self, item: PushItem, row: dict[str, Any]) -> _Snapshot:
-        """Stat and (unless the manifest already knows this exact content) hash the file."""
-        try:
-            st = await asyncio.to_thread(os.lstat, item.path)
-            if not stat.S_ISREG(st.st_mode):
-                raise ItemError("it is no longer a regular file (a symlink or a folder now?)")
-            known = row.get("sha256") if (row.get("size"), row.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) \
-                and row.get("state") != PushState.DONE else None
-            if known:
-                return _Snapshot(st.st_size, st.st_mtime_ns, known, _ident(st))
-            size, digest = await asyncio.to_thread(sha256_file, item.path)
-            after = await asyncio.to_thread(os.lstat, item.path)
-        except FileNotFoundError:
-            raise ItemError("the file disappeared before it was uploaded") from None
-        except ItemError:
-            raise
-        except OSError as exc:
-            raise ItemError(f"cannot read the file: {exc.strerror or exc}") from None
-        if _ident(after) != _ident(st) or size != st.st_size:
-            raise ItemError("the file changed while it was being read; it will be uploaded next run")
-        return _Snapshot(size, st.st_mtime_ns, digest, _ident(st))
+        """Stat and (unless the manifest already knows this exact content) hash the file: one thread hop."""
+        return await asyncio.to_thread(_take_snapshot, item.path, row)
 
     async def _unchanged(self, item: PushItem, snap: _Snapshot) -> bool:
         try:
@@ -321,7 +324,8 @@ class PushJob:
         for attempt in range(1, policy.attempts + 1):
             if ctx.stopping:
                 raise _Stopping()
-            if not await self._unchanged(item, snap):
+            # (The first try follows the snapshot's own check; a retry looks again.)
+            if attempt > 1 and not await self._unchanged(item, snap):
                 raise ItemError("the file changed before it was uploaded; it will be uploaded next run")
             now = time.time()
             since = now if since is None else since

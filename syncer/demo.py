@@ -131,15 +131,18 @@ def _check_pull(srv: FakeServer, cfg: Config, result: DemoResult) -> None:
 async def _demo_push(srv: FakeServer, cfg: Config, result: DemoResult, on_progress: Any) -> None:
     import asyncio
 
-    try:
-        from syncer.push import run_push_job  # noqa: F401 - present once push lands
-    except ImportError:
-        return
-    users = srv.users[:3]
-    made = await asyncio.to_thread(_make_upload_tree, srv, cfg, users)
-    from syncer.push import demo_push
+    from syncer.push import PushJob, options_from_config
+    from syncer.runner import execute
 
-    result.push, result.push_code = await demo_push(cfg, on_progress=on_progress)
+    made = await asyncio.to_thread(_make_upload_tree, srv, cfg, srv.users[:3])
+    opts = await asyncio.to_thread(options_from_config, cfg)
+
+    async def push_job(ctx: Any) -> None:
+        await PushJob(ctx, opts).run()
+
+    result.push, result.push_code = await execute(
+        "push", cfg, push_job, token=srv.api_key, concurrency=opts.concurrency, on_progress=on_progress,
+        details={"demo": True})
     stored = {(f["owner"], f["name"]): f for f in srv.files() if f["category"] == "user_document"}
     for (user, name), data in made.items():
         rec = stored.get((user, name))

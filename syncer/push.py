@@ -46,7 +46,7 @@ from syncer.errors import (
     LinkExpiredError,
     LocalIOError,
     ManifestError,
-    PermanentError,
+    NotFoundError,
     SyncerError,
     TooLargeError,
     TransientError,
@@ -82,6 +82,10 @@ CLOCK_SLACK = 120.0     # seconds: a server clock this far behind ours still fin
 
 class _UserRejected(Exception):
     """The user's token was refused (401)."""
+
+
+class _EndpointMissing(SyncerError):
+    """POST /files answered 404: the base URL is wrong; the run stops."""
 
 
 class _Stopping(Exception):
@@ -203,7 +207,8 @@ class PushJob:
                                   " unchanged: not retried (see syncer status)")
         token = self.opts.tokens.get(user)
         if token is None:
-            ctx.stats.skipped += len(plan.items)
+            # Not uploaded is not done: the run exits 1 so a cron mail or an alert shows it.
+            ctx.stats.failed += len(plan.items)
             ctx.log_event("no_token", level=logging.WARNING, user=user,
                           message=f"user {user} has no token in the tokens file: its {len(plan.items)} files"
                                   " to upload are skipped")
@@ -259,7 +264,7 @@ class PushJob:
         except _UserRejected:
             self._reject_user(item.user_id)
             self._record_failure(item, _rejected_error(item.user_id))
-        except (LocalIOError, ManifestError) as exc:
+        except (LocalIOError, ManifestError, _EndpointMissing) as exc:
             ctx.fatal(exc)
         except AuthError as exc:  # the account API key (used to fetch a link or delete a torn copy)
             ctx.fatal(exc)
@@ -339,6 +344,9 @@ class PushJob:
                                                  filename=item.name)
             except AuthError:
                 raise _UserRejected() from None
+            except NotFoundError as exc:  # no upload endpoint there: every file would fail the same way
+                raise _EndpointMissing(f"the server has no upload endpoint at {exc.url} (404): check api.base_url"
+                                       ) from None
             except UploadOutcomeUnknown as exc:
                 last = exc
                 self._retry_note(item, exc, attempt)
@@ -430,8 +438,11 @@ class PushJob:
             exact_ones = [c[3] for c in candidates if not c[0]]
             return exact_ones[0] if len(exact_ones) == 1 else None
         for *_, f in candidates:
-            if await self._remote_sha(f) == sha:
-                return f
+            try:
+                if await self._remote_sha(f) == sha:
+                    return f
+            except NotFoundError:
+                continue  # deleted since the listing: not ours to adopt
         if not listing.complete:
             raise ItemError("cannot tell whether an earlier upload was stored (the listing had unreadable"
                             " items); not sending it again blindly")
@@ -476,7 +487,9 @@ class PushJob:
 
     def _record_failure(self, item: PushItem, exc: BaseException) -> None:
         ctx = self.ctx
-        permanent = isinstance(exc, PermanentError)
+        # Only what the contract calls permanent for a file (400, 413) waits for the file to change; any
+        # other refusal (403, an odd redirect) is retried next run, once whatever caused it is fixed.
+        permanent = isinstance(exc, (BadRequestError, TooLargeError))
         if isinstance(exc, TooLargeError):
             message = f"the server refused the file as too large (413); not retried until it changes: {exc}"
         elif isinstance(exc, BadRequestError):

@@ -343,9 +343,9 @@ async def test_a_user_without_token_is_reported_and_the_others_go_on(
         (tmp_path / "src" / "not a user!").mkdir()
         (tmp_path / "src" / "not a user!" / "b.txt").write_bytes(b"x")
         stats, code = await run_push(write_config(tmp_path, srv), srv)
-        assert code == EXIT_OK
+        assert code == EXIT_ITEMS_FAILED, "files left behind must show in the exit code"
         assert_exactly_once(srv, expected)
-        assert stats.files_done == 10
+        assert stats.files_done == 10 and stats.failed == 1
         assert not [f for f in srv.files() if f["target_id"] == "999"]
     warnings = [r.getMessage() for r in syncer_records if r.levelno >= logging.WARNING]
     assert any("user 999 has no token" in m for m in warnings)
@@ -575,3 +575,51 @@ def test_cli_push_runs_and_prints_the_summary(tmp_path: Path) -> None:
         assert result.exit_code == EXIT_OK, result.output
         assert "push ok: 6 files" in result.output
         assert_exactly_once(srv, expected)
+
+
+# -- refusals -----------------------------------------------------------------------------------------
+
+async def test_400_is_permanent_403_is_retried_next_run(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async with FakeServer() as srv:
+        expected = setup_users(tmp_path, srv, 1, count=3)
+        user = next(iter(expected))
+        original, calls = srv._upload, []
+
+        async def scripted(request: web.Request) -> web.StreamResponse:
+            calls.append(1)
+            if len(calls) <= 2:
+                await request.read()
+            if len(calls) == 1:
+                return web.json_response({"error": {"code": 400, "message": "bad file"}}, status=400)
+            if len(calls) == 2:
+                return web.json_response({"error": {"code": 403, "message": "not now"}}, status=403)
+            return await original(request)
+
+        srv._upload = scripted  # type: ignore[method-assign]
+        cfg = write_config(tmp_path, srv, concurrency=1)
+        stats, code = await run_push(cfg, srv)
+        assert code == EXIT_ITEMS_FAILED
+        assert (stats.permanent, stats.failed, stats.files_done) == (1, 1, 1)
+        states = sorted(manifest_rows(tmp_path / "manifest.sqlite",
+                                      "SELECT state, error_class, last_error FROM push_items WHERE state != 'done'"))
+        assert [(s, c) for s, c, _ in states] == [("failed", "ForbiddenError"), ("permanent", "BadRequestError")]
+        assert "(400)" in states[1][2] and "not retried until the file changes" in states[1][2]
+        stats2, code2 = await run_push(cfg, srv)
+        assert code2 == EXIT_OK and stats2.files_done == 1  # the 403 one; the 400 one waits for a change
+        assert len(calls) == 4
+        assert sum(server_docs(srv, user).values()) == 2
+
+
+async def test_a_wrong_base_url_stops_the_run_with_exit_3(tmp_path: Path) -> None:
+    async with FakeServer() as srv:
+        setup_users(tmp_path, srv, 2, count=3)
+        cfg = write_config(tmp_path, srv)
+        cfg.write_text(cfg.read_text().replace(srv.base_url, srv.origin + "/elsewhere/api_v3"))
+        stats, code = await run_push(cfg, srv)
+        assert code == EXIT_FATAL
+        assert "api.base_url" in (stats.fatal_error or "")
+        assert not srv.files()
+        states = manifest_rows(tmp_path / "manifest.sqlite", "SELECT DISTINCT state FROM push_items")
+        assert ("permanent",) not in states  # nothing is marked as failed for good by a config mistake

@@ -132,3 +132,29 @@ def test_metrics_file_json_logs_and_no_control_characters(tmp_path):
         for f in srv.files():
             if len(f["name"]) > 6:
                 assert f["name"] not in info_text
+
+
+def test_second_sigint_stops_at_once_and_the_next_run_resumes(tmp_path):
+    srv = FakeServer(seed=25, users=3, files_per_user=10, faults=Faults(latency_ms=50))
+    with srv.run_in_thread():
+        cfg = write_config(srv, tmp_path, concurrency=2)
+        proc = syncer(cfg, srv, "pull", "-q")
+        wait_for_progress(tmp_path / "manifest.sqlite", 1)
+        srv.set_faults(latency_ms=3000)  # in-flight requests would now outlast the grace period
+        time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 2.5, "the second SIGINT did not stop the run at once"
+        assert proc.returncode == 130, err.decode()[-2000:]
+        conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+        outcome = conn.execute("SELECT outcome FROM runs").fetchone()[0]
+        conn.close()
+        assert outcome == "interrupted"
+        srv.set_faults(latency_ms=0)
+        proc = syncer(cfg, srv, "pull", "-q")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert not list((tmp_path / "backup").rglob(".*")), "temp files left behind"

@@ -22,7 +22,8 @@ from typing import Any
 
 from syncer.manifest import Update
 from syncer.models import PullState, RemoteFile, Target
-from syncer.storage import casefold_key, disambiguate, safe_name, sha256_file
+from syncer.names import casefold_key, disambiguate, safe_name
+from syncer.storage import sha256_file
 
 UNCATEGORIZED = "uncategorized"
 

@@ -50,7 +50,7 @@ def _read_holder(fd: int) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}
 
 
-def _pid_alive(pid: object) -> bool | None:
+def pid_alive(pid: object) -> bool | None:
     """True/False for a pid on this host; None when it cannot be told."""
     if not isinstance(pid, int) or pid <= 0:
         return None
@@ -126,7 +126,7 @@ class RunLock:
     def _log_takeover(self, previous: dict[str, Any]) -> None:
         # A release empties the file, so contents mean the previous run ended without releasing.
         same_host = previous.get("host") == socket.gethostname()
-        alive = _pid_alive(previous.get("pid")) if same_host else None
+        alive = pid_alive(previous.get("pid")) if same_host else None
         state = {True: "still running but not holding it", False: "dead", None: "state unknown"}[alive]
         log.info(
             "taking over the lock on %s, left by %s (%s)", self.path, _describe(previous), state

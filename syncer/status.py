@@ -25,6 +25,7 @@ import socket
 from pathlib import Path
 from typing import Any, TextIO
 
+from syncer.lock import pid_alive
 from syncer.logs import scrub
 from syncer.manifest import Manifest, now_iso
 from syncer.models import PullState, PushState
@@ -76,18 +77,8 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _alive(run: dict[str, Any], host: str) -> bool | None:
-    pid = run.get("pid")
-    if run.get("host") != host or not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return None
-    return True
+    """Whether a run marked running is still alive: known only on its own host."""
+    return pid_alive(run.get("pid")) if run.get("host") == host else None
 
 
 # -- human output --------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_ls_bad_target_is_exit_2(server: FakeServer, tmp_path: Path) -> None:
 
 # -- output that is not a terminal ---------------------------------------------------------------------
 def test_pull_output_off_a_terminal_has_no_control_characters(tmp_path: Path) -> None:
-    srv = FakeServer(seed=8, users=2, files_per_user=4, hostile_names=True, faults=Faults(latency_ms=40))
+    srv = FakeServer(seed=8, users=2, files_per_user=4, hostile_names=True, faults=Faults(latency_ms=100))
     with srv.run_in_thread():
         cfg = write_config(tmp_path, srv)
         env = {k: v for k, v in os.environ.items() if k not in ("SYNCER_CONFIG", "FORCE_COLOR", "TERM")}

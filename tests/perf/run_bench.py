@@ -62,6 +62,14 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
 class Server:
     """perf_server.py in its own process; ``info`` is its JSON line."""
 
@@ -105,6 +113,7 @@ def measure(cmd: list[str], *, server: Server | None = None, cwd: Path | None = 
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     s0 = server.cpu() if server else 0.0
+    m0 = machine_busy()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
     timer = threading.Timer(timeout, p.kill)
@@ -121,11 +130,14 @@ def measure(cmd: list[str], *, server: Server | None = None, cwd: Path | None = 
         extra_wall = time.perf_counter() - t1
     wall = time.perf_counter() - t0
     s1 = server.cpu() if server else 0.0
+    m1 = machine_busy()
     out.seek(0)
     err.seek(0)
     res = {"cmd": " ".join(cmd[:3]) + (" ..." if len(cmd) > 3 else ""), "rc": p.returncode, "wall_s": wall,
            "client_user_s": ru.ru_utime, "client_sys_s": ru.ru_stime, "client_cpu_s": ru.ru_utime + ru.ru_stime,
            "client_maxrss_mib": ru.ru_maxrss / 1024, "server_cpu_s": s1 - s0, "extra_wall_s": extra_wall,
+           # what else ran meanwhile (other processes on this machine): a noisy neighbour shows here
+           "other_cpu_s": max(0.0, (m1 - m0) - (ru.ru_utime + ru.ru_stime) - (s1 - s0)),
            "stdout_tail": out.read()[-2000:].decode("utf-8", "replace"),
            "stderr_tail": err.read()[-2000:].decode("utf-8", "replace")}
     out.close()
@@ -191,12 +203,19 @@ def med(runs: list[dict], key: str) -> float:
 
 # ---------------------------------------------------------------------------------------- (a) peers
 
+def syncer_env(info: dict, src: str | None) -> dict:
+    env = dict(os.environ, VSEE_API_TOKEN=info["api_key"])
+    if src:  # another copy of the package (e.g. a patched one): it goes first on the path
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def run_syncer_pull(srv: Server, work: Path, dest: Path, concurrency: int | None, targets: list[str] | None = None,
-                    expect: int | None = None) -> dict:
+                    expect: int | None = None, src: str | None = None) -> dict:
     fresh(work)
     fresh(dest)
     cfg = write_syncer_config(work, srv.info, targets or srv.info["targets"], dest, concurrency)
-    env = dict(os.environ, VSEE_API_TOKEN=srv.info["api_key"])
+    env = syncer_env(srv.info, src)
     r = measure([PY, "-m", "syncer", "pull", "-c", str(cfg), "-q"], server=srv, cwd=work, env=env)
     r["files"], r["bytes"] = count_files(dest)
     r["ok"] = r["rc"] == 0 and (expect is None or r["files"] == expect)
@@ -292,9 +311,16 @@ def section_a(args, work: Path, results: dict) -> None:
             assert len(links) == nfiles, (len(links), nfiles)
             naive_n = nfiles if lat == 0 else min(nfiles, 40 if args.quick else 200)
             peers: dict[str, callable] = {
-                f"syncer C={C}": lambda: run_syncer_pull(srv, work / "s", dest_root, C, expect=nfiles),
-                "syncer default C": lambda: run_syncer_pull(srv, work / "s", dest_root, None, expect=nfiles),
+                f"syncer C={C}": lambda: run_syncer_pull(srv, work / "s", dest_root, C, expect=nfiles,
+                                                         src=args.syncer_path),
+                "syncer default C": lambda: run_syncer_pull(srv, work / "s", dest_root, None, expect=nfiles,
+                                                            src=args.syncer_path),
             }
+            if args.patched:
+                peers[f"syncer PATCHED C={C}"] = lambda: run_syncer_pull(srv, work / "s", dest_root, C, expect=nfiles,
+                                                                         src=args.patched)
+                peers["syncer PATCHED default C"] = lambda: run_syncer_pull(srv, work / "s", dest_root, None,
+                                                                            expect=nfiles, src=args.patched)
             if have("aria2c"):
                 peers[f"aria2c -j{C}"] = lambda: run_aria2c(srv, work / "a", dest_root, links, C, False)
                 peers[f"aria2c -j{C} + syncfs"] = lambda: run_aria2c(srv, work / "a", dest_root, links, C, True)
@@ -335,7 +361,11 @@ def section_b(args, work: Path, results: dict) -> None:
     with Server(users=0, files_per_user=0, big_bytes=size, data_dir=fresh(work / "srvdata")) as srv:
         target = f"user:{srv.info['big_user']}"
         link = list_links(srv.info, [target])[0]
-        peers = {"syncer": lambda: run_syncer_pull(srv, work / "s", dest_root, None, [target], expect=1)}
+        peers = {"syncer": lambda: run_syncer_pull(srv, work / "s", dest_root, None, [target], expect=1,
+                                                   src=args.syncer_path)}
+        if args.patched:
+            peers["syncer PATCHED"] = lambda: run_syncer_pull(srv, work / "s", dest_root, None, [target], expect=1,
+                                                              src=args.patched)
         if have("curl"):
             def curl() -> dict:
                 fresh(dest_root)
@@ -422,7 +452,7 @@ def section_d(args, work: Path, results: dict) -> None:
             w = fresh(work / "push")
             cfg = write_syncer_config(w, srv.info, srv.info["targets"], w / "backup", None,
                                       push={"source": src, "tokens_file": tok})
-            env = dict(os.environ, VSEE_API_TOKEN=srv.info["api_key"])
+            env = syncer_env(srv.info, args.syncer_path)
             r = measure([PY, "-m", "syncer", "push", "-c", str(cfg), "-q"], server=srv, cwd=w, env=env)
             r["ok"] = r["rc"] == 0
             r["files_per_s"] = nfiles / r["wall_s"] if r["ok"] else None
@@ -479,12 +509,13 @@ def report(results: dict) -> str:
             L.append(f"  latency {lat} ms (arithmetic limit at C={C}: "
                      f"{'-' if float(lat) == 0 else fmt(C / (float(lat) / 1000))} files/s)")
             L.append(f"  {'peer':<34}{'wall s':>8}{'files/s':>9}{'x aria2c':>9}{'client CPU s':>13}"
-                     f"{'server CPU s':>13}{'client RSS MiB':>15}  ok")
+                     f"{'server CPU s':>13}{'other CPU s':>12}{'client RSS MiB':>15}  ok")
             for name, rr in runs.items():
                 f = fps[name]
                 L.append(f"  {name:<34}{fmt(med(rr, 'wall_s'), 2):>8}{fmt(f):>9}"
                          f"{fmt(f / ref if ref and f == f else None, 2):>9}{fmt(med(rr, 'client_cpu_s'), 2):>13}"
-                         f"{fmt(med(rr, 'server_cpu_s'), 2):>13}{fmt(med(rr, 'client_maxrss_mib'), 0):>15}"
+                         f"{fmt(med(rr, 'server_cpu_s'), 2):>13}{fmt(med(rr, 'other_cpu_s'), 2):>12}"
+                         f"{fmt(med(rr, 'client_maxrss_mib'), 0):>15}"
                          f"  {sum(r['ok'] for r in rr)}/{len(rr)}")
             for name, c in d["ceiling"].items():
                 L.append(f"  {name + ' (server ceiling)':<34}{fmt(c['wall_s'], 2):>8}{fmt(c['req_per_s']):>9}"
@@ -498,8 +529,17 @@ def report(results: dict) -> str:
             sd = fps.get("syncer default C")
             naive = next((v for k, v in fps.items() if k.startswith("naive")), None)
             a64 = fps.get("aria2c -j64")
+            sp, sdp = fps.get(f"syncer PATCHED C={C}"), fps.get("syncer PATCHED default C")
             if float(lat) > 0:
                 limit = C / (float(lat) / 1000)
+                if sp is not None:
+                    targets.append((f"(a) {lat} ms: PATCHED C={C} >= 1.1x aria2c / >= 0.9 limit / >= 25x naive",
+                                    f"{fmt(sp)}: {fmt(sp / ref if ref else None, 2)}x, {fmt(sp / limit, 2)} of limit, "
+                                    f"{fmt(sp / naive if naive else None, 1)}x naive",
+                                    verdict(bool(ref and naive) and sp >= 1.1 * ref and sp >= 0.9 * limit
+                                            and sp >= 25 * naive)))
+                    targets.append((f"(a) {lat} ms: PATCHED default C > aria2c -j64",
+                                    f"{fmt(sdp)} vs {fmt(a64)}", verdict(sdp > a64 if a64 else None)))
                 targets.append((f"(a) {lat} ms: syncer C={C} >= 1.1x aria2c -j{C}",
                                 f"{fmt(s)} vs {fmt(ref)} = {fmt(s / ref if ref else None, 2)}x",
                                 verdict(s >= 1.1 * ref if ref else None)))
@@ -512,6 +552,10 @@ def report(results: dict) -> str:
                                 verdict(sd > a64 if a64 else None)))
             else:
                 dur = fps.get(f"aria2c -j{C} + syncfs")
+                if sp is not None:
+                    targets.append((f"(a) 0 ms: PATCHED C={C} >= 1.0x aria2c -j{C} + syncfs",
+                                    f"{fmt(sp)} vs {fmt(dur)} = {fmt(sp / dur if dur else None, 2)}x",
+                                    verdict(sp >= dur if dur else None)))
                 targets.append((f"(a) 0 ms: syncer C={C} (fsync each file) >= 1.0x aria2c -j{C} + syncfs",
                                 f"{fmt(s)} vs {fmt(dur)} = {fmt(s / dur if dur else None, 2)}x",
                                 verdict(s >= dur if dur else None)))
@@ -526,15 +570,21 @@ def report(results: dict) -> str:
         L.append("")
         L.append(f"(b) one file of {b['bytes']:,} bytes into {b['dest']} (MB = 10^6 bytes)")
         L.append(f"  {'peer':<34}{'wall s':>8}{'MB/s':>9}{'x curl':>9}{'client CPU s':>13}{'server CPU s':>13}"
-                 f"{'peak RSS MiB':>15}")
+                 f"{'other CPU s':>12}{'peak RSS MiB':>15}")
         mbs = {k: med(v, "mb_per_s") for k, v in b["runs"].items()}
         ref = mbs.get("curl -o")
         for name, rr in b["runs"].items():
             L.append(f"  {name:<34}{fmt(med(rr, 'wall_s'), 2):>8}{fmt(mbs[name]):>9}"
                      f"{fmt(mbs[name] / ref if ref else None, 2):>9}{fmt(med(rr, 'client_cpu_s'), 2):>13}"
-                     f"{fmt(med(rr, 'server_cpu_s'), 2):>13}{fmt(max(r['client_maxrss_mib'] for r in rr), 0):>15}")
+                     f"{fmt(med(rr, 'server_cpu_s'), 2):>13}{fmt(med(rr, 'other_cpu_s'), 2):>12}"
+                     f"{fmt(max(r['client_maxrss_mib'] for r in rr), 0):>15}")
         s = mbs.get("syncer")
         rss = max(r["client_maxrss_mib"] for r in b["runs"]["syncer"])
+        if "syncer PATCHED" in mbs:
+            sp = mbs["syncer PATCHED"]
+            rp = max(r["client_maxrss_mib"] for r in b["runs"]["syncer PATCHED"])
+            targets.append(("(b) PATCHED >= 1.0x curl; RSS < 64 MB", f"{fmt(sp)} MB/s = {fmt(sp / ref if ref else None, 2)}x"
+                            f", {rp:.0f} MiB", verdict(bool(ref) and sp >= ref and rp * 1.048576 < 64)))
         targets.append(("(b) syncer >= 1.0x curl MB/s", f"{fmt(s)} vs {fmt(ref)} = {fmt(s / ref if ref else None, 2)}x",
                         verdict(s >= ref if ref else None)))
         targets.append(("(b) syncer peak RSS < 64 MB", f"{rss:.0f} MiB ({rss * 1.048576:.0f} MB)",
@@ -602,6 +652,8 @@ def main() -> None:
     ap.add_argument("--disk-dir", help="where (a) and (c) write (default: the workdir, on disk)")
     ap.add_argument("--big-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                     help="where (b) writes its 1 GiB (default /dev/shm: tmpfs, as in the issue's figures)")
+    ap.add_argument("--syncer-path", help="run syncer from this folder (holding syncer/) instead of the installed one")
+    ap.add_argument("--patched", help="also run a patched copy of syncer from this folder, interleaved (A/B)")
     ap.add_argument("--results", default=str(HERE / "results"), help="folder for the .json and .txt")
     args = ap.parse_args()
     args.repeat = args.repeat or (1 if args.quick else 3)

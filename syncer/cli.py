@@ -136,7 +136,7 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
       syncer pull -c syncer.toml --targets-file patients.txt --dest /backup/clinic
     """
     from syncer.progress import human_bytes, make_reporter
-    from syncer.pull import PullJob, PullOptions
+    from syncer.pull import PullJob, PullOptions, check_dest
     from syncer.runner import execute
     from syncer.targets import parse_shard, select_targets
 
@@ -157,6 +157,7 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
     if not cfg.api.base_url:
         raise ConfigError("api.base_url is not set in the config")
     token = cfg.api_token()
+    check_dest(Path(cfg.pull.dest))
     _setup_logs(cfg, quiet)
     opts = PullOptions(targets=tuple(chosen), dest=Path(cfg.pull.dest), categories=cfg.pull.categories,
                        include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency,

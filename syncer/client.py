@@ -436,7 +436,7 @@ def _parse_listing(items: list[Any], target: Target) -> Listing:
         try:
             rf = RemoteFile.from_api(item)
         except ProtocolError as exc:
-            listing.bad_items.append(f"item {i}: {exc}")
+            listing.bad_items.append(f"item {i}{_item_label(item)}: {exc}")
             continue
         if rf.id in seen:
             log.debug("listing of %s: duplicate file id %s dropped", target, rf.id)
@@ -444,6 +444,18 @@ def _parse_listing(items: list[Any], target: Target) -> Listing:
         seen.add(rf.id)
         listing.files.append(rf)
     return listing
+
+
+def _item_label(item: Any) -> str:
+    """`` (file <id>)`` for a listing item whose id is usable, so a bad item is named by its file id;
+    else nothing.  Bounded and printable: the id comes from the server."""
+    file_id = item.get("id") if isinstance(item, dict) else None
+    if isinstance(file_id, bool) or not isinstance(file_id, (str, int)):
+        return ""
+    text = str(file_id)
+    if not text or not text.isprintable() or len(text) > 100:
+        return ""
+    return f" (file {text})"
 
 
 # -- translation: the one place that knows aiohttp's errors and the API's statuses --------------------

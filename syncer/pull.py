@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from syncer.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     ConnectionFailed,
     IntegrityError,
     ItemError,
@@ -31,8 +33,8 @@ from syncer.errors import (
 from syncer.logs import scrub
 from syncer.manifest import Update
 from syncer.models import PullState, Target
-from syncer.pull_plan import TargetPlan, WorkItem, plan_target
-from syncer.runner import RunContext
+from syncer.pull_plan import TargetPlan, WorkItem, candidate_keys, plan_target
+from syncer.runner import RunContext, drive
 from syncer.storage import AtomicWriter, SizeMismatchError, UnsafePathError, ensure_inside
 
 log = logging.getLogger("syncer.pull")
@@ -51,6 +53,27 @@ class PullOptions:
     dry_run: bool = False
 
 
+def check_dest(dest: Path) -> None:
+    """Before anything is written: ConfigError (exit 2) naming the problem when the destination cannot
+    be a writable folder (it is a file, lies below a file, or sits on a read-only or forbidden place).
+    Writes nothing; the run itself still reports a disk that fails later (exit 3)."""
+    dest = Path(os.path.abspath(dest))
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"pull.dest {dest} is not a folder (it is a file)")
+    existing = dest
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"pull.dest {dest} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        try:  # access() refuses a read-only file system even to root: say which it is
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "Read-only file system" if read_only else "Permission denied"
+        raise ConfigError(f"pull.dest {dest} is not writable: {existing}: {why}")
+
+
 @dataclass
 class DryRunTarget:
     target: Target
@@ -67,6 +90,7 @@ class PullJob:
         self.dry_run_report: list[DryRunTarget] = []
         self.listed_ok = 0
         self.list_unreachable = 0
+        self._plan_lock = asyncio.Lock()
 
     # -- the script ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -74,20 +98,7 @@ class PullJob:
             await asyncio.to_thread(self._prepare_dest)
         workers = [asyncio.create_task(self._worker(i), name=f"download-{i}")
                    for i in range(0 if self.opts.dry_run else self.opts.concurrency)]
-        try:
-            await self._list_all()
-            for _ in workers:
-                await self.queue.put(None)
-            results = await asyncio.gather(*workers, return_exceptions=True)
-        except BaseException:
-            # Cancelled (a second signal, or the grace period ran out): abandon what is in flight.
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            raise
-        for r in results:
-            if isinstance(r, BaseException):
-                self.ctx.fatal(r)
+        await drive(self.ctx, self._list_all, self.queue, workers)
 
     def _prepare_dest(self) -> None:
         from syncer.storage import make_dirs
@@ -139,23 +150,37 @@ class PullJob:
             ctx.stats.failed += 1
         ctx.stats.targets += 1
         rows = await ctx.manifest.call(ctx.manifest.pull_rows_for_target, target.type, target.id)
-        plan: TargetPlan = await asyncio.to_thread(
-            plan_target, target, files, rows, dest=self.dest, categories=self.opts.categories,
-            listing_complete=listing.complete and not listing.target_missing)
+        plan = await self._plan(target, files, rows, listing.complete and not listing.target_missing)
+        if not self.opts.dry_run:
+            # The paths a plan picks for new files are checked against every target's rows: two targets
+            # can share a folder (ids that sanitise or case-fold alike).  Plans run side by side; the
+            # check and the record are one step at a time, and a plan that lost a path meanwhile is
+            # made again.
+            async with self._plan_lock:
+                if plan.inserts and await ctx.manifest.call(ctx.manifest.pull_paths_taken,
+                                                            [r["path_key"] for r in plan.inserts]):
+                    plan = await self._plan(target, files, rows, listing.complete and not listing.target_missing)
+                await ctx.manifest.call(ctx.manifest.apply_pull_listing, ctx.run_id, plan.inserts, plan.updates,
+                                        plan.deleted)
         ctx.stats.skipped += plan.up_to_date
         ctx.stats.files_total += len(plan.todo)
         ctx.stats.bytes_total += plan.todo_bytes
         if self.opts.dry_run:
             self.dry_run_report.append(DryRunTarget(target, len(plan.todo), plan.todo_bytes))
             return
-        await ctx.manifest.call(ctx.manifest.apply_pull_listing, ctx.run_id, plan.inserts, plan.updates,
-                                plan.deleted)
         ctx.log_event("listed", level=logging.DEBUG, target=str(target), files=plan.listed, todo=len(plan.todo),
                       deleted=len(plan.deleted))
         for item in plan.todo:
             if ctx.stopping:
                 return
             await self.queue.put(item)
+
+    async def _plan(self, target: Target, files: list, rows: list, complete: bool) -> TargetPlan:
+        ctx = self.ctx
+        elsewhere = await ctx.manifest.call(ctx.manifest.pull_paths_taken, candidate_keys(target, files, rows))
+        return await asyncio.to_thread(
+            plan_target, target, files, rows, dest=self.dest, categories=self.opts.categories,
+            listing_complete=complete, taken_elsewhere=elsewhere)
 
     # -- stage 2: downloading --------------------------------------------------------------------
     async def _worker(self, n: int) -> None:
@@ -165,7 +190,14 @@ class PullJob:
                 return
             if self.ctx.stopping:
                 continue  # drain: the item stays pending in the manifest for the next run
-            await self._fetch(item)
+            try:
+                await self._fetch(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the recorder could not write (disk full)
+                # Stop the run, but keep draining: a worker that died would leave the listers
+                # waiting forever on a full queue.
+                self.ctx.fatal(exc)
 
     async def _fetch(self, item: WorkItem) -> None:
         started = time.monotonic()
@@ -191,13 +223,18 @@ class PullJob:
                            duration=round(time.monotonic() - started, 3))
 
     def _record_failure(self, item: WorkItem, exc: BaseException) -> None:
-        permanent = isinstance(exc, (PermanentError, UnsafeNameError)) or getattr(exc, "permanent", False)
+        # An answer that breaks the contract (junk JSON, an HTML page, a bad link) says nothing lasting
+        # about the file: retry it next run rather than write it off until the listing changes.
+        permanent = (isinstance(exc, (PermanentError, UnsafeNameError)) or getattr(exc, "permanent", False)) \
+            and not isinstance(exc, ProtocolError)
         state = PullState.PERMANENT if permanent else PullState.FAILED
         if permanent:
             self.ctx.stats.permanent += 1
         else:
             self.ctx.stats.failed += 1
         message = scrub(str(exc)) if isinstance(exc, SyncerError) else scrub(f"unexpected error: {exc!r}")
+        if item.file_id not in message:
+            message = f"file {item.file_id}: {message}"
         self.ctx.recorder.put(Update(
             "pull_items", item.key,
             {"state": state.value, "last_error": message[:500], "error_class": error_class(exc)},
@@ -220,18 +257,34 @@ class PullJob:
             offset = await asyncio.to_thread(writer.existing_bytes) if item.size else 0
             try:
                 async with self.ctx.client.download(url, offset=offset) as dl:
+                    limit = item.size
+                    if limit is None:
+                        # No size in the listing: the answer's own length bounds (and checks) the body.
+                        # With neither, a body could go on until the disk is full: refuse it.
+                        if dl.total_size is None:
+                            raise ProtocolError("neither the listing nor the download gives the file's size;"
+                                                " an unbounded download is refused")
+                        limit = dl.total_size
+                    # The bytes received may seed a Range resume only if this answer announced the
+                    # file's own size: a page, a junk or endless body, a wrong size is no prefix of it.
+                    resumable = item.size is not None and dl.total_size == item.size
                     await writer.open(dl.offset)
                     try:
-                        async for chunk in dl.iter_chunks(limit=item.size):
+                        async for chunk in dl.iter_chunks(limit=limit):
                             await writer.write(chunk)
                             self.ctx.stats.bytes_moving += len(chunk)
                         return await writer.commit()
                     except SizeMismatchError as exc:
                         raise IntegrityError(
                             f"file {item.file_id}: received a different number of bytes than its size") from exc
+                    except BaseException as exc:
+                        # Keep what arrived only when the transfer broke off (cut, reset, timeout, stop);
+                        # an answer that broke the contract leaves nothing behind.
+                        await writer.abort(keep_partial=resumable and isinstance(
+                            exc, (TransientError, asyncio.CancelledError)))
+                        raise
                     finally:
-                        # A partial temp stays for a Range resume; commit() has already cleaned up.
-                        await writer.abort(keep_partial=True)
+                        await writer.abort(keep_partial=False)  # a no-op after commit() or the abort above
             except LinkExpiredError:
                 url = None  # ask for a fresh fullpath and go on
                 continue

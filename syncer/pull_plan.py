@@ -16,6 +16,7 @@ to insert or change and which files to fetch.  Decisions it encodes:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,24 @@ def folder_for(target: Target, category: str | None) -> str:
     return "/".join((target.type, safe_name(target.id), safe_name(category or UNCATEGORIZED)))
 
 
+def path_choices(target: Target, f: RemoteFile) -> tuple[str, str, str]:
+    """The local paths (relative to dest) a new file may get, in order of preference: its safe name,
+    then with a suffix from its id, then with a suffix from its id twice."""
+    folder = folder_for(target, f.category)
+    name = safe_name(f.name, file_id=f.id, ext=f.ext)
+    return (f"{folder}/{name}", f"{folder}/{disambiguate(name, f.id)}",
+            f"{folder}/{disambiguate(name, f.id + f.id)}")
+
+
+def candidate_keys(target: Target, listing: list[RemoteFile], rows: list[dict[str, Any]]) -> list[str]:
+    """The path keys the files of ``listing`` that ``rows`` do not know yet may take: look them up in
+    the whole manifest (``Manifest.pull_paths_taken``) and pass the answer to :func:`plan_target` as
+    ``taken_elsewhere``.  Two targets can share a folder (ids that sanitise, case-fold or normalise
+    alike: ``a:b`` and ``a_b``, ``AbC`` and ``abc``), so a target's own rows are not enough."""
+    known = {r["file_id"] for r in rows}
+    return list({casefold_key(p) for f in listing if f.id not in known for p in path_choices(target, f)})
+
+
 def plan_target(
     target: Target,
     listing: list[RemoteFile],
@@ -71,11 +90,14 @@ def plan_target(
     categories: tuple[str, ...] = (),
     check_local: bool = True,
     listing_complete: bool = True,
+    taken_elsewhere: Iterable[str] = (),
 ) -> TargetPlan:
-    """Compare one target's listing with its manifest rows (see the module docstring)."""
+    """Compare one target's listing with its manifest rows (see the module docstring).
+
+    ``taken_elsewhere``: path keys held by other targets' rows (see :func:`candidate_keys`)."""
     plan = TargetPlan(target, listed=len(listing))
     known = {r["file_id"]: r for r in rows}
-    taken = {r["path_key"] for r in rows}
+    taken = {r["path_key"] for r in rows} | set(taken_elsewhere)
     seen: set[str] = set()
 
     new_files: list[RemoteFile] = []
@@ -94,13 +116,14 @@ def plan_target(
     # First seen, first served: the oldest file keeps the plain name in a collision.
     new_files.sort(key=lambda f: (f.created or 0, f.id))
     for f in new_files:
-        folder = folder_for(target, f.category)
-        name = safe_name(f.name, file_id=f.id, ext=f.ext)
-        rel = f"{folder}/{name}"
-        if casefold_key(rel) in taken:
-            rel = f"{folder}/{disambiguate(name, f.id)}"
-        if casefold_key(rel) in taken:  # a suffix that collides too: the whole id settles it
-            rel = f"{folder}/{disambiguate(name, f.id + f.id)}"
+        choices = path_choices(target, f)
+        rel = next((c for c in choices if casefold_key(c) not in taken), None)
+        n = 2
+        while rel is None:  # every suffix taken too (never seen): count until one is free
+            folder, _, name = choices[0].rpartition("/")
+            candidate = f"{folder}/{disambiguate(name, f'{f.id}#{n}')}"
+            rel = candidate if casefold_key(candidate) not in taken else None
+            n += 1
         key = casefold_key(rel)
         taken.add(key)
         plan.inserts.append({

@@ -67,7 +67,7 @@ from syncer.push_plan import (
     plan_user,
     user_folders,
 )
-from syncer.runner import RunContext
+from syncer.runner import RunContext, drive
 from syncer.storage import sha256_file
 
 __all__ = ["CLOCK_SLACK", "DryRunUser", "PushItem", "PushJob", "PushOptions", "UserPlan", "item_id",
@@ -149,21 +149,12 @@ class PushJob:
     # -- the script ----------------------------------------------------------------------------
     async def run(self) -> None:
         workers = [asyncio.create_task(self._worker(), name=f"upload-{i}") for i in range(self.opts.concurrency)]
-        try:
+        async def produce() -> None:
             await self._scan_all()
             self.planning_done = True
             self._check_all_rejected()
-            for _ in workers:
-                await self.queue.put(None)
-            results = await asyncio.gather(*workers, return_exceptions=True)
-        except BaseException:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            raise
-        for r in results:
-            if isinstance(r, BaseException):
-                self.ctx.fatal(r)
+
+        await drive(self.ctx, produce, self.queue, workers)
 
     # -- stage 1: scan and plan ----------------------------------------------------------------
     async def _scan_all(self) -> None:

@@ -78,6 +78,28 @@ def exit_code(stats: RunStats, signal_received: int | None) -> int:
 Job = Callable[[RunContext], Awaitable[None]]
 
 
+async def drive(ctx: RunContext, produce: Callable[[], Awaitable[None]], queue: asyncio.Queue[Any],
+                workers: list[asyncio.Task[None]]) -> None:
+    """Run the producer, then let each worker drain the queue and stop; errors end the run.
+
+    Cancelled (a second signal, or the grace period ran out): in-flight work is abandoned; items not
+    recorded as done stay pending in the manifest for the next run.
+    """
+    try:
+        await produce()
+        for _ in workers:
+            await queue.put(None)
+        results = await asyncio.gather(*workers, return_exceptions=True)
+    except BaseException:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    for r in results:
+        if isinstance(r, BaseException):
+            ctx.fatal(r)
+
+
 async def execute(
     kind: str,
     cfg: Config,
@@ -94,6 +116,7 @@ async def execute(
 
     register_secret(token)
     manifest_path = Path(cfg.manifest.path)
+    Manifest.check(manifest_path)  # a manifest that cannot be used is refused before anything is written
     with RunLock(manifest_path):
         manifest = Manifest.open(manifest_path)
         try:
@@ -105,9 +128,16 @@ async def execute(
                 client = (client_factory or FilesClient)(
                     session, base_url=cfg.api.base_url, token=token, account_code=cfg.api.account_code,
                     retry=policy)
-                async with Recorder(manifest, run_id) as recorder:
-                    ctx = RunContext(cfg, client, manifest, recorder, stats, policy, run_id)
-                    await _run_with_signals(ctx, job, on_progress)
+                recorder = Recorder(manifest, run_id)
+                ctx = RunContext(cfg, client, manifest, recorder, stats, policy, run_id)
+                try:
+                    async with recorder:
+                        await _run_with_signals(ctx, job, on_progress)
+                except SyncerError as exc:
+                    # The recorder could not write (disk full or I/O error under the manifest): the run
+                    # is over.  Files finished since its last batch are on disk, unrecorded: the next
+                    # run adopts them.
+                    ctx.fatal(exc)
             stats.ended = stats.ended or __import__("time").time()
             if ctx.fatal_error is not None:
                 stats.outcome = "fatal"
@@ -118,7 +148,14 @@ async def execute(
                 stats.outcome = "failed"
             else:
                 stats.outcome = "ok"
-            await manifest.call(manifest.finish_run, run_id, stats.outcome, stats.counts())
+            try:
+                await manifest.call(manifest.finish_run, run_id, stats.outcome, stats.counts())
+            except SyncerError as exc:
+                if ctx.fatal_error is None:
+                    raise
+                # Already stopping for a fatal error (often this very disk): report that one; the
+                # run's row stays 'running' and the next run marks it killed.
+                log.warning("cannot record the end of the run: %s", _describe(exc))
             return stats, exit_code(stats, ctx.signal_received)
         finally:
             manifest.close()

@@ -176,6 +176,11 @@ def _disk_error(exc: OSError, what: str, folder: Path) -> LocalIOError:
 # ------------------------------------------------------------------------------------------- writer
 
 
+def _mark_retrieved(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class AtomicWriter:
     """One download's destination: a hidden 0600 temp file, renamed into place when complete.
 
@@ -373,6 +378,9 @@ class AtomicWriter:
             await self._wait_pending()
             chunks, self._buf, self._buf_len = self._buf, [], 0
             self._pending = asyncio.get_running_loop().run_in_executor(None, self._flush_sync, chunks)
+            # Its failure is raised by the next _wait_pending(); if that never comes (the download was
+            # cancelled), asyncio must not report it later as 'exception was never retrieved'.
+            self._pending.add_done_callback(_mark_retrieved)
 
     def _flush_sync(self, chunks: list[bytes]) -> None:
         with self._lock:
@@ -411,6 +419,7 @@ class AtomicWriter:
                 raise SizeMismatchError(self.expected_size, self._bytes)
             chunks, self._buf, self._buf_len = self._buf, [], 0
             fut = asyncio.get_running_loop().run_in_executor(None, self._commit_sync, chunks)
+            fut.add_done_callback(_mark_retrieved)
             try:
                 digest = await asyncio.shield(fut)
             except OSError as exc:

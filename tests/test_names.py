@@ -247,3 +247,71 @@ def test_ensure_inside_does_not_follow_the_last_component(tmp_path: Path) -> Non
     # The link itself is inside; writers replace it atomically, readers refuse it (open_nofollow).
     assert ensure_inside(root, "a.pdf") == root.resolve() / "a.pdf"
     assert os.path.islink(ensure_inside(root, "a.pdf"))
+
+
+# ------------------------------------------------------------------------ the collision rule of a pull plan
+
+
+def _colliding_names() -> st.SearchStrategy[str]:
+    """Names that often land on one safe name: case and NFC/NFD twins, names that sanitise alike, long
+    names sharing their first 255 bytes, reserved names, and arbitrary text."""
+    base = st.sampled_from(["scan.pdf", "Scan.PDF", "SCAN.pdf", "café.txt", "cafe\u0301.txt", "CAFÉ.TXT",
+                            "a:b.pdf", "a/b.pdf", "a_b.pdf", "a\\b.pdf", "con", "CON", "con.pdf", ".pdf", "",
+                            "..", "ß.txt", "ss.txt", "SS.txt", "x" * 300 + ".pdf", "x" * 300 + "1.pdf",
+                            "é" * 200, "e\u0301" * 200])
+    return st.one_of(base, base.map(lambda s: s.upper()), names)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_colliding_names(), st.sampled_from(["user_document", "user_consent", None]),
+                          st.integers(0, 5)), min_size=1, max_size=40),
+       st.integers(0, 40))
+def test_plan_target_never_gives_two_files_one_path(entries: list[tuple[str, str | None, int]], split: int) -> None:
+    """Random names in one target: every file gets its own local path (distinct case-insensitively, after
+    NFC), inside dest, in its target's folder; and a second run that sees more files keeps the paths of
+    the first and still gives every new file a path of its own."""
+    from syncer.models import RemoteFile, Target
+    from syncer.pull_plan import folder_for, plan_target
+
+    dest = Path("/nonexistent-root/dest")
+    target = Target("user", "2317820300")
+    listing = [RemoteFile(id=f"id-{i}", name=name, size=1, category=cat, created=created)
+               for i, (name, cat, created) in enumerate(entries)]
+    first = plan_target(target, listing[:split], [], dest=dest, check_local=False)
+    rows = [dict(r, sha256=None) for r in first.inserts]
+    second = plan_target(target, listing, rows, dest=dest, check_local=False)
+    all_rows = rows + second.inserts
+    assert len(all_rows) == len(listing)
+    keys = [casefold_key(r["local_path"]) for r in all_rows]
+    assert len(set(keys)) == len(keys), "two files share a local path"
+    assert [r["path_key"] for r in all_rows] == keys
+    for r in all_rows:
+        path = ensure_inside(dest, r["local_path"])
+        assert path.parent == dest / folder_for(target, r["category"])
+        assert_safe(path.name)
+        assert len(temp_name(path.name).encode()) <= MAX_NAME_BYTES
+    # The first run's files kept their paths; planning the same listing again changes nothing.
+    assert {r["file_id"]: r["local_path"] for r in rows}.items() <= {r["file_id"]: r["local_path"]
+                                                                     for r in all_rows}.items()
+    again = plan_target(target, listing, all_rows, dest=dest, check_local=False)
+    assert not again.inserts and not again.updates
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_colliding_names(), min_size=1, max_size=20), st.lists(_colliding_names(), min_size=1, max_size=20))
+def test_plan_target_keeps_twin_targets_apart(names_a: list[str], names_b: list[str]) -> None:
+    """Two targets whose ids become one folder (``a:b`` and ``a_b``): with the keys the first one holds
+    passed as ``taken_elsewhere``, the second never takes a path of the first."""
+    from syncer.models import RemoteFile, Target
+    from syncer.pull_plan import candidate_keys, plan_target
+
+    dest = Path("/nonexistent-root/dest")
+    a, b = Target("user", "a:b"), Target("user", "a_b")
+    files_a = [RemoteFile(id=f"a{i}", name=n, size=1, category="user_document") for i, n in enumerate(names_a)]
+    files_b = [RemoteFile(id=f"b{i}", name=n, size=1, category="user_document") for i, n in enumerate(names_b)]
+    plan_a = plan_target(a, files_a, [], dest=dest, check_local=False)
+    held = {r["path_key"] for r in plan_a.inserts}
+    plan_b = plan_target(b, files_b, [], dest=dest, check_local=False,
+                         taken_elsewhere=held & set(candidate_keys(b, files_b, [])))
+    keys = [r["path_key"] for r in plan_a.inserts + plan_b.inserts]
+    assert len(keys) == len(set(keys)) == len(names_a) + len(names_b)

@@ -1,0 +1,391 @@
+"""The manifest: schema versions and migrations, refusing what it cannot use, and atomic batches.
+
+- A new manifest is created at the current schema, 0600.
+- An old (v1) manifest, built here as v1 code wrote it, opens and upgrades to v2 with every row kept;
+  the v1 -> v2 step is idempotent; a read-only reader (status, verify) uses a v1 manifest as it is.
+- A migration that fails leaves the manifest at the last complete version.
+- A file that is not SQLite, an SQLite file that is not a manifest, and a manifest of a newer schema
+  are refused with a message naming the problem, and left byte for byte as they were.
+- A process SIGKILLed in the middle of ``Manifest.apply`` on a large batch leaves all of the batch or
+  none of it (SQLite's atomic commit through the WAL), at seeded random moments.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from syncer import manifest as manifest_mod
+from syncer.errors import LocalIOError, ManifestError
+from syncer.manifest import MIGRATIONS, SCHEMA_VERSION, Manifest, Update
+
+V2_INDEXES = {"pull_state_size", "push_state_size"}
+
+
+def indexes(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        conn.close()
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def dump(path: Path) -> list[str]:
+    """Every row of every table, as SQL: equal dumps mean equal contents."""
+    conn = sqlite3.connect(path)
+    try:
+        return [line for line in conn.iterdump() if line.startswith("INSERT")]
+    finally:
+        conn.close()
+
+
+def make_v1(path: Path, *, rows: int = 50) -> None:
+    """A manifest as syncer with schema 1 left it: the v1 tables and indexes, user_version 1, data."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    conn.execute("PRAGMA journal_mode=WAL")
+    with db.atomic():
+        MIGRATIONS[0](db)
+        conn.execute("PRAGMA user_version = 1")
+    with db.atomic():
+        conn.execute("INSERT INTO runs (id, kind, started, ended, outcome) VALUES ('r1', 'pull', 'a', 'b', 'ok')")
+        for i in range(rows):
+            conn.execute(
+                "INSERT INTO pull_items (target_type, target_id, file_id, local_path, path_key, state, size, sha256)"
+                " VALUES ('user', '1', ?, ?, ?, ?, ?, ?)",
+                (f"f{i}", f"user/1/user_document/n{i}.pdf", f"user/1/user_document/n{i}.pdf",
+                 "done" if i % 3 else "failed", i * 10, "0" * 64))
+            conn.execute("INSERT INTO push_items (user_id, rel_path, size, state) VALUES ('2', ?, ?, 'done')",
+                         (f"doc{i}.pdf", i))
+            conn.execute("INSERT INTO events (at, run_id, kind, item, event) VALUES ('a', 'r1', 'pull', ?, 'done')",
+                         (f"user/1/f{i}",))
+    conn.close()
+    assert user_version(path) == 1 and not (indexes(path) & V2_INDEXES)
+
+
+# -- versions ----------------------------------------------------------------------------------------------
+
+def test_a_new_manifest_is_created_at_the_current_schema_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "m.sqlite"
+    old = os.umask(0)
+    try:
+        m = Manifest.open(path)
+    finally:
+        os.umask(old)
+    m.close()
+    assert SCHEMA_VERSION == 2
+    assert user_version(path) == SCHEMA_VERSION
+    assert V2_INDEXES <= indexes(path) and {"pull_todo", "pull_path", "push_todo"} <= indexes(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    m = Manifest.open(path)  # opening again changes nothing
+    m.close()
+    assert user_version(path) == SCHEMA_VERSION
+
+
+def test_a_v1_manifest_upgrades_to_v2_keeping_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    make_v1(path)
+    before = dump(path)
+    m = Manifest.open(path)
+    try:
+        assert m.version == SCHEMA_VERSION
+        plan = " ".join(str(r) for r in m.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT state, count(*), sum(size) FROM pull_items GROUP BY state"))
+        assert "COVERING INDEX pull_state_size" in plan
+        assert m.summary()["pull"]["states"]["done"]["count"] == 33
+    finally:
+        m.close()
+    assert user_version(path) == 2 and V2_INDEXES <= indexes(path)
+    assert dump(path) == before
+
+
+def test_the_v1_to_v2_step_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    make_v1(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE INDEX pull_state_size ON pull_items(state, size)")  # half done by hand, say
+    conn.close()
+    m = Manifest.open(path)
+    MIGRATIONS[1](m.db)  # and once more on a v2 manifest
+    m.close()
+    assert user_version(path) == 2 and V2_INDEXES <= indexes(path)
+
+
+def test_read_only_readers_use_a_v1_manifest_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    make_v1(path)
+    m = Manifest.open(path, create=False, readonly=True)
+    try:
+        summary = m.summary()
+        assert summary["schema"] == 1 and summary["pull"]["states"]["failed"]["count"] == 17
+        assert len(m.pull_done_rows()) == 33
+    finally:
+        m.close()
+    assert user_version(path) == 1, "a read-only open must not upgrade"
+
+
+def test_a_failing_migration_leaves_the_last_complete_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.sqlite"
+    make_v1(path)
+    before = dump(path)
+
+    def half_then_fail(db: sqlite_utils.Database) -> None:
+        db.execute("CREATE INDEX pull_state_size ON pull_items(state, size)")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setitem(manifest_mod.MIGRATIONS, 1, half_then_fail)
+    with pytest.raises(LocalIOError, match="cannot prepare the manifest .*disk I/O error"):
+        Manifest.open(path)
+    assert user_version(path) == 1 and "pull_state_size" not in indexes(path)
+    assert dump(path) == before
+    monkeypatch.undo()
+    Manifest.open(path).close()
+    assert user_version(path) == 2
+
+
+def test_an_empty_file_becomes_a_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    path.write_bytes(b"")
+    Manifest.open(path).close()
+    assert user_version(path) == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"this is a text file, not a database\n" * 200, "not an SQLite database"),
+    (b"SQLite format 3\x00" + b"\xff" * 4080, "not an SQLite database"),
+])
+def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(tmp_path: Path, content: bytes, words: str) -> None:
+    path = tmp_path / "m.sqlite"
+    path.write_bytes(content)
+    for readonly in (False, True):
+        with pytest.raises(ManifestError, match=words) as info:
+            Manifest.open(path, readonly=readonly)
+        assert str(path) in str(info.value)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sqlite"]
+
+
+def test_an_sqlite_file_that_is_not_a_manifest_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE patients (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(ManifestError, match="SQLite database but not a syncer manifest"):
+        Manifest.open(path)
+    assert path.read_bytes() == before
+    assert "runs" not in {r for (r,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+
+
+def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    Manifest.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = path.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(ManifestError, match=f"newer syncer \\(schema {SCHEMA_VERSION + 1}, this one knows "
+                                                f"{SCHEMA_VERSION}\\): upgrade syncer"):
+            Manifest.open(path, readonly=readonly)
+    assert path.read_bytes() == before
+    assert user_version(path) == SCHEMA_VERSION + 1
+
+
+# -- atomic batches --------------------------------------------------------------------------------------
+
+BATCH = 30_000        # outcomes in the batch of the fast form; the long form uses 200,000
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from syncer.manifest import Manifest, Update
+    m = Manifest.open(Path(sys.argv[1]))
+    n = int(sys.argv[2])
+    updates = [Update("pull_items", ("user", str(i % 100), f"f{i}"),
+                      {"state": "done", "sha256": "a" * 64, "bytes": i}, event="done", bump_attempts=True)
+               for i in range(n)]
+    def trace(sql):
+        if sql.split(None, 1)[0].upper() in ("COMMIT", "RELEASE"):
+            print(f"commit {time.monotonic() - t:.3f}", flush=True)
+    m.conn.set_trace_callback(trace)
+    print("applying", flush=True)
+    t = time.monotonic()
+    m.apply(updates, "batch-run")
+    print(f"applied {time.monotonic() - t:.3f}", flush=True)
+    m.close()
+""")
+
+
+def seed_batch_manifest(path: Path, n: int) -> None:
+    m = Manifest.open(path)
+    try:
+        rows = [{"target_type": "user", "target_id": str(i % 100), "file_id": f"f{i}", "local_path": f"p/{i}",
+                 "path_key": f"p/{i}", "state": "pending", "size": i, "category": None, "remote_name": "n",
+                 "created": None, "modified": None, "ext": "", "owner_id": None} for i in range(n)]
+        m.apply_pull_listing("seed-run", rows, [], [])
+    finally:
+        m.close()
+
+
+def batch_counts(path: Path) -> tuple[int, int, int, str]:
+    """(rows done, rows whose attempts were bumped, 'done' events, integrity check)."""
+    conn = sqlite3.connect(path)
+    try:
+        done = conn.execute("SELECT count(*) FROM pull_items WHERE state = 'done'").fetchone()[0]
+        bumped = conn.execute("SELECT count(*) FROM pull_items WHERE attempts = 1").fetchone()[0]
+        events = conn.execute("SELECT count(*) FROM events WHERE event = 'done'").fetchone()[0]
+        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        return done, bumped, events, check
+    finally:
+        conn.close()
+
+
+def run_child(path: Path, n: int, kill_after: float | None) -> tuple[str, float]:
+    """Run CHILD; with ``kill_after``, SIGKILL it that long after it starts applying.
+
+    Returns (phase, seconds): without a kill, ("finished", seconds until the COMMIT began); with one,
+    where the child was when it died: "in-transaction" (before the COMMIT began), "committing" (the
+    COMMIT or the checkpoint after it under way) or "finished"."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(n)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "applying"
+    started = time.monotonic()
+    if kill_after is None:
+        commit = proc.stdout.readline()  # when the transaction's COMMIT began
+        assert commit.startswith("commit"), commit
+        proc.stdout.read()
+        proc.wait(timeout=120)
+        return "finished", float(commit.split()[1])
+    deadline = started + kill_after
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    phase = "finished" if "applied" in rest else "committing" if "commit" in rest else "in-transaction"
+    return phase, time.monotonic() - started
+
+
+def kill_mid_batch(tmp: Path, *, kills: int, seed: int, batch: int = BATCH) -> dict[str, int]:
+    pristine = tmp / "pristine.sqlite"
+    seed_batch_manifest(pristine, batch)
+    # How long the batch's transaction runs here before its COMMIT (the quicker of two runs: caches
+    # warm up): the kills are spread over that and a little past it, into the commit and the checkpoint.
+    took = []
+    for name in ("calib1.sqlite", "calib2.sqlite"):
+        shutil.copy(pristine, tmp / name)
+        took.append(run_child(tmp / name, batch, None)[1])
+        assert batch_counts(tmp / name)[:3] == (batch, batch, batch)
+    rng = random.Random(seed)
+    seen = {"in-transaction": 0, "committing": 0, "finished": 0, "none": 0, "all": 0}
+    for k in range(kills):
+        path = tmp / f"kill{k}.sqlite"
+        shutil.copy(pristine, path)
+        moment = rng.uniform(0.0, min(took) * 1.1)
+        phase, _ = run_child(path, batch, moment)
+        done, bumped, events, check = batch_counts(path)
+        assert check == "ok"
+        assert (done, bumped, events) in ((0, 0, 0), (batch, batch, batch)), (moment, phase, done, bumped, events)
+        if phase == "in-transaction":
+            assert done == 0, "a batch killed before its COMMIT left rows behind"
+        if phase == "finished":
+            assert done == batch, "a committed batch was lost"
+        seen[phase] += 1
+        seen["all" if done else "none"] += 1
+        # The manifest opens and is usable after the crash.
+        Manifest.open(path).close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return {"kills": kills, "batch": batch, "batch_seconds": round(min(took), 2), **seen}
+
+
+def test_a_batch_killed_mid_way_is_all_or_nothing(tmp_path: Path) -> None:
+    result = kill_mid_batch(tmp_path, kills=3, seed=701)
+    assert result["in-transaction"] >= 1, result  # at least one kill landed inside the transaction
+
+
+@pytest.mark.slow
+def test_a_batch_killed_mid_way_is_all_or_nothing_10_times(tmp_path: Path) -> None:
+    result = kill_mid_batch(tmp_path, kills=10, seed=702, batch=200_000)
+    assert result["in-transaction"] >= 5, result
+    print(f"\nRELIABILITY manifest-batch: {result}")
+
+
+def test_update_records_the_event_in_the_same_transaction(tmp_path: Path) -> None:
+    """An outcome and its audit event are one write: a failure between them is impossible to observe."""
+    path = tmp_path / "m.sqlite"
+    seed_batch_manifest(path, 3)
+    m = Manifest.open(path)
+    try:
+        bad = Update("pull_items", ("user", "0", "f0"), {"state": "done"}, event="done")
+        worse = Update("no_such_table", ("x",), {"state": "done"}, event="done")
+        with pytest.raises(Exception):  # noqa: B017 - any failure: the point is what was left behind
+            m.apply([bad, worse], "r")
+    finally:
+        m.close()
+    assert batch_counts(path)[:3] == (0, 0, 0)
+
+
+# -- the recorder --------------------------------------------------------------------------------------------
+
+async def test_a_recorder_that_cannot_write_fails_every_waiter_instead_of_hanging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch being written fails (disk full) while another outcome waits in the queue: both waiters
+    get the error (an upload's intent waits like this before its POST); later puts raise at once."""
+    import asyncio
+    import threading
+
+    from syncer.manifest import Recorder
+
+    m = Manifest.open(tmp_path / "m.sqlite")
+    gate = threading.Event()
+
+    def apply_fails(updates, run_id):
+        gate.wait(5)
+        raise LocalIOError("cannot write the manifest: database or disk is full")
+
+    monkeypatch.setattr(m, "apply", apply_fails)
+    rec = Recorder(m, "run", interval=0.0)
+    await rec.__aenter__()
+    try:
+        first = asyncio.create_task(rec.put_and_wait(Update("pull_items", ("user", "1", "a"), {"state": "done"})))
+        await asyncio.sleep(0.05)  # the recorder is inside apply() with the first batch
+        second = asyncio.create_task(rec.put_and_wait(Update("pull_items", ("user", "1", "b"), {"state": "done"})))
+        await asyncio.sleep(0.05)
+        gate.set()
+        for waiter in (first, second):
+            with pytest.raises(LocalIOError, match="disk is full"):
+                await asyncio.wait_for(waiter, 5)
+        with pytest.raises(LocalIOError):
+            rec.put(Update("pull_items", ("user", "1", "c"), {"state": "done"}))
+    finally:
+        gate.set()
+        with pytest.raises(LocalIOError):
+            await asyncio.wait_for(rec.close(), 5)
+        m.close()

@@ -35,7 +35,7 @@ from syncer.manifest import Update
 from syncer.models import PullState, Target
 from syncer.pull_plan import TargetPlan, WorkItem, candidate_keys, plan_target
 from syncer.runner import RunContext, drive
-from syncer.storage import AtomicWriter, SizeMismatchError, UnsafePathError, ensure_inside
+from syncer.storage import AtomicWriter, SizeMismatchError
 
 log = logging.getLogger("syncer.pull")
 
@@ -96,8 +96,10 @@ class PullJob:
     async def run(self) -> None:
         if not self.opts.dry_run:
             await asyncio.to_thread(self._prepare_dest)
+        # Twice as many workers as connections: while one worker makes its file durable (fsyncs),
+        # another already uses the connection.  The HTTP pool still caps downloads at `concurrency`.
         workers = [asyncio.create_task(self._worker(i), name=f"download-{i}")
-                   for i in range(0 if self.opts.dry_run else self.opts.concurrency)]
+                   for i in range(0 if self.opts.dry_run else 2 * self.opts.concurrency)]
         await drive(self.ctx, self._list_all, self.queue, workers)
 
     def _prepare_dest(self) -> None:
@@ -244,47 +246,53 @@ class PullJob:
 
     async def _transfer(self, item: WorkItem) -> tuple[int, str]:
         """One attempt: stream the file to a hidden temp, check it, make it durable, rename it."""
-        try:
-            final = ensure_inside(self.dest, item.local_path)
-        except UnsafePathError as exc:
-            raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination") from exc
-        writer = AtomicWriter(final, root=self.dest, expected_size=item.size)
+        # Only a lexical check here, on the event loop: the writer resolves the folder (symlinks
+        # included) with ensure_inside in its own thread before it creates anything.
+        rel = Path(item.local_path)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination")
+        writer = AtomicWriter(self.dest / rel, root=self.dest, expected_size=item.size)
         url = item.fullpath
         for _ in range(LINK_REFRESHES + 1):
             if not url:
                 url = await self._fresh_link(item)
             # A partial temp left by an interrupted attempt or run: ask for the rest (Range).
-            offset = await asyncio.to_thread(writer.existing_bytes) if item.size else 0
+            # One lstat: cheaper inline than a hop to a thread.
+            offset = writer.existing_bytes() if item.size else 0
             try:
-                async with self.ctx.client.download(url, offset=offset) as dl:
-                    limit = item.size
-                    if limit is None:
-                        # No size in the listing: the answer's own length bounds (and checks) the body.
-                        # With neither, a body could go on until the disk is full: refuse it.
-                        if dl.total_size is None:
-                            raise ProtocolError("neither the listing nor the download gives the file's size;"
-                                                " an unbounded download is refused")
-                        limit = dl.total_size
-                    # The bytes received may seed a Range resume only if this answer announced the
-                    # file's own size: a page, a junk or endless body, a wrong size is no prefix of it.
-                    resumable = item.size is not None and dl.total_size == item.size
-                    await writer.open(dl.offset)
+                try:
+                    async with self.ctx.client.download(url, offset=offset) as dl:
+                        limit = item.size
+                        if limit is None:
+                            # No size in the listing: the answer's own length bounds (and checks) the body.
+                            # With neither, a body could go on until the disk is full: refuse it.
+                            if dl.total_size is None:
+                                raise ProtocolError("neither the listing nor the download gives the file's size;"
+                                                    " an unbounded download is refused")
+                            limit = dl.total_size
+                        # The bytes received may seed a Range resume only if this answer announced the
+                        # file's own size: a page, a junk or endless body, a wrong size is no prefix of it.
+                        resumable = item.size is not None and dl.total_size == item.size
+                        await writer.open(dl.offset)
+                        try:
+                            async for chunk in dl.iter_chunks(limit=limit):
+                                await writer.write(chunk)
+                                self.ctx.stats.bytes_moving += len(chunk)
+                        except BaseException as exc:
+                            # Keep what arrived only when the transfer broke off (cut, reset, timeout,
+                            # stop); an answer that broke the contract leaves nothing behind.
+                            await writer.abort(keep_partial=resumable and isinstance(
+                                exc, (TransientError, asyncio.CancelledError)))
+                            raise
+                    # The body is in and the connection back in the pool: the fsyncs of commit() do
+                    # not hold a download slot (run() starts twice as many workers as connections).
                     try:
-                        async for chunk in dl.iter_chunks(limit=limit):
-                            await writer.write(chunk)
-                            self.ctx.stats.bytes_moving += len(chunk)
                         return await writer.commit()
-                    except SizeMismatchError as exc:
-                        raise IntegrityError(
-                            f"file {item.file_id}: received a different number of bytes than its size") from exc
-                    except BaseException as exc:
-                        # Keep what arrived only when the transfer broke off (cut, reset, timeout, stop);
-                        # an answer that broke the contract leaves nothing behind.
-                        await writer.abort(keep_partial=resumable and isinstance(
-                            exc, (TransientError, asyncio.CancelledError)))
-                        raise
                     finally:
-                        await writer.abort(keep_partial=False)  # a no-op after commit() or the abort above
+                        await writer.abort(keep_partial=False)  # a no-op after commit()
+                except SizeMismatchError as exc:
+                    raise IntegrityError(
+                        f"file {item.file_id}: received a different number of bytes than its size") from exc
             except LinkExpiredError:
                 url = None  # ask for a fresh fullpath and go on
                 continue

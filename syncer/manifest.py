@@ -39,6 +39,7 @@ READABLE_FROM = 1
 PULL_KEY = ("target_type", "target_id", "file_id")
 PUSH_KEY = ("user_id", "rel_path")
 TABLE_KEYS = {"pull_items": PULL_KEY, "push_items": PUSH_KEY}
+INSERTABLE = frozenset({"push_uploads"})
 
 
 def now_iso() -> str:
@@ -138,6 +139,8 @@ class Update:
     bump_attempts: bool = False
     error_class: str | None = None
     detail: str | None = None
+    # A row to insert in the same transaction (table, row): the upload history of a finished push.
+    insert: tuple[str, dict[str, Any]] | None = None
     done: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
 
 
@@ -281,7 +284,14 @@ class Manifest:
         at = now_iso()
         events: list[tuple] = []
         grouped: dict[tuple, list[tuple]] = {}
+        inserts: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
         for up in updates:
+            if up.insert is not None:
+                table, row = up.insert
+                if table not in INSERTABLE:
+                    raise ValueError(f"no inserts into {table} through apply()")
+                cols = tuple(sorted(row))
+                inserts.setdefault((table, cols), []).append(tuple(row[c] for c in cols))
             fields = dict(up.fields)
             fields["updated_at"] = at
             if run_id is not None:
@@ -293,6 +303,10 @@ class Manifest:
                 events.append((at, run_id, up.table.split("_")[0], "/".join(up.key), up.event,
                                up.error_class, up.detail))
         with self._tx():
+            for (table, cols), rows in inserts.items():
+                self.conn.executemany(
+                    f"INSERT OR IGNORE INTO [{table}] ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    rows)
             for (table, names, bump), rows in grouped.items():
                 sets = ", ".join(f"[{n}] = ?" for n in names)
                 if bump:
@@ -391,19 +405,26 @@ class Manifest:
             (user_id, user_id))
         return {r[0] for r in cur}
 
+    @staticmethod
+    def push_upload_update(run_id: str, user_id: str, rel_path: str, sha256: str | None, size: int,
+                           remote_id: str, remote_name: str, adopted: bool) -> Update:
+        """The upload is known to exist remotely: the item is done and the upload joins the history
+        (``push_uploads``), both in one transaction."""
+        at = now_iso()
+        return Update(
+            "push_items", (user_id, rel_path),
+            {"state": "done", "remote_id": remote_id, "remote_name": remote_name, "uploaded_at": at,
+             "last_error": None, "error_class": None},
+            event="adopted" if adopted else "uploaded",
+            insert=("push_uploads", {"user_id": user_id, "rel_path": rel_path, "sha256": sha256, "size": size,
+                                     "remote_id": remote_id, "uploaded_at": at, "run_id": run_id,
+                                     "adopted": int(adopted)}))
+
     def record_push_upload(self, run_id: str, user_id: str, rel_path: str, sha256: str | None, size: int,
                            remote_id: str, remote_name: str, adopted: bool) -> None:
-        """The upload is known to exist remotely: the item is done and the upload joins the history."""
-        at = now_iso()
-        with self._tx():
-            self.conn.execute(
-                "INSERT OR IGNORE INTO push_uploads (user_id, rel_path, sha256, size, remote_id, uploaded_at,"
-                " run_id, adopted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (user_id, rel_path, sha256, size, remote_id, at, run_id, int(adopted)))
-            self.apply([Update("push_items", (user_id, rel_path),
-                               {"state": "done", "remote_id": remote_id, "remote_name": remote_name,
-                                "uploaded_at": at, "last_error": None, "error_class": None},
-                               event="adopted" if adopted else "uploaded")], run_id)
+        """:meth:`push_upload_update`, written at once (runs write it through the Recorder instead)."""
+        self.apply([self.push_upload_update(run_id, user_id, rel_path, sha256, size, remote_id, remote_name,
+                                            adopted)], run_id)
 
     # -- status --------------------------------------------------------------------------------
     def summary(self, *, runs: int = 10, failures: int = 50) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from syncer.errors import (
     error_class,
 )
 from syncer.logs import scrub
-from syncer.manifest import Update
+from syncer.manifest import Manifest, Update
 from syncer.models import PushState, RemoteFile, Target
 from syncer.push_plan import (
     DryRunUser,
@@ -386,10 +386,10 @@ class PushJob:
     async def _record_upload(self, item: PushItem, remote: RemoteFile, sha: str | None, size: int, *,
                              adopted: bool) -> None:
         ctx = self.ctx
-        # Straight to the manifest, not through the recorder: the history row and the state change
-        # commit together, and before anything else happens to this file.
-        await ctx.manifest.call(ctx.manifest.record_push_upload, ctx.run_id, item.user_id, item.rel_path, sha,
-                                size, remote.id, remote.name, adopted)
+        # The history row and the state change commit together, grouped with other files' outcomes;
+        # the worker waits for that commit before anything else happens to this file.
+        await ctx.recorder.put_and_wait(Manifest.push_upload_update(
+            ctx.run_id, item.user_id, item.rel_path, sha, size, remote.id, remote.name, adopted))
         if adopted:
             ctx.stats.adopted += 1
             ctx.log_event("adopted", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),

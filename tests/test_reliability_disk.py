@@ -247,11 +247,11 @@ async def test_manifest_write_failing_mid_run_stops_the_run_and_does_not_hang(
         assert audit.clean and not audit.temps, audit.summary()
 
 
-@pytest.mark.parametrize("method", ["apply", "record_push_upload"])
+@pytest.mark.parametrize("method", ["apply"])
 async def test_push_manifest_write_failing_mid_run_is_exit_3_and_no_upload_is_repeated(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
-    """The manifest's disk fails while uploads go on: the intent of the next upload (``apply``), or the
-    record of one just stored (``record_push_upload``).  The run stops with exit 3; the next run, with
+    """The manifest's disk fails while uploads go on: a batch of intents and records of uploads just
+    stored (both go through ``apply``).  The run stops with exit 3; the next run, with
     the disk back, finds what was stored without a record, and every document exists exactly once."""
     real = getattr(Manifest, method)
     calls = {"n": 0}

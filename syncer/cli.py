@@ -379,7 +379,7 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
 @click.option("--tokens-file", type=click.Path(dir_okay=False),
               help="CSV with header user_id,token, mode 0600 (push.tokens_file).")
 @click.option("--user", "users", multiple=True, metavar="ID", help="Only this user's folder; repeatable.")
-@click.option("--concurrency", type=int, help="Uploads at once (default 8).")
+@click.option("--concurrency", type=int, help="Uploads at once (default 16).")
 @click.option("--dry-run", is_flag=True, help="Scan and plan only: print what would be uploaded; send nothing.")
 @run_options
 @handle_errors

@@ -141,6 +141,9 @@ class Update:
     detail: str | None = None
     # A row to insert in the same transaction (table, row): the upload history of a finished push.
     insert: tuple[str, dict[str, Any]] | None = None
+    # A folder to fsync before this batch commits: the rename of a downloaded file into it must be
+    # durable before the file is recorded done.  Many files share a folder: one fsync serves them all.
+    sync_dir: str | None = None
     done: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
 
 
@@ -538,6 +541,11 @@ class Recorder:
                         items.append(nxt)
             real = [u for u in items if u.table]
             try:
+                dirs = {u.sync_dir for u in real if u.sync_dir}
+                if dirs:
+                    from syncer.storage import fsync_dirs
+
+                    await asyncio.to_thread(fsync_dirs, sorted(dirs))
                 if real:
                     await self.manifest.call(self.manifest.apply, real, self.run_id)
                     self.written += len(real)

@@ -204,7 +204,7 @@ class PullJob:
     async def _fetch(self, item: WorkItem) -> None:
         started = time.monotonic()
         try:
-            nbytes, sha = await self.ctx.policy.call(self._transfer, item)
+            nbytes, sha, folder = await self.ctx.policy.call(self._transfer, item)
         except asyncio.CancelledError:
             raise
         except (AuthError, LocalIOError) as exc:
@@ -219,7 +219,7 @@ class PullJob:
             "pull_items", item.key,
             {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": _now(),
              "last_error": None, "error_class": None},
-            event="done", bump_attempts=True))
+            event="done", bump_attempts=True, sync_dir=str(folder)))
         self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
                            bytes=nbytes,
                            duration=round(time.monotonic() - started, 3))
@@ -244,21 +244,25 @@ class PullJob:
         self.ctx.log_event("download_failed", file_id=item.file_id, target=str(item.target),
                            error_class=error_class(exc), level=logging.WARNING, message=message)
 
-    async def _transfer(self, item: WorkItem) -> tuple[int, str]:
-        """One attempt: stream the file to a hidden temp, check it, make it durable, rename it."""
+    async def _transfer(self, item: WorkItem) -> tuple[int, str, Path]:
+        """One attempt: stream the file to a hidden temp, check it, make it durable, rename it.
+
+        Returns the bytes, the sha256 and the folder, which the recorder fsyncs (once for every file
+        renamed into it meanwhile) before it records the file as done."""
         # Only a lexical check here, on the event loop: the writer resolves the folder (symlinks
         # included) with ensure_inside in its own thread before it creates anything.
         rel = Path(item.local_path)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination")
-        writer = AtomicWriter(self.dest / rel, root=self.dest, expected_size=item.size)
+        writer = AtomicWriter(self.dest / rel, root=self.dest, expected_size=item.size, sync_dir=False)
         url = item.fullpath
         for _ in range(LINK_REFRESHES + 1):
             if not url:
                 url = await self._fresh_link(item)
-            # A partial temp left by an interrupted attempt or run: ask for the rest (Range).
-            # One lstat: cheaper inline than a hop to a thread.
-            offset = writer.existing_bytes() if item.size else 0
+            # A partial temp left by an interrupted attempt or run: ask for the rest (Range).  The
+            # planner saw which folders hold partial files; otherwise only a retry can find one.
+            offset = writer.existing_bytes() if item.size and (item.maybe_partial or item.tried) else 0
+            item.tried = True
             try:
                 try:
                     async with self.ctx.client.download(url, offset=offset) as dl:
@@ -287,7 +291,8 @@ class PullJob:
                     # The body is in and the connection back in the pool: the fsyncs of commit() do
                     # not hold a download slot (run() starts twice as many workers as connections).
                     try:
-                        return await writer.commit()
+                        nbytes, sha = await writer.commit()
+                        return nbytes, sha, writer.folder
                     finally:
                         await writer.abort(keep_partial=False)  # a no-op after commit()
                 except SizeMismatchError as exc:

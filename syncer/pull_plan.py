@@ -24,7 +24,7 @@ from typing import Any
 from syncer.manifest import Update
 from syncer.models import PullState, RemoteFile, Target
 from syncer.names import casefold_key, disambiguate, safe_name
-from syncer.storage import sha256_file
+from syncer.storage import TEMP_SUFFIX, sha256_file, temp_name
 
 UNCATEGORIZED = "uncategorized"
 
@@ -38,6 +38,8 @@ class WorkItem:
     size: int | None
     local_path: str           # relative to dest
     fullpath: str | None
+    maybe_partial: bool = True  # a partial temp may exist from an earlier run (worth a Range resume)
+    tried: bool = False         # an attempt was made in this run (it may have left a partial)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -135,6 +137,7 @@ def plan_target(
         plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath))
 
     if not listing_complete:
+        _mark_partials(plan.todo, dest)
         return plan  # some items could not be read: absence proves nothing
     for file_id, row in known.items():
         if file_id in seen or row["state"] == PullState.REMOTE_DELETED:
@@ -142,6 +145,7 @@ def plan_target(
         if categories and row["category"] not in categories:
             continue  # not covered by this listing
         plan.deleted.append((target.type, target.id, file_id))
+    _mark_partials(plan.todo, dest)
     return plan
 
 
@@ -201,3 +205,18 @@ def _adopt_local(path: Path, size: int | None) -> str | None:
     except OSError:
         return None
     return digest if got == size else None
+
+
+def _mark_partials(todo: list[WorkItem], dest: Path) -> None:
+    """Which files to fetch have a partial temp beside them (left by an interrupted run): one
+    directory listing per folder instead of a stat per file in the download path."""
+    partials: dict[str, set[str]] = {}
+    for item in todo:
+        folder, _, name = item.local_path.rpartition("/")
+        if folder not in partials:
+            try:
+                with os.scandir(dest / folder) as it:
+                    partials[folder] = {e.name for e in it if e.name.endswith(TEMP_SUFFIX)}
+            except OSError:
+                partials[folder] = set()
+        item.maybe_partial = temp_name(name) in partials[folder]

@@ -26,7 +26,7 @@ import shlex
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -153,6 +153,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def fsync_dirs(folders: Iterable[str | Path]) -> None:
+    """fsync each folder once: makes the renames into them durable.  Blocking; OSError becomes
+    LocalIOError (the caller must not record a file as done whose folder could not be synced)."""
+    for folder in folders:
+        try:
+            _fsync_dir(Path(folder))
+        except OSError as exc:
+            raise _disk_error(exc, "cannot sync a folder", Path(folder)) from exc
+
+
 def _write_all(fd: int, chunks: list[bytes]) -> None:
     """Write every chunk with ``writev`` (no joining copy), coping with short writes."""
     views = [memoryview(c) for c in chunks if c]
@@ -216,8 +226,12 @@ class AtomicWriter:
         expected_size: int | None,
         resume: bool = False,
         chunk_fsync: bool = False,
+        sync_dir: bool = True,
     ):
         self.final_path = Path(final_path)
+        # False: the caller fsyncs the folder itself (see fsync_dirs), once for many files, before it
+        # records any of them as done.
+        self.sync_dir = sync_dir
         self.root = Path(root)
         self.expected_size = expected_size
         self.resume = resume
@@ -444,8 +458,14 @@ class AtomicWriter:
             os.close(fd)
             os.replace(self._temp, self._final)
             self._state = "committed"
-            _fsync_dir(self._final.parent)
+            if self.sync_dir:
+                _fsync_dir(self._final.parent)
             return self._hash.hexdigest()
+
+    @property
+    def folder(self) -> Path:
+        """The folder the file was renamed into (resolved): what :func:`fsync_dirs` must sync."""
+        return self._final.parent
 
     async def abort(self, keep_partial: bool = False) -> None:
         """Close; remove the temp unless ``keep_partial`` (then it is completed, fsynced and kept

@@ -102,7 +102,7 @@ def pull_torture(tmp: Path, *, users: int, files_per_user: int, kills: int, seed
 
 
 def test_pull_sigkill_at_random_moments_then_rerun_is_complete_and_verified(tmp_path: Path) -> None:
-    result = pull_torture(tmp_path, users=5, files_per_user=24, kills=3, seed=301, min_landed=3)
+    result = pull_torture(tmp_path, users=8, files_per_user=30, kills=3, seed=301, min_landed=3)
     assert result["files"] >= 120
 
 

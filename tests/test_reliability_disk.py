@@ -36,7 +36,7 @@ from reliability_util import (
 import syncer.storage as storage
 from syncer.cli import main as cli_main
 from syncer.errors import LocalIOError
-from syncer.fakeserver import FakeServer
+from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest
 from syncer.push import PushJob, options_from_config
 from syncer.runner import execute
@@ -79,7 +79,9 @@ def test_backup_volume_fills_up_exit_3_then_completes_with_space(tiny_fs) -> Non
         assert not check_final_paths(srv, manifest, dest)     # nothing partial at a final path
         assert integrity_ok(manifest)
         states = dict(query(manifest, "SELECT state, count(*) FROM pull_items GROUP BY state"))
-        assert 0 < sum(states.values()) == len(srv.files()) and states.get("done", 0) < len(srv.files())
+        # Listings go on while files download: how many targets were recorded before the disk filled
+        # depends on timing; what was recorded is intact, and the rest is recorded by the next run.
+        assert 0 < sum(states.values()) <= len(srv.files()) and states.get("done", 0) < len(srv.files())
         # The end of the run is recorded when the full disk leaves room for it; else the next run
         # marks it killed.  Either way it is never left looking like a run that is still going.
         assert query(manifest, "SELECT outcome FROM runs") in ([("fatal",)], [("running",)])
@@ -231,7 +233,8 @@ async def test_manifest_write_failing_mid_run_stops_the_run_and_does_not_hang(
             raise LocalIOError(f"cannot write the manifest {self.path}: database or disk is full")
         return real_apply(self, updates, run_id)
 
-    async with FakeServer(seed=406, users=12, files_per_user=50, sizes=(10, 2_000)) as srv:
+    async with FakeServer(seed=406, users=12, files_per_user=50, sizes=(10, 2_000),
+                          faults=Faults(latency_ms=10)) as srv:
         cfg = pull_cfg(srv, tmp_path, concurrency=4)
         monkeypatch.setattr(Manifest, "apply", apply_then_fail)
         stats, code = await asyncio.wait_for(run_pull(srv, cfg), timeout=60)

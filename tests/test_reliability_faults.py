@@ -183,8 +183,8 @@ async def push_under_faults(tmp: Path, *, users: int, files_per_user: int, seed:
 
 
 async def test_push_with_every_fault_at_once_uploads_exactly_once(tmp_path: Path) -> None:
-    result = await push_under_faults(tmp_path, users=6, files_per_user=25, seed=211)
-    assert result["files"] == 150
+    result = await push_under_faults(tmp_path, users=8, files_per_user=40, seed=211)
+    assert result["files"] == 320
 
 
 @pytest.mark.slow

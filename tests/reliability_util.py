@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers import write_config
+
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
 from syncer.models import Target
@@ -180,18 +182,11 @@ def write_toml(tmp: Path, srv: FakeServer | None, *, attempts: int = 10, concurr
                manifest: str = "manifest.sqlite", dest: str = "backup", targets: list[str] | None = None,
                source: str = "src", tokens: str = "tokens.csv", push_concurrency: int = 8,
                timeout_read: float = 5.0, name: str = "syncer.toml") -> Path:
-    if targets is None and srv is not None:
-        targets = [str(t) for t in all_targets(srv)]
-    base = f'base_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n' if srv else ""
-    quoted = ", ".join(f'"{t}"' for t in targets or [])
-    text = (f"[api]\n{base}timeout_connect = 5\ntimeout_read = {timeout_read}\n"
-            f'[manifest]\npath = "{manifest}"\n'
-            f"[retry]\nattempts = {attempts}\nmin_wait = {MIN_WAIT}\nmax_wait = {MAX_WAIT}\n"
-            f'[pull]\ndest = "{dest}"\nconcurrency = {concurrency}\ntargets = [{quoted}]\n'
-            f'[push]\nsource = "{source}"\ntokens_file = "{tokens}"\nconcurrency = {push_concurrency}\n')
-    path = tmp / name
-    path.write_text(text, encoding="utf-8")
-    return path
+    """``helpers.write_config`` with this suite's settings: 5 s timeouts, fast retries, a ``[push]`` section."""
+    return write_config(tmp, srv, timeout_connect=5, timeout_read=timeout_read, manifest=manifest,
+                        attempts=attempts, min_wait=MIN_WAIT, max_wait=MAX_WAIT, dest=dest, concurrency=concurrency,
+                        targets=targets, push_source=source, push_tokens=tokens, push_concurrency=push_concurrency,
+                        name=name)
 
 
 def cli_env(token: str | None) -> dict[str, str]:

@@ -12,29 +12,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from helpers import NO_SERVER, cli, write_config
 
 from syncer import __version__
 from syncer.cli import main
 from syncer.fakeserver import FakeServer, Faults
-
-
-def write_config(folder: Path, srv: FakeServer | None = None, *, targets: list[str] | None = None,
-                 extra: str = "") -> Path:
-    base_url = srv.base_url if srv else "http://127.0.0.1:9"
-    account = srv.account_code if srv else "democlinic"
-    if targets is None and srv is not None:
-        targets = [f"user:{u}" for u in srv.users] + [f"visit:{v}" for v in srv.visits]
-    cfg = folder / "syncer.toml"
-    cfg.write_text(
-        f'[api]\nbase_url = "{base_url}"\naccount_code = "{account}"\n'
-        f'[manifest]\npath = "manifest.sqlite"\n'
-        f'[pull]\ndest = "backup"\ntargets = {json.dumps(targets or [])}\n{extra}', encoding="utf-8")
-    return cfg
-
-
-def run(args: list[str], token: str | None = None):
-    return CliRunner().invoke(main, args, env={"VSEE_API_TOKEN": token, "SYNCER_CONFIG": None},
-                              catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +30,7 @@ def server() -> Iterator[FakeServer]:
 @pytest.mark.parametrize("name", sorted(main.commands))
 def test_every_command_help_has_a_description_and_an_example(name: str) -> None:
     command = main.commands[name]
-    result = run([name, "--help"])
+    result = cli([name, "--help"])
     assert result.exit_code == 0, result.output
     description = " ".join((command.help or "").split("\n\n")[0].split())
     assert description, f"`syncer {name}` has no description"
@@ -58,7 +40,7 @@ def test_every_command_help_has_a_description_and_an_example(name: str) -> None:
 
 
 def test_group_help_lists_commands_and_examples() -> None:
-    result = run(["--help"])
+    result = cli(["--help"])
     assert result.exit_code == 0
     assert "Example" in result.output
     for name in main.commands:
@@ -67,7 +49,7 @@ def test_group_help_lists_commands_and_examples() -> None:
 
 
 def test_version() -> None:
-    result = run(["--version"])
+    result = cli(["--version"])
     assert result.exit_code == 0 and __version__ in result.output and "syncer" in result.output
 
 
@@ -80,39 +62,39 @@ def test_python_dash_m_version() -> None:
 
 # -- configuration and token errors ----------------------------------------------------------------
 def test_unknown_key_is_exit_2_naming_the_key(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, targets=["user:1"], extra="concurency = 4\n")
+    cfg = write_config(tmp_path, **NO_SERVER, targets=["user:1"], extra="concurency = 4\n")
     for command in (["pull"], ["status"], ["verify"], ["ls", "user:1"]):
-        result = run([*command, "-c", str(cfg)], token="x")
+        result = cli([*command, "-c", str(cfg)], token="x")
         assert result.exit_code == 2, (command, result.output)
         assert "unknown key pull.concurency" in result.output
         assert "Traceback" not in result.output
 
 
 def test_unknown_section_is_exit_2(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, targets=["user:1"], extra="[pulll]\ndest = 'x'\n")
-    result = run(["pull", "-c", str(cfg)], token="x")
+    cfg = write_config(tmp_path, **NO_SERVER, targets=["user:1"], extra="[pulll]\ndest = 'x'\n")
+    result = cli(["pull", "-c", str(cfg)], token="x")
     assert result.exit_code == 2 and "unknown section [pulll]" in result.output
 
 
 def test_malformed_toml_is_exit_2(tmp_path: Path) -> None:
     cfg = tmp_path / "syncer.toml"
     cfg.write_text('[api]\nbase_url = "http://127.0.0.1:9\n', encoding="utf-8")
-    result = run(["pull", "-c", str(cfg)], token="x")
+    result = cli(["pull", "-c", str(cfg)], token="x")
     assert result.exit_code == 2
     assert "not valid TOML" in result.output and str(cfg) in result.output
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
-    result = run(["status", "-c", str(tmp_path / "nope.toml")])
+    result = cli(["status", "-c", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_missing_token_is_exit_2_naming_the_variable(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, targets=["user:1"])
-    result = run(["pull", "-c", str(cfg)], token=None)
+    cfg = write_config(tmp_path, **NO_SERVER, targets=["user:1"])
+    result = cli(["pull", "-c", str(cfg)], token=None)
     assert result.exit_code == 2 and "VSEE_API_TOKEN" in result.output
     assert not (tmp_path / "manifest.sqlite").exists() and not (tmp_path / "backup").exists()
-    custom = write_config(tmp_path, targets=["user:1"])
+    custom = write_config(tmp_path, **NO_SERVER, targets=["user:1"])
     custom.write_text(custom.read_text(encoding="utf-8").replace(
         "[manifest]", 'token_env = "CLINIC_KEY"\n[manifest]'), encoding="utf-8")
     result = CliRunner().invoke(main, ["ls", "user:1", "-c", str(custom)],
@@ -123,7 +105,7 @@ def test_missing_token_is_exit_2_naming_the_variable(tmp_path: Path) -> None:
 # -- pull --dry-run ----------------------------------------------------------------------------------
 def test_pull_dry_run_prints_counts_and_writes_nothing(server: FakeServer, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, server)
-    result = run(["pull", "-c", str(cfg), "--dry-run"], token=server.api_key)
+    result = cli(["pull", "-c", str(cfg), "--dry-run"], token=server.api_key)
     assert result.exit_code == 0, result.output
     files = server.files()
     for target in [("user", u) for u in server.users] + [("visit", v) for v in server.visits]:
@@ -138,13 +120,13 @@ def test_ls_table_and_json_never_show_a_link(server: FakeServer, tmp_path: Path)
     cfg = write_config(tmp_path, server)
     user = server.users[0]
     mine = {f["id"]: f for f in server.files() if f["target_type"] == "user" and f["target_id"] == user}
-    table = run(["ls", f"user:{user}", "-c", str(cfg)], token=server.api_key)
+    table = cli(["ls", f"user:{user}", "-c", str(cfg)], token=server.api_key)
     assert table.exit_code == 0, table.output
     rows = [ln.split("\t") for ln in table.stdout.splitlines()]
     assert {r[0] for r in rows} == set(mine)
     assert all(int(r[1]) == mine[r[0]]["size"] for r in rows)
     assert f"{len(mine)} files" in table.stderr
-    as_json = run(["ls", f"user:{user}", "-c", str(cfg), "--json"], token=server.api_key)
+    as_json = cli(["ls", f"user:{user}", "-c", str(cfg), "--json"], token=server.api_key)
     assert as_json.exit_code == 0, as_json.output
     doc = json.loads(as_json.stdout)
     assert {r["id"] for r in doc} == set(mine)
@@ -155,7 +137,7 @@ def test_ls_table_and_json_never_show_a_link(server: FakeServer, tmp_path: Path)
 
 def test_ls_bad_target_is_exit_2(server: FakeServer, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, server)
-    result = run(["ls", "patient:1", "-c", str(cfg)], token=server.api_key)
+    result = cli(["ls", "patient:1", "-c", str(cfg)], token=server.api_key)
     assert result.exit_code == 2 and "patient:1" in result.output
 
 

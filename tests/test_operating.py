@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from helpers import spawn_syncer, write_config
+
 from syncer.fakeserver import FakeServer, Faults
 
-
-def write_config(srv: FakeServer, tmp: Path, *, concurrency: int = 4, extra: str = "") -> Path:
-    targets = [f"user:{u}" for u in srv.users] + [f"visit:{v}" for v in srv.visits]
-    cfg = tmp / "syncer.toml"
-    cfg.write_text(
-        f'[api]\nbase_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n'
-        f'[manifest]\npath = "manifest.sqlite"\n'
-        f'[retry]\nattempts = 10\nmin_wait = 0.01\nmax_wait = 0.05\n'
-        f'[pull]\ndest = "backup"\nconcurrency = {concurrency}\ntargets = {targets!r}\n'.replace("'", '"')
-        + extra, encoding="utf-8")
-    return cfg
-
-
-def syncer(cfg: Path, srv: FakeServer, *args: str, **kw) -> subprocess.Popen:
-    env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
-    return subprocess.Popen([sys.executable, "-m", "syncer", *args, "-c", str(cfg)], env=env, cwd=cfg.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+RETRY = {"attempts": 10, "min_wait": 0.01, "max_wait": 0.05}  # patient enough for the injected faults, quick
 
 
 def wait_for_progress(manifest: Path, minimum: int, timeout: float = 20) -> None:
@@ -52,10 +35,10 @@ def wait_for_progress(manifest: Path, minimum: int, timeout: float = 20) -> None
 def test_second_run_on_the_same_manifest_exits_75_naming_the_holder(tmp_path):
     srv = FakeServer(seed=21, users=8, files_per_user=10, faults=Faults(latency_ms=100))
     with srv.run_in_thread():
-        cfg = write_config(srv, tmp_path, concurrency=2)
-        first = syncer(cfg, srv, "pull", "-q")
+        cfg = write_config(tmp_path, srv, **RETRY, concurrency=2)
+        first = spawn_syncer(cfg, srv, "pull", "-q")
         wait_for_progress(tmp_path / "manifest.sqlite", 1)
-        second = syncer(cfg, srv, "pull", "-q")
+        second = spawn_syncer(cfg, srv, "pull", "-q")
         out, err = second.communicate(timeout=30)
         assert second.returncode == 75, err.decode()
         assert f"pid {first.pid}" in err.decode()
@@ -66,12 +49,12 @@ def test_second_run_on_the_same_manifest_exits_75_naming_the_holder(tmp_path):
 def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
     srv = FakeServer(seed=22, users=3, files_per_user=10, faults=Faults(latency_ms=40))
     with srv.run_in_thread():
-        cfg = write_config(srv, tmp_path, concurrency=2)
-        first = syncer(cfg, srv, "pull", "-q")
+        cfg = write_config(tmp_path, srv, **RETRY, concurrency=2)
+        first = spawn_syncer(cfg, srv, "pull", "-q")
         wait_for_progress(tmp_path / "manifest.sqlite", 1)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        second = syncer(cfg, srv, "pull", "-q")
+        second = spawn_syncer(cfg, srv, "pull", "-q")
         out, err = second.communicate(timeout=60)
         assert second.returncode == 0, err.decode()[-2000:]
         conn = sqlite3.connect(tmp_path / "manifest.sqlite")
@@ -83,8 +66,8 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
 def test_sigterm_stops_cleanly_records_and_the_next_run_resumes(tmp_path):
     srv = FakeServer(seed=23, users=4, files_per_user=15, faults=Faults(latency_ms=50))
     with srv.run_in_thread():
-        cfg = write_config(srv, tmp_path, concurrency=2)
-        proc = syncer(cfg, srv, "pull")
+        cfg = write_config(tmp_path, srv, **RETRY, concurrency=2)
+        proc = spawn_syncer(cfg, srv, "pull")
         wait_for_progress(tmp_path / "manifest.sqlite", 2)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -99,7 +82,7 @@ def test_sigterm_stops_cleanly_records_and_the_next_run_resumes(tmp_path):
         assert 0 < done < len(srv.files())
         assert outcome == "interrupted"
         views_before = srv.counters["view"]
-        proc = syncer(cfg, srv, "pull", "-q")
+        proc = spawn_syncer(cfg, srv, "pull", "-q")
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0
         # The rerun fetched only what was left (files in flight at the signal at most twice).
@@ -110,10 +93,10 @@ def test_metrics_file_json_logs_and_no_control_characters(tmp_path):
     srv = FakeServer(seed=24, users=2, files_per_user=6, hostile_names=True,
                      faults=Faults(error_500=0.2, reset_mid_body=0.1))
     with srv.run_in_thread():
-        cfg = write_config(srv, tmp_path)
+        cfg = write_config(tmp_path, srv, **RETRY, concurrency=4)
         metrics = tmp_path / "syncer.prom"
-        proc = syncer(cfg, srv, "pull", "--log-format", "json", "--log-level", "debug",
-                      "--metrics-file", str(metrics), "--progress-interval", "0.05")
+        proc = spawn_syncer(cfg, srv, "pull", "--log-format", "json", "--log-level", "debug",
+                            "--metrics-file", str(metrics), "--progress-interval", "0.05")
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()[-2000:]
         for stream in (out, err):
@@ -137,8 +120,8 @@ def test_metrics_file_json_logs_and_no_control_characters(tmp_path):
 def test_second_sigint_stops_at_once_and_the_next_run_resumes(tmp_path):
     srv = FakeServer(seed=25, users=3, files_per_user=10, faults=Faults(latency_ms=50))
     with srv.run_in_thread():
-        cfg = write_config(srv, tmp_path, concurrency=2)
-        proc = syncer(cfg, srv, "pull", "-q")
+        cfg = write_config(tmp_path, srv, **RETRY, concurrency=2)
+        proc = spawn_syncer(cfg, srv, "pull", "-q")
         wait_for_progress(tmp_path / "manifest.sqlite", 1)
         srv.set_faults(latency_ms=3000)  # in-flight requests would now outlast the grace period
         time.sleep(0.2)
@@ -154,7 +137,7 @@ def test_second_sigint_stops_at_once_and_the_next_run_resumes(tmp_path):
         conn.close()
         assert outcome == "interrupted"
         srv.set_faults(latency_ms=0)
-        proc = syncer(cfg, srv, "pull", "-q")
+        proc = spawn_syncer(cfg, srv, "pull", "-q")
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()[-2000:]
         assert not list((tmp_path / "backup").rglob(".*")), "temp files left behind"

@@ -8,34 +8,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers import spawn_syncer, write_config
+from reliability_util import final_files
 
 from syncer.fakeserver import FakeServer, Faults
-
-
-def write_config(srv: FakeServer, tmp: Path, *, concurrency: int = 4) -> Path:
-    targets = [f"user:{u}" for u in srv.users] + [f"visit:{v}" for v in srv.visits]
-    cfg = tmp / "syncer.toml"
-    cfg.write_text(
-        f'[api]\nbase_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n'
-        f'timeout_connect = 5.0\ntimeout_read = 5.0\n'
-        f'[manifest]\npath = "manifest.sqlite"\n'
-        f'[retry]\nattempts = 8\nmin_wait = 0.01\nmax_wait = 0.05\n'
-        f'[pull]\ndest = "backup"\nconcurrency = {concurrency}\ntargets = {targets!r}\n'.replace("'", '"'),
-        encoding="utf-8")
-    return cfg
-
-
-def start_pull(cfg: Path, srv: FakeServer) -> subprocess.Popen:
-    env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
-    return subprocess.Popen([sys.executable, "-m", "syncer", "pull", "-c", str(cfg), "-q"], env=env,
-                            cwd=cfg.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def final_files(dest: Path) -> list[Path]:
-    return [Path(d) / f for d, _, fs in os.walk(dest) for f in fs if not f.startswith(".")]
 
 
 def test_sigkill_at_several_moments_then_rerun_is_complete_and_intact(tmp_path):
@@ -45,10 +23,11 @@ def test_sigkill_at_several_moments_then_rerun_is_complete_and_intact(tmp_path):
     total_bytes = None
     with srv.run_in_thread():
         total_bytes = sum(f["size"] for f in srv.files())
-        cfg = write_config(srv, tmp_path)
+        cfg = write_config(tmp_path, srv, timeout_connect=5.0, timeout_read=5.0, attempts=8, min_wait=0.01,
+                           max_wait=0.05, concurrency=4)
         kills = 0
         for delay in (0.3, 0.8, 1.1, 1.4, 1.7):
-            proc = start_pull(cfg, srv)
+            proc = spawn_syncer(cfg, srv, "pull", "-q")
             time.sleep(delay)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -67,7 +46,7 @@ def test_sigkill_at_several_moments_then_rerun_is_complete_and_intact(tmp_path):
                 assert rel in by_path, f"a file at a final path the manifest does not know: {rel}"
                 assert path.read_bytes() == srv.file_bytes(by_path[rel][0]), rel
         assert kills >= 2, "the runs ended before they could be killed: the test proved nothing"
-        proc = start_pull(cfg, srv)
+        proc = spawn_syncer(cfg, srv, "pull", "-q")
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()[-2000:]
         conn = sqlite3.connect(tmp_path / "manifest.sqlite")
@@ -90,11 +69,7 @@ def test_large_file_streams_with_flat_memory(tmp_path):
     with srv.run_in_thread():
         user = srv.add_user()
         rec = srv.add_file("user", user, "scan.bin", size=size, category="user_document")
-        cfg = tmp_path / "syncer.toml"
-        cfg.write_text(
-            f'[api]\nbase_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n'
-            f'[manifest]\npath = "m.sqlite"\n[pull]\ndest = "backup"\ntargets = ["user:{user}"]\n',
-            encoding="utf-8")
+        cfg = write_config(tmp_path, srv, manifest="m.sqlite", targets=[f"user:{user}"])
         env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
         code = ("import resource, subprocess, sys; "
                 "r = subprocess.run([sys.executable, '-m', 'syncer', 'pull', '-c', sys.argv[1], '-q']); "

@@ -13,31 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from helpers import cli, write_config
 
 from syncer import status
-from syncer.cli import main
 from syncer.errors import ManifestError
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest, Update
 
 NEW_FILES = 3
-
-
-def write_config(folder: Path, srv: FakeServer, *, attempts: int = 6) -> Path:
-    targets = [f"user:{u}" for u in srv.users] + [f"visit:{v}" for v in srv.visits]
-    cfg = folder / "syncer.toml"
-    cfg.write_text(
-        f'[api]\nbase_url = "{srv.base_url}"\naccount_code = "{srv.account_code}"\n'
-        f'[manifest]\npath = "manifest.sqlite"\n'
-        f'[pull]\ndest = "backup"\ntargets = {json.dumps(targets)}\n'
-        f'[retry]\nattempts = {attempts}\nmin_wait = 0.0\nmax_wait = 0.0\n', encoding="utf-8")
-    return cfg
-
-
-def run(args: list[str], srv: FakeServer | None = None):
-    env = {"VSEE_API_TOKEN": srv.api_key if srv else None}
-    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +29,13 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeServer,
     folder = tmp_path_factory.mktemp("busy")
     srv = FakeServer(seed=3, users=2, files_per_user=3, visits=1, files_per_visit=2)
     with srv.run_in_thread():
-        cfg = write_config(folder, srv, attempts=1)
-        first = run(["pull", "-c", str(cfg), "-q"], srv)
+        cfg = write_config(folder, srv, attempts=1, min_wait=0.0, max_wait=0.0)
+        first = cli(["pull", "-c", str(cfg), "-q"], srv.api_key)
         assert first.exit_code == 0, first.output
         for i in range(NEW_FILES):
             srv.add_file("user", srv.users[0], f"scan {i}.pdf", b"%PDF-" + bytes(range(200)) * (i + 1))
         srv.set_faults(truncate_body=1.0)
-        second = run(["pull", "-c", str(cfg), "-q"], srv)
+        second = cli(["pull", "-c", str(cfg), "-q"], srv.api_key)
         assert second.exit_code == 1, second.output
         srv.set_faults(truncate_body=0.0)
         yield srv, cfg
@@ -61,7 +44,7 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeServer,
 def test_missing_manifest_is_exit_2_and_creates_nothing(tmp_path: Path) -> None:
     cfg = tmp_path / "syncer.toml"
     cfg.write_text('[manifest]\npath = "nowhere/manifest.sqlite"\n', encoding="utf-8")
-    result = run(["status", "-c", str(cfg)])
+    result = cli(["status", "-c", str(cfg)])
     assert result.exit_code == 2
     assert "no manifest at" in result.output and "nowhere/manifest.sqlite" in result.output
     assert not (tmp_path / "nowhere").exists()
@@ -71,10 +54,10 @@ def test_fresh_manifest_is_all_zero(tmp_path: Path) -> None:
     Manifest.open(tmp_path / "manifest.sqlite").close()
     cfg = tmp_path / "syncer.toml"
     cfg.write_text('[manifest]\npath = "manifest.sqlite"\n', encoding="utf-8")
-    text = run(["status", "-c", str(cfg)])
+    text = cli(["status", "-c", str(cfg)])
     assert text.exit_code == 0, text.output
     assert "pull: 0 items" in text.output and "no runs yet" in text.output
-    doc = json.loads(run(["status", "-c", str(cfg), "--json"]).stdout)
+    doc = json.loads(cli(["status", "-c", str(cfg), "--json"]).stdout)
     for kind, states in (("pull", status.PULL_STATES), ("push", status.PUSH_STATES)):
         assert set(doc[kind]["states"]) == set(states)
         assert doc[kind]["total"] == {"count": 0, "bytes": 0}
@@ -84,7 +67,7 @@ def test_fresh_manifest_is_all_zero(tmp_path: Path) -> None:
 
 def test_busy_manifest_json(busy: tuple[FakeServer, Path]) -> None:
     srv, cfg = busy
-    result = run(["status", "-c", str(cfg), "--json"])
+    result = cli(["status", "-c", str(cfg), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     files = srv.files()
@@ -109,7 +92,7 @@ def test_busy_manifest_json(busy: tuple[FakeServer, Path]) -> None:
 
 def test_busy_manifest_text(busy: tuple[FakeServer, Path]) -> None:
     srv, cfg = busy
-    result = run(["status", "-c", str(cfg)])
+    result = cli(["status", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert f"pull: {len(srv.files())} items" in out
@@ -118,7 +101,7 @@ def test_busy_manifest_text(busy: tuple[FakeServer, Path]) -> None:
         if f["name"].startswith("scan "):
             assert f"user:{srv.users[0]}/{f['id']}  failed  attempts 1" in out
     assert "\x1b" not in out and "\r" not in out and "auth_code" not in out
-    limited = run(["status", "-c", str(cfg), "--failed", "1", "--runs", "1"])
+    limited = cli(["status", "-c", str(cfg), "--failed", "1", "--runs", "1"])
     assert f"failed pull items (1 of {NEW_FILES}" in limited.stdout and "last runs (1):" in limited.stdout
 
 
@@ -128,7 +111,7 @@ def test_status_answers_while_another_connection_writes(busy: tuple[FakeServer, 
     try:
         db.execute("BEGIN IMMEDIATE")
         db.execute("INSERT INTO runs (id, kind, started, outcome) VALUES ('uncommitted', 'pull', '2999', 'running')")
-        result = run(["status", "-c", str(cfg), "--json"])
+        result = cli(["status", "-c", str(cfg), "--json"])
         assert result.exit_code == 0, result.output
         doc = json.loads(result.stdout)
         assert "uncommitted" not in {r["id"] for r in doc["runs"]}  # a snapshot of committed data only
@@ -185,7 +168,7 @@ def test_status_during_a_real_pull(tmp_path: Path) -> None:
     """A pull in another process holds the lock and writes; status reads along, never waiting for it."""
     srv = FakeServer(seed=9, users=2, files_per_user=5, faults=Faults(latency_ms=60))
     with srv.run_in_thread():
-        cfg = write_config(tmp_path, srv)
+        cfg = write_config(tmp_path, srv, attempts=6, min_wait=0.0, max_wait=0.0)
         env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
         proc = subprocess.Popen([sys.executable, "-m", "syncer", "pull", "-c", str(cfg), "-q", "--concurrency", "1"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -10,25 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from helpers import NO_SERVER, cli, write_config
 
 from syncer import verify
-from syncer.cli import main
 from syncer.fakeserver import FakeServer
 from syncer.manifest import Manifest
-
-
-def write_config(folder: Path, base_url: str = "http://127.0.0.1:9", targets: list[str] | None = None) -> Path:
-    cfg = folder / "syncer.toml"
-    cfg.write_text(
-        f'[api]\nbase_url = "{base_url}"\naccount_code = "democlinic"\n'
-        f'[manifest]\npath = "manifest.sqlite"\n'
-        f'[pull]\ndest = "backup"\ntargets = {json.dumps(targets or [])}\n', encoding="utf-8")
-    return cfg
-
-
-def run(args: list[str], token: str | None = None):
-    return CliRunner().invoke(main, args, env={"VSEE_API_TOKEN": token}, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +27,8 @@ def server() -> Iterator[FakeServer]:
 @pytest.fixture(scope="module")
 def pristine(server: FakeServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("pristine")
-    targets = [f"user:{u}" for u in server.users] + [f"visit:{v}" for v in server.visits]
-    cfg = write_config(folder, server.base_url, targets)
-    result = run(["pull", "-c", str(cfg), "-q"], server.api_key)
+    cfg = write_config(folder, server)
+    result = cli(["pull", "-c", str(cfg), "-q"], server.api_key)
     assert result.exit_code == 0, result.output
     return folder
 
@@ -66,12 +51,12 @@ def done_rows(folder: Path) -> list[dict]:
 
 
 def verify_json(folder: Path, *args: str) -> tuple[int, dict]:
-    result = run(["verify", "-c", str(folder / "syncer.toml"), "--json", *args])
+    result = cli(["verify", "-c", str(folder / "syncer.toml"), "--json", *args])
     return result.exit_code, json.loads(result.stdout)
 
 
 def test_all_intact(backup: Path, server: FakeServer) -> None:
-    result = run(["verify", "-c", str(backup / "syncer.toml"), "--all"])
+    result = cli(["verify", "-c", str(backup / "syncer.toml"), "--all"])
     assert result.exit_code == 0, result.output
     n = len(server.files())
     assert f"checked {n} of {n} backed-up files (all)" in result.stdout
@@ -89,7 +74,7 @@ def test_flipped_byte_is_changed(backup: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    result = run(["verify", "-c", str(backup / "syncer.toml"), "--all"])
+    result = cli(["verify", "-c", str(backup / "syncer.toml"), "--all"])
     assert result.exit_code == 1
     assert "1 changed" in result.stdout
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("changed"))
@@ -105,7 +90,7 @@ def test_flipped_byte_is_changed(backup: Path) -> None:
 def test_deleted_file_is_missing(backup: Path) -> None:
     row = done_rows(backup)[0]
     (backup / "backup" / row["local_path"]).unlink()
-    result = run(["verify", "-c", str(backup / "syncer.toml"), "--all"])
+    result = cli(["verify", "-c", str(backup / "syncer.toml"), "--all"])
     assert result.exit_code == 1
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("missing"))
     assert f"{row['target_type']}:{row['target_id']}/{row['file_id']}" in line and row["local_path"] in line
@@ -132,14 +117,14 @@ def test_sample(backup: Path, server: FakeServer) -> None:
     code, doc = verify_json(backup, "--sample", "3")
     assert code == 0 and doc["mode"] == "sample"
     assert doc["checked"] == doc["ok"] == 3 and doc["eligible"] == len(server.files())
-    result = run(["verify", "-c", str(backup / "syncer.toml"), "--sample", "3"])
+    result = cli(["verify", "-c", str(backup / "syncer.toml"), "--sample", "3"])
     assert f"checked 3 of {len(server.files())} backed-up files (a random sample)" in result.stdout
     code, doc = verify_json(backup)  # the default sample (100) is larger than this backup: all of it
     assert code == 0 and doc["checked"] == len(server.files())
 
 
 def test_sample_and_all_together_is_a_usage_error(backup: Path) -> None:
-    result = run(["verify", "-c", str(backup / "syncer.toml"), "--sample", "3", "--all"])
+    result = cli(["verify", "-c", str(backup / "syncer.toml"), "--sample", "3", "--all"])
     assert result.exit_code == 2 and "not both" in result.output
 
 
@@ -149,11 +134,11 @@ def test_remote_deleted_files_are_still_verified(tmp_path: Path) -> None:
         user = srv.add_user()
         keep = srv.add_file("user", user, "keep.txt", b"kept")
         gone = srv.add_file("user", user, "gone.txt", b"deleted on the server, kept in the backup")
-        cfg = write_config(tmp_path, srv.base_url, [f"user:{user}"])
-        assert run(["pull", "-c", str(cfg), "-q"], srv.api_key).exit_code == 0
+        cfg = write_config(tmp_path, srv, targets=[f"user:{user}"])
+        assert cli(["pull", "-c", str(cfg), "-q"], srv.api_key).exit_code == 0
         srv.delete_file(gone["id"])
-        assert run(["pull", "-c", str(cfg), "-q"], srv.api_key).exit_code == 0
-    status = json.loads(run(["status", "-c", str(cfg), "--json"]).stdout)
+        assert cli(["pull", "-c", str(cfg), "-q"], srv.api_key).exit_code == 0
+    status = json.loads(cli(["status", "-c", str(cfg), "--json"]).stdout)
     assert status["pull"]["states"]["remote_deleted"]["count"] == 1
     code, doc = verify_json(tmp_path, "--all")
     assert code == 0 and doc["checked"] == 2
@@ -167,15 +152,15 @@ def test_verify_is_read_only(backup: Path) -> None:
     manifest = backup / "manifest.sqlite"
     (backup / "backup" / done_rows(backup)[0]["local_path"]).unlink()
     before = (hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest.stat().st_mtime_ns)
-    assert run(["verify", "-c", str(backup / "syncer.toml"), "--all"]).exit_code == 1
+    assert cli(["verify", "-c", str(backup / "syncer.toml"), "--all"]).exit_code == 1
     assert (hashlib.sha256(manifest.read_bytes()).hexdigest(), manifest.stat().st_mtime_ns) == before
     wal = manifest.with_name(manifest.name + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0
 
 
 def test_no_manifest_is_exit_2(tmp_path: Path) -> None:
-    write_config(tmp_path)
-    result = run(["verify", "-c", str(tmp_path / "syncer.toml")])
+    write_config(tmp_path, **NO_SERVER)
+    result = cli(["verify", "-c", str(tmp_path / "syncer.toml")])
     assert result.exit_code == 2 and "no manifest at" in result.output
     assert not (tmp_path / "manifest.sqlite").exists()
 

@@ -24,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 from syncer.errors import LocalIOError, ManifestError
 
@@ -153,7 +154,8 @@ class Manifest:
     def __init__(self, path: Path, conn: sqlite3.Connection):
         self.path = path
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self._db: sqlite_utils.Database | None = None
+        self._savepoints = 0
         self.version = SCHEMA_VERSION
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
 
@@ -225,6 +227,40 @@ class Manifest:
             conn.close()
         _check_usable(path, version, tables)
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils on the same connection, for schema work (migrations).  Imported on first use:
+        the import costs more than a small run's whole hot path, which uses plain SQL."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """A transaction, or a savepoint inside one (so writes compose)."""
+        if self.conn.in_transaction:
+            self._savepoints += 1
+            name = f"sp{self._savepoints}"
+            self.conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+                raise
+            self.conn.execute(f"RELEASE {name}")
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
     def _migrate(self, version: int) -> None:
         """Upgrade to SCHEMA_VERSION, one step per transaction (a crash leaves the last complete step)."""
         while version < SCHEMA_VERSION:
@@ -247,7 +283,7 @@ class Manifest:
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
         try:
-            with self.db.atomic():
+            with self._atomic():
                 yield
         except sqlite3.OperationalError as exc:
             failure = _sqlite_failure(exc, f"cannot write the manifest {self.path}")
@@ -259,20 +295,19 @@ class Manifest:
     def start_run(self, kind: str, details: dict[str, Any] | None = None) -> str:
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         with self._tx():
-            self.db["runs"].insert({
-                "id": run_id, "kind": kind, "started": now_iso(), "pid": os.getpid(),
-                "host": socket.gethostname(), "outcome": "running",
-                "details": json.dumps(details or {}, sort_keys=True),
-            })
+            self.conn.execute(
+                "INSERT INTO runs (id, kind, started, pid, host, outcome, details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, kind, now_iso(), os.getpid(), socket.gethostname(), "running",
+                 json.dumps(details or {}, sort_keys=True)))
         return run_id
 
     def finish_run(self, run_id: str, outcome: str, counts: dict[str, int]) -> None:
         with self._tx():
-            self.db["runs"].update(run_id, {
-                "ended": now_iso(), "outcome": outcome,
-                "files_done": counts.get("files_done", 0), "bytes_done": counts.get("bytes_done", 0),
-                "failed": counts.get("failed", 0), "skipped": counts.get("skipped", 0),
-            })
+            self.conn.execute(
+                "UPDATE runs SET ended = ?, outcome = ?, files_done = ?, bytes_done = ?, failed = ?, skipped = ?"
+                " WHERE id = ?",
+                (now_iso(), outcome, counts.get("files_done", 0), counts.get("bytes_done", 0),
+                 counts.get("failed", 0), counts.get("skipped", 0), run_id))
 
     def mark_abandoned_runs(self) -> int:
         """Runs still 'running' were killed (the caller holds the lock, so none is alive)."""
@@ -397,8 +432,17 @@ class Manifest:
         for row in rows:
             row.setdefault("updated_at", at)
             row["run_id"] = run_id
+        grouped: dict[tuple[str, ...], list[tuple]] = {}
+        for row in rows:
+            cols = tuple(sorted(row))
+            grouped.setdefault(cols, []).append(tuple(row[c] for c in cols))
         with self._tx():
-            self.db["push_items"].upsert_all(rows, pk=PUSH_KEY, batch_size=500)
+            for cols, values in grouped.items():
+                sets = ", ".join(f"[{c}] = excluded.[{c}]" for c in cols if c not in PUSH_KEY)
+                self.conn.executemany(
+                    f"INSERT INTO push_items ({', '.join(f'[{c}]' for c in cols)})"
+                    f" VALUES ({', '.join('?' * len(cols))})"
+                    f" ON CONFLICT (user_id, rel_path) DO UPDATE SET {sets}", values)
 
     def push_claimed_remote_ids(self, user_id: str) -> set[str]:
         """Remote documents some local file already owns (never adopt these for another file)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import functools
 import logging
 import math
 import random
@@ -113,41 +114,43 @@ class RetryPolicy:
 
     # -- tenacity plumbing --------------------------------------------------------------------------
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
+    def _wait(self, state: tenacity.RetryCallState, offset: int = 0) -> float:
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None else None
         if exc is None:  # only reached when retrying on a result, which we never do
-            return self.backoff_bound(state.attempt_number)
-        return self.wait_for(exc, state.attempt_number)
+            return self.backoff_bound(state.attempt_number + offset)
+        return self.wait_for(exc, state.attempt_number + offset)
 
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+    def _before_sleep(self, state: tenacity.RetryCallState, offset: int = 0) -> None:
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None else None
-        wait = state.upcoming_sleep
-        attempt = state.attempt_number
         if exc is not None:
-            # Never the raw exception: a foreign one can hold a signed URL.  Ours are redacted when
-            # built, and redact_text is a second belt for anything that slipped through.
-            text = redact_text(str(exc)) if isinstance(exc, SyncerError) else "(details withheld)"
-            level = logging.DEBUG if attempt == 1 else logging.INFO
-            if log.isEnabledFor(level):
-                log.log(level, "try %d/%d failed: %s: %s; retrying in %.2fs",
-                        attempt, self.attempts, error_class(exc), text, wait)
-            if self.on_retry is not None:
-                self.on_retry(exc, attempt, wait)
+            self._note(exc, state.attempt_number + offset, state.upcoming_sleep)
 
-    def retrying(self, retry_if: Callable[[BaseException], bool] = is_retryable) -> tenacity.AsyncRetrying:
+    def _note(self, exc: BaseException, attempt: int, wait: float) -> None:
+        # Never the raw exception: a foreign one can hold a signed URL.  Ours are redacted when
+        # built, and redact_text is a second belt for anything that slipped through.
+        text = redact_text(str(exc)) if isinstance(exc, SyncerError) else "(details withheld)"
+        level = logging.DEBUG if attempt == 1 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "try %d/%d failed: %s: %s; retrying in %.2fs",
+                    attempt, self.attempts, error_class(exc), text, wait)
+        if self.on_retry is not None:
+            self.on_retry(exc, attempt, wait)
+
+    def retrying(self, retry_if: Callable[[BaseException], bool] = is_retryable, *,
+                 tries_done: int = 0) -> tenacity.AsyncRetrying:
         """A tenacity ``AsyncRetrying`` using this policy: ``async for attempt in policy.retrying(): ...``.
 
         Re-raises the last error itself (never ``tenacity.RetryError``); errors for which ``retry_if``
-        is false are raised at once.
+        is false are raised at once.  ``tries_done``: tries already made (and slept after) outside it.
         """
         return tenacity.AsyncRetrying(
             sleep=self.sleep,
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=self._wait,
+            stop=tenacity.stop_after_attempt(self.attempts - tries_done),
+            wait=functools.partial(self._wait, offset=tries_done),
             retry=tenacity.retry_if_exception(retry_if),
-            before_sleep=self._before_sleep,
+            before_sleep=functools.partial(self._before_sleep, offset=tries_done),
             reraise=True,
         )
 
@@ -159,9 +162,17 @@ class RetryPolicy:
         **kw,
     ) -> T:
         """``await fn(*args, **kw)``, tried again on errors ``retry_if`` accepts."""
-        if self.attempts == 1:
+        # The first try goes straight through: most calls succeed, and setting up tenacity's
+        # machinery for each of thousands of downloads costs more CPU than the download's own parsing.
+        try:
             return await fn(*args, **kw)
-        async for attempt in self.retrying(retry_if):
+        except Exception as exc:  # noqa: BLE001 - classified right below
+            if self.attempts == 1 or not retry_if(exc):
+                raise
+            wait = self.wait_for(exc, 1)
+            self._note(exc, 1, wait)
+        await self.sleep(wait)
+        async for attempt in self.retrying(retry_if, tries_done=1):
             with attempt:
                 return await fn(*args, **kw)
         raise AssertionError("unreachable: tenacity re-raises or returns")  # pragma: no cover

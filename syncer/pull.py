@@ -153,7 +153,7 @@ class PullJob:
         ctx.stats.targets += 1
         rows = await ctx.manifest.call(ctx.manifest.pull_rows_for_target, target.type, target.id)
         plan = await self._plan(target, files, rows, listing.complete and not listing.target_missing)
-        if not self.opts.dry_run:
+        if not self.opts.dry_run and (plan.inserts or plan.updates or plan.deleted):
             # The paths a plan picks for new files are checked against every target's rows: two targets
             # can share a folder (ids that sanitise or case-fold alike).  Plans run side by side; the
             # check and the record are one step at a time, and a plan that lost a path meanwhile is
@@ -179,7 +179,9 @@ class PullJob:
 
     async def _plan(self, target: Target, files: list, rows: list, complete: bool) -> TargetPlan:
         ctx = self.ctx
-        elsewhere = await ctx.manifest.call(ctx.manifest.pull_paths_taken, candidate_keys(target, files, rows))
+        keys = candidate_keys(target, files, rows)
+        # A rerun with nothing new has no candidate paths: no need to ask the manifest.
+        elsewhere = await ctx.manifest.call(ctx.manifest.pull_paths_taken, keys) if keys else set()
         return await asyncio.to_thread(
             plan_target, target, files, rows, dest=self.dest, categories=self.opts.categories,
             listing_complete=complete, taken_elsewhere=elsewhere)

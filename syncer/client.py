@@ -18,7 +18,6 @@ The contract is ``shared/vsee-files-api.md``.  What this module promises its cal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import mimetypes
 import re
@@ -35,41 +34,33 @@ from yarl import URL
 
 from syncer.config import ApiConfig
 from syncer.errors import (
-    ApiError,
-    AuthError,
-    BadRequestError,
-    ConnectionFailed,
-    ForbiddenError,
-    LinkExpiredError,
     NotFoundError,
-    PermanentError,
     ProtocolError,
-    RateLimitedError,
-    ServerError,
-    TimeoutError_,
-    TooLargeError,
     TruncatedBody,
     UploadOutcomeUnknown,
-    redact_text,
     redact_url,
 )
 from syncer.models import RemoteFile, Target
-from syncer.retry import RetryPolicy, parse_retry_after
+from syncer.retry import RetryPolicy
+from syncer.translate import (
+    RedactedCause,
+    parse_data,
+    payload_reason,
+    read_bounded,
+    safe_cause,
+    status_error,
+    translate_exc,
+)
 
 log = logging.getLogger("syncer.client")
 
 CHUNK_SIZE = 256 * 1024
-MAX_ERROR_BODY = 64 * 1024          # an error answer is read this far, no further
 MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits; an endless body does not
-THREAD_PARSE_ABOVE = 2 * 1024 * 1024  # parse big JSON bodies off the event loop
 THREAD_PARSE_ITEMS = 2000           # and big listings' items
-MAX_SERVER_MESSAGE = 200            # characters of the server's error message kept in ours
 
 # 5xx answers to an upload after which the file may well be stored: the origin failed while answering
 # (500) or a gateway lost the origin's answer (502, 504).  503 and 429 are refusals made before any work.
-_UPLOAD_UNKNOWN_STATUSES = frozenset({500, 502, 504})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def make_session(api: ApiConfig, *, limit: int) -> aiohttp.ClientSession:
@@ -163,9 +154,9 @@ class Download:
             except aiohttp.ClientPayloadError as exc:
                 of = f" of {self.length}" if self.length is not None else ""
                 raise TruncatedBody(f"the body was cut short after {self.bytes_read}{of} bytes "
-                                    f"({_payload_reason(exc)})", url=self._url) from _safe_cause(exc)
+                                    f"({payload_reason(exc)})", url=self._url) from safe_cause(exc)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise _translate_exc(exc, self._url, in_body=True) from _safe_cause(exc)
+                raise translate_exc(exc, self._url, in_body=True) from safe_cause(exc)
             if not chunk:
                 break
             self.bytes_read += len(chunk)
@@ -370,19 +361,19 @@ class FilesClient:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s %s -> %d", method, redact_url(url), status)
                 if not 200 <= status < 300:
-                    raise await _status_error(resp, str(url), upload=upload, secrets=self._secrets(headers))
+                    raise await status_error(resp, str(url), upload=upload, secrets=self._secrets(headers))
                 if status == 204:
                     return True if method == "DELETE" else None
                 try:
-                    body = await _read_bounded(resp, MAX_JSON_BODY, str(url))
+                    body = await read_bounded(resp, MAX_JSON_BODY, str(url))
                 except ProtocolError as exc:
                     if upload:  # a 2xx too large to read: the server did take the upload
                         raise UploadOutcomeUnknown(f"{exc.args[0]}: the upload may have been stored",
                                                    status=status, url=str(url)) from None
                     raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _translate_exc(exc, str(url), upload=upload) from _safe_cause(exc)
-        return await _parse_data(body, str(url), status=status, upload=upload)
+            raise translate_exc(exc, str(url), upload=upload) from safe_cause(exc)
+        return await parse_data(body, str(url), status=status, upload=upload)
 
     def _secrets(self, headers: dict[str, str] | None) -> tuple[str, ...]:
         token = (headers or self._headers).get("X-ApiToken", "")
@@ -414,7 +405,7 @@ class FilesClient:
                 return Download(resp, url, offset=start, total_size=total, length=length)
             if resp.status in (200, 203):
                 return Download(resp, url, offset=0, total_size=clen, length=clen)
-            raise await _status_error(resp, url, view=True, secrets=(self._token,))
+            raise await status_error(resp, url, view=True, secrets=(self._token,))
         except BaseException:
             resp.close()
             raise
@@ -423,7 +414,7 @@ class FilesClient:
         try:
             resp = await self._session.get(url, headers=headers, allow_redirects=True)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise _translate_exc(exc, url) from _safe_cause(exc)
+            raise translate_exc(exc, url) from safe_cause(exc)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("GET %s -> %d", redact_url(url), resp.status)
         return resp
@@ -456,191 +447,6 @@ def _item_label(item: Any) -> str:
     if not text or not text.isprintable() or len(text) > 100:
         return ""
     return f" (file {text})"
-
-
-# -- translation: the one place that knows aiohttp's errors and the API's statuses --------------------
-
-def _translate_exc(exc: BaseException, url: str, *, upload: bool = False, in_body: bool = False) -> ApiError:
-    """Our error for a foreign exception raised while talking to ``url``.  For an upload, anything that
-    can happen after the connection was made means the outcome is unknown."""
-    where = redact_url(url)
-    if isinstance(exc, aiohttp.ClientConnectorError):  # DNS, refused, TLS handshake: nothing was sent
-        os_err = getattr(exc, "os_error", None)
-        reason = getattr(os_err, "strerror", None) or type(os_err or exc).__name__
-        return ConnectionFailed(f"cannot connect to {exc.host}:{exc.port}: {redact_text(str(reason))}", url=where)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no connection within sock_connect: nothing sent
-        return TimeoutError_("timed out connecting", url=where)
-    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError)) and not in_body:
-        return ProtocolError("not a usable http(s) URL", url=where)
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return ProtocolError("too many redirects", url=where)
-    if upload:
-        return UploadOutcomeUnknown(
-            f"the upload's answer was lost ({_describe(exc)}): it may have been stored", url=where)
-    if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's SocketTimeoutError
-        return TimeoutError_("timed out waiting for the server" + (" mid-body" if in_body else ""), url=where)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return TruncatedBody(f"the body was cut short ({_describe(exc)})", url=where)
-    return ConnectionFailed(f"connection failed{' mid-body' if in_body else ''} ({_describe(exc)})", url=where)
-
-
-def _payload_reason(exc: BaseException) -> str:
-    """Why aiohttp gave up on a body, in a few words."""
-    e: BaseException | None = exc
-    for _ in range(8):
-        if e is None:
-            break
-        if isinstance(e, ConnectionResetError):
-            return "connection reset"
-        e = e.__cause__ or e.__context__
-    text = str(exc)
-    if "ConnectionResetError" in text:
-        return "connection reset"
-    if "ContentLengthError" in text or "content length" in text:
-        return "connection closed early"
-    if "TransferEncodingError" in text:
-        return "chunked encoding broken off"
-    return type(exc).__name__
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description of a foreign exception."""
-    if isinstance(exc, aiohttp.ClientResponseError):  # its str() carries the full URL
-        return type(exc).__name__
-    text = redact_text(str(exc)).strip()
-    if len(text) > MAX_SERVER_MESSAGE:
-        text = text[:MAX_SERVER_MESSAGE] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class RedactedCause(Exception):
-    """Stands in, as ``__cause__``, for a foreign exception whose text would carry a signed URL or token;
-    keeps its type name, its redacted text and its traceback."""
-
-
-def _safe_cause(exc: BaseException) -> BaseException:
-    """``exc`` itself when nothing in its chain can leak a URL's query, else a ``RedactedCause``."""
-    seen = 0
-    e: BaseException | None = exc
-    while e is not None and seen < 8:
-        if isinstance(e, aiohttp.ClientResponseError) or redact_text(str(e)) != str(e):
-            break
-        e = e.__cause__ or e.__context__
-        seen += 1
-    else:
-        return exc
-    stand_in = RedactedCause(f"{type(exc).__module__}.{type(exc).__qualname__}: {_describe(exc)}")
-    stand_in.__traceback__ = exc.__traceback__
-    stand_in.__suppress_context__ = True
-    return stand_in
-
-
-async def _status_error(resp: aiohttp.ClientResponse, url: str, *, view: bool = False, upload: bool = False,
-                        secrets: tuple[str, ...] = ()) -> ApiError:
-    """Our error for a non-2xx answer, its body read (bounded) for the server's message."""
-    status = resp.status
-    message = f"HTTP {status}: {await _server_message(resp, secrets)}"
-    retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
-    err: ApiError
-    if 300 <= status < 400:
-        location = resp.headers.get("Location")
-        where = f" to {redact_url(location)}" if location else ""
-        err = ProtocolError(f"HTTP {status}: unexpected redirect{where}", status=status, url=url)
-    elif view and status in (401, 403):
-        err = LinkExpiredError(message, status=status, url=url)
-    elif status == 400:
-        err = BadRequestError(message, url=url)
-    elif status == 401:
-        err = AuthError(message, url=url)
-    elif status == 403:
-        err = ForbiddenError(message, url=url)
-    elif status in (404, 410):
-        err = NotFoundError(message, status=status, url=url)
-    elif status == 408:
-        err = TimeoutError_(message, status=status, url=url)
-    elif status == 413:
-        err = TooLargeError(message, url=url)
-    elif status == 429:
-        err = RateLimitedError(message, retry_after=retry_after, url=url)
-    elif upload and (status in _UPLOAD_UNKNOWN_STATUSES or (status >= 500 and status != 503)):
-        err = UploadOutcomeUnknown(f"{message}: the upload may have been stored", status=status, url=url)
-    elif status >= 500:
-        err = ServerError(message, status=status, url=url)
-        err.retry_after = retry_after
-    else:
-        err = PermanentError(message, status=status, url=url)
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("%s %s", type(err).__name__, err)
-    return err
-
-
-async def _server_message(resp: aiohttp.ClientResponse, secrets: tuple[str, ...]) -> str:
-    """The server's own message from ``{"error": {"message": ...}}``, tolerating HTML and empty bodies."""
-    try:
-        body = await _read_prefix(resp, MAX_ERROR_BODY)
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        return "(body unreadable)"
-    if not body.strip():
-        return "(empty body)"
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return "(non-JSON body)"
-    msg: Any = None
-    if isinstance(doc, dict):
-        err = doc.get("error")
-        msg = err.get("message") if isinstance(err, dict) else err
-        if msg is None:
-            msg = doc.get("message")
-    if not isinstance(msg, str) or not msg.strip():
-        return "(no message)"
-    text = _CONTROL.sub(" ", redact_text(msg)).strip()
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    return text[:MAX_SERVER_MESSAGE] + ("..." if len(text) > MAX_SERVER_MESSAGE else "")
-
-
-async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body; the rest is left unread (the connection is then closed)."""
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await resp.content.read(limit - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
-    """The whole body, or ProtocolError once it is longer than ``limit``."""
-    length = resp.content_length
-    if length is not None:
-        if length > limit:
-            raise ProtocolError(f"the answer announces {length} bytes, over the {limit}-byte limit", url=url)
-        return await resp.read()
-    body = await _read_prefix(resp, limit + 1)
-    if len(body) > limit:
-        raise ProtocolError(f"the answer is longer than the {limit}-byte limit", url=url)
-    return body
-
-
-async def _parse_data(body: bytes, url: str, *, status: int, upload: bool) -> Any:
-    """The ``data`` member of a success answer; ProtocolError (UploadOutcomeUnknown for an upload) when
-    the body is not the JSON envelope the contract promises."""
-    try:
-        doc = await asyncio.to_thread(json.loads, body) if len(body) > THREAD_PARSE_ABOVE else json.loads(body)
-    except ValueError:
-        problem = f"HTTP {status} with a non-JSON body" if body.strip() else f"HTTP {status} with an empty body"
-    else:
-        if isinstance(doc, dict) and "data" in doc:
-            return doc["data"]
-        problem = f"HTTP {status} JSON without 'data'"
-    if upload:
-        raise UploadOutcomeUnknown(f"{problem}: the upload may have been stored", status=status, url=url)
-    raise ProtocolError(problem, status=status, url=url)
 
 
 def _form_filename(name: str) -> str:

@@ -45,14 +45,6 @@ _UPLOAD_UNKNOWN_STATUSES = frozenset({500, 502, 504})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
-log = logging.getLogger("syncer.client")
-
-MAX_ERROR_BODY = 64 * 1024          # an error answer is read this far, no further
-THREAD_PARSE_ABOVE = 2 * 1024 * 1024  # parse big JSON bodies off the event loop
-MAX_SERVER_MESSAGE = 200            # characters of the server's error message kept in ours
-_UPLOAD_UNKNOWN_STATUSES = frozenset({500, 502, 504})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
-
 def translate_exc(exc: BaseException, url: str, *, upload: bool = False, in_body: bool = False) -> ApiError:
     """Our error for a foreign exception raised while talking to ``url``.  For an upload, anything that
     can happen after the connection was made means the outcome is unknown."""

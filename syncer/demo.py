@@ -18,6 +18,7 @@ from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushCon
 from syncer.fakeserver import FakeServer
 from syncer.models import Target
 from syncer.stats import RunStats
+from syncer.storage import make_dirs
 
 
 @dataclass
@@ -68,13 +69,14 @@ def _make_upload_tree(srv: FakeServer, cfg: Config, users: list[str]) -> dict[tu
     source = cfg.push.source
     made: dict[tuple[str, str], bytes] = {}
     for n, user in enumerate(users):
-        folder = source / user / "scans"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(source / user / "scans", cfg.pull.dest.parent)
         for i, name in enumerate(("intake form.pdf", "lab results — März.txt", f"scans/xray-{n}.png")):
             data = hashlib.sha256(f"{user}/{i}".encode()).digest() * (50 + 400 * i)
             path = source / user / name
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.write_bytes(data)
+            make_dirs(path.parent, cfg.pull.dest.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             made[(user, path.name)] = data
     assert cfg.push.tokens_file is not None
     fd = os.open(cfg.push.tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

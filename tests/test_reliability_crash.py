@@ -154,8 +154,8 @@ def push_torture(tmp: Path, *, users: int, files_per_user: int, kills: int, seed
 
 
 def test_push_sigkill_at_random_moments_then_rerun_is_exactly_once(tmp_path: Path) -> None:
-    result = push_torture(tmp_path, users=4, files_per_user=25, kills=3, seed=311, min_landed=3)
-    assert result["files"] == 100
+    result = push_torture(tmp_path, users=8, files_per_user=40, kills=3, seed=311, min_landed=3)
+    assert result["files"] == 320
 
 
 @pytest.mark.slow

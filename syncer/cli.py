@@ -96,12 +96,22 @@ def _setup_logs(cfg: config_mod.Config, quiet: bool) -> None:
 def _finish(stats: Any, code: int, metrics_file: str | None) -> None:
     from syncer.progress import summary_text
 
+    click.echo(summary_text(stats), err=False)
     if metrics_file:
         from syncer.metrics import write_metrics
 
-        write_metrics(Path(metrics_file), stats)
-    click.echo(summary_text(stats), err=False)
+        try:
+            write_metrics(Path(metrics_file), stats)
+        except OSError as exc:
+            click.echo(f"Error: cannot write the metrics file {metrics_file}: {exc.strerror or exc}", err=True)
+            sys.exit(code or EXIT_FATAL)
     sys.exit(code)
+
+
+def _check_metrics_file(metrics_file: str | None) -> None:
+    """Before the run: the metrics file's folder must exist (else exit 2, nothing attempted)."""
+    if metrics_file and not Path(metrics_file).resolve().parent.is_dir():
+        raise ConfigError(f"--metrics-file {metrics_file}: its folder does not exist")
 
 
 @main.command(context_settings=CONTEXT)
@@ -158,6 +168,7 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
         raise ConfigError("api.base_url is not set in the config")
     token = cfg.api_token()
     check_dest(Path(cfg.pull.dest))
+    _check_metrics_file(metrics_file)
     _setup_logs(cfg, quiet)
     opts = PullOptions(targets=tuple(chosen), dest=Path(cfg.pull.dest), categories=cfg.pull.categories,
                        include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency,
@@ -406,6 +417,7 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
     })
     opts = options_from_config(cfg, users)
+    _check_metrics_file(metrics_file)
     if dry_run:
         report, problems = plan_dry(opts, Path(cfg.manifest.path))
         for problem in problems:

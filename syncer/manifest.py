@@ -398,18 +398,6 @@ class Manifest:
                 self.apply([Update("pull_items", key, {"state": "remote_deleted"}, event="remote_deleted")
                             for key in deleted], run_id)
 
-    def pull_todo(self, targets: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
-        """Rows still to download (pending or failed), through the partial index."""
-        cur = self.conn.execute(
-            "SELECT target_type, target_id, file_id, size, local_path, attempts, category"
-            " FROM pull_items WHERE state IN ('pending', 'failed') ORDER BY target_type, target_id, file_id")
-        cols = [d[0] for d in cur.description]
-        rows = [dict(zip(cols, r, strict=True)) for r in cur]
-        if targets is not None:
-            wanted = set(targets)
-            rows = [r for r in rows if (r["target_type"], r["target_id"]) in wanted]
-        return rows
-
     def pull_done_rows(self) -> list[dict[str, Any]]:
         cur = self.conn.execute(
             "SELECT target_type, target_id, file_id, local_path, size, sha256 FROM pull_items"
@@ -465,12 +453,6 @@ class Manifest:
             insert=("push_uploads", {"user_id": user_id, "rel_path": rel_path, "sha256": sha256, "size": size,
                                      "remote_id": remote_id, "uploaded_at": at, "run_id": run_id,
                                      "adopted": int(adopted)}))
-
-    def record_push_upload(self, run_id: str, user_id: str, rel_path: str, sha256: str | None, size: int,
-                           remote_id: str, remote_name: str, adopted: bool) -> None:
-        """:meth:`push_upload_update`, written at once (runs write it through the Recorder instead)."""
-        self.apply([self.push_upload_update(run_id, user_id, rel_path, sha256, size, remote_id, remote_name,
-                                            adopted)], run_id)
 
     # -- status --------------------------------------------------------------------------------
     def summary(self, *, runs: int = 10, failures: int = 50) -> dict[str, Any]:

@@ -31,11 +31,11 @@ from syncer.errors import (
     error_class,
 )
 from syncer.logs import scrub
-from syncer.manifest import Update
+from syncer.manifest import Update, now_iso
 from syncer.models import PullState, Target
 from syncer.pull_plan import TargetPlan, WorkItem, candidate_keys, plan_target
 from syncer.runner import RunContext, drive
-from syncer.storage import AtomicWriter, SizeMismatchError
+from syncer.storage import AtomicWriter, SizeMismatchError, make_dirs
 
 log = logging.getLogger("syncer.pull")
 
@@ -103,12 +103,10 @@ class PullJob:
         await drive(self.ctx, self._list_all, self.queue, workers)
 
     def _prepare_dest(self) -> None:
-        from syncer.storage import make_dirs
-
         try:
             make_dirs(self.dest, self.dest)
             probe = self.dest / ".syncer-write-test"
-            probe.write_bytes(b"")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
             probe.unlink()
         except OSError as exc:
             raise LocalIOError(f"cannot write to the destination {self.dest}: {exc.strerror or exc}") from exc
@@ -222,7 +220,7 @@ class PullJob:
         self.ctx.stats.bytes_done += nbytes
         self.ctx.recorder.put(Update(
             "pull_items", item.key,
-            {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": _now(),
+            {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": now_iso(),
              "last_error": None, "error_class": None},
             event="done", bump_attempts=True, sync_dir=str(folder)))
         self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
@@ -315,9 +313,3 @@ class PullJob:
         if not info.fullpath:
             raise ProtocolError(f"file {item.file_id}: the server gave no fullpath")
         return info.fullpath
-
-
-def _now() -> str:
-    from syncer.manifest import now_iso
-
-    return now_iso()

@@ -141,3 +141,14 @@ def test_second_sigint_stops_at_once_and_the_next_run_resumes(tmp_path):
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()[-2000:]
         assert not list((tmp_path / "backup").rglob(".*")), "temp files left behind"
+
+
+def test_a_metrics_file_in_a_missing_folder_is_refused_before_the_run(tmp_path):
+    srv = FakeServer(seed=26, users=1, files_per_user=2)
+    with srv.run_in_thread():
+        cfg = write_config(tmp_path, srv, **RETRY)
+        proc = spawn_syncer(cfg, srv, "pull", "-q", "--metrics-file", str(tmp_path / "nope" / "syncer.prom"))
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err.decode()
+        assert b"--metrics-file" in err and b"folder does not exist" in err
+        assert not (tmp_path / "manifest.sqlite").exists() and srv.counters["list"] == 0

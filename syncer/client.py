@@ -57,6 +57,7 @@ log = logging.getLogger("syncer.client")
 CHUNK_SIZE = 256 * 1024
 MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits; an endless body does not
 THREAD_PARSE_ITEMS = 2000           # and big listings' items
+API_CONNECTIONS = 8                 # the pool for metadata calls (listings, fresh links), apart from transfers
 
 # 5xx answers to an upload after which the file may well be stored: the origin failed while answering
 # (500) or a gateway lost the origin's answer (502, 504).  503 and 429 are refusals made before any work.
@@ -205,7 +206,12 @@ class _DownloadContext:
 # -- the client --------------------------------------------------------------------------------------
 
 class FilesClient:
-    """The Files API over one shared ``aiohttp.ClientSession`` (see ``make_session``).
+    """The Files API over shared ``aiohttp.ClientSession``s (see ``make_session``).
+
+    ``session`` carries the transfers (downloads and uploads): its pool's size is the run's
+    concurrency.  ``api_session``, when given, carries every other call (listings, file info, renames,
+    deletes) in a pool of its own (``API_CONNECTIONS``), so a listing or a fresh link never waits behind
+    a pool full of slow downloads, and listing never takes a download's connection.
 
     ``token`` is the account API key sent as ``X-ApiToken`` on every ``/api_v3`` call (``upload`` takes
     the uploading user's token instead); ``account_code`` is sent as ``X-AccountCode`` when set.
@@ -213,10 +219,11 @@ class FilesClient:
     """
 
     def __init__(self, session: aiohttp.ClientSession, *, base_url: str, token: str, account_code: str = "",
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, api_session: aiohttp.ClientSession | None = None) -> None:
         if not token:
             raise ValueError("a token is required")
         self._session = session
+        self._api_session = api_session if api_session is not None else session
         self._base = base_url.rstrip("/")
         self._files_url = URL(self._base + "/files")
         self._token = token
@@ -354,8 +361,9 @@ class FilesClient:
     async def _call(self, method: str, url: URL, *, params: dict[str, str] | None = None, data: Any = None,
                     headers: dict[str, str] | None = None, upload: bool = False) -> Any:
         """One ``/api_v3`` request, once: the ``data`` of the JSON answer, or one of our errors."""
+        session = self._session if upload else self._api_session
         try:
-            async with self._session.request(method, url, params=params, data=data,
+            async with session.request(method, url, params=params, data=data,
                                              headers=headers or self._headers, allow_redirects=False) as resp:
                 status = resp.status
                 if log.isEnabledFor(logging.DEBUG):

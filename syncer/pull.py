@@ -33,7 +33,7 @@ from syncer.errors import (
 from syncer.logs import scrub
 from syncer.manifest import Update, now_iso
 from syncer.models import PullState, Target
-from syncer.pull_plan import TargetPlan, WorkItem, candidate_keys, plan_target
+from syncer.pull_plan import WorkItem, plan_and_record
 from syncer.runner import RunContext, drive
 from syncer.storage import AtomicWriter, SizeMismatchError, make_dirs
 
@@ -90,7 +90,6 @@ class PullJob:
         self.dry_run_report: list[DryRunTarget] = []
         self.listed_ok = 0
         self.list_unreachable = 0
-        self._plan_lock = asyncio.Lock()
 
     # -- the script ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -149,19 +148,13 @@ class PullJob:
             ctx.log_event("bad_item", target=str(target), level=logging.WARNING, message=bad)
             ctx.stats.failed += 1
         ctx.stats.targets += 1
-        rows = await ctx.manifest.call(ctx.manifest.pull_rows_for_target, target.type, target.id)
-        plan = await self._plan(target, files, rows, listing.complete and not listing.target_missing)
-        if not self.opts.dry_run and (plan.inserts or plan.updates or plan.deleted):
-            # The paths a plan picks for new files are checked against every target's rows: two targets
-            # can share a folder (ids that sanitise or case-fold alike).  Plans run side by side; the
-            # check and the record are one step at a time, and a plan that lost a path meanwhile is
-            # made again.
-            async with self._plan_lock:
-                if plan.inserts and await ctx.manifest.call(ctx.manifest.pull_paths_taken,
-                                                            [r["path_key"] for r in plan.inserts]):
-                    plan = await self._plan(target, files, rows, listing.complete and not listing.target_missing)
-                await ctx.manifest.call(ctx.manifest.apply_pull_listing, ctx.run_id, plan.inserts, plan.updates,
-                                        plan.deleted)
+        # Planning is mostly Python (GIL-bound) plus a stat per known file: on the manifest's own
+        # thread, one step per target (see plan_and_record), never spread over the default pool where
+        # eight listers' plans fought over the GIL (a do-nothing rerun of 200,000 files: 6.9 s -> 4.0 s).
+        plan = await ctx.manifest.call(
+            plan_and_record, ctx.manifest, None if self.opts.dry_run else ctx.run_id, target, files,
+            dest=self.dest, categories=self.opts.categories,
+            listing_complete=listing.complete and not listing.target_missing)
         ctx.stats.skipped += plan.up_to_date
         ctx.stats.files_total += len(plan.todo)
         ctx.stats.bytes_total += plan.todo_bytes
@@ -174,18 +167,6 @@ class PullJob:
             if ctx.stopping:
                 return
             await self.queue.put(item)
-
-    async def _plan(self, target: Target, files: list, rows: list, complete: bool) -> TargetPlan:
-        ctx = self.ctx
-        keys = candidate_keys(target, files, rows)
-        # A rerun with nothing new has no candidate paths: no need to ask the manifest.
-        elsewhere = await ctx.manifest.call(ctx.manifest.pull_paths_taken, keys) if keys else set()
-        # On the manifest's own thread: planning is mostly Python (GIL-bound) plus a stat per file;
-        # spread over the default pool, eight listers' plans fought over the GIL (a do-nothing rerun of
-        # 200,000 files: 6.9 s there, 4.0 s here).
-        return await ctx.manifest.call(
-            plan_target, target, files, rows, dest=self.dest, categories=self.opts.categories,
-            listing_complete=complete, taken_elsewhere=elsewhere)
 
     # -- stage 2: downloading --------------------------------------------------------------------
     async def _worker(self, n: int) -> None:

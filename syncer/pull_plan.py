@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncer.manifest import Update
+from syncer.manifest import Manifest, Update
 from syncer.models import PullState, RemoteFile, Target
 from syncer.names import casefold_key, disambiguate, safe_name
 from syncer.storage import TEMP_SUFFIX, sha256_file, temp_name
@@ -81,6 +81,35 @@ def candidate_keys(target: Target, listing: list[RemoteFile], rows: list[dict[st
     alike: ``a:b`` and ``a_b``, ``AbC`` and ``abc``), so a target's own rows are not enough."""
     known = {r["file_id"] for r in rows}
     return list({casefold_key(p) for f in listing if f.id not in known for p in path_choices(target, f)})
+
+
+def plan_and_record(
+    manifest: Manifest,
+    run_id: str | None,
+    target: Target,
+    listing: list[RemoteFile],
+    *,
+    dest: Path,
+    categories: tuple[str, ...] = (),
+    listing_complete: bool = True,
+) -> TargetPlan:
+    """Plan one target against the whole manifest and record the plan, as one step on the manifest's
+    own thread (call it through ``Manifest.call``).
+
+    Being one step, no other target's plan can take a path between the check and the record: two
+    targets that share a folder (see :func:`candidate_keys`) are planned one after the other.  It is
+    also one thread hop per target rather than four, so the first target's files reach the
+    downloaders without waiting behind every other target's queries.  ``run_id`` None: a dry run,
+    which records nothing."""
+    rows = manifest.pull_rows_for_target(target.type, target.id)
+    keys = candidate_keys(target, listing, rows)
+    # A rerun with nothing new has no candidate paths: no need to ask the manifest.
+    elsewhere = manifest.pull_paths_taken(keys) if keys else set()
+    plan = plan_target(target, listing, rows, dest=dest, categories=categories,
+                       listing_complete=listing_complete, taken_elsewhere=elsewhere)
+    if run_id is not None and (plan.inserts or plan.updates or plan.deleted):
+        manifest.apply_pull_listing(run_id, plan.inserts, plan.updates, plan.deleted)
+    return plan
 
 
 def plan_target(

@@ -112,7 +112,7 @@ async def execute(
     client_factory: Callable[..., Any] | None = None,
 ) -> tuple[RunStats, int]:
     """Run one job under the manifest's lock; returns the stats and the exit code."""
-    from syncer.client import FilesClient, make_session
+    from syncer.client import API_CONNECTIONS, FilesClient, make_session
 
     register_secret(token)
     manifest_path = Path(cfg.manifest.path)
@@ -124,10 +124,12 @@ async def execute(
             run_id = await manifest.call(manifest.start_run, kind, details or {})
             stats = RunStats(kind=kind, run_id=run_id)
             policy = RetryPolicy.from_config(cfg.retry)
-            async with make_session(cfg.api, limit=concurrency) as session:
+            # Transfers get `concurrency` connections; listings and fresh links a pool of their own.
+            async with make_session(cfg.api, limit=concurrency) as session, \
+                    make_session(cfg.api, limit=API_CONNECTIONS) as api_session:
                 client = (client_factory or FilesClient)(
                     session, base_url=cfg.api.base_url, token=token, account_code=cfg.api.account_code,
-                    retry=policy)
+                    retry=policy, api_session=api_session)
                 recorder = Recorder(manifest, run_id)
                 ctx = RunContext(cfg, client, manifest, recorder, stats, policy, run_id)
                 try:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from syncer.client import Download, FilesClient, Listing, RedactedCause, make_session
+from syncer.client import API_CONNECTIONS, Download, FilesClient, Listing, RedactedCause, make_session
 from syncer.config import ApiConfig
 from syncer.errors import (
     ApiError,
@@ -81,6 +81,28 @@ async def test_make_session_settings():
         assert session.timeout.sock_connect == 3.0 and session.timeout.sock_read == 7.0
         assert session.connector.limit == 5 and session.connector.limit_per_host == 5
         assert session.connector._ssl is True  # verified with the default trust store, never ssl=False
+
+
+async def test_metadata_calls_have_a_pool_of_their_own(server):
+    """Every transfer connection held by a download that is not read yet: a listing and a fresh link
+    still answer, through the API pool; on one shared pool the same listing waits for the download."""
+    api = ApiConfig(timeout_connect=5.0, timeout_read=10.0)
+    async with make_session(api, limit=1) as transfers, make_session(api, limit=API_CONNECTIONS) as meta:
+        split = FilesClient(transfers, base_url=server.base_url, token=server.api_key, api_session=meta)
+        shared = FilesClient(transfers, base_url=server.base_url, token=server.api_key)
+        # Big enough that its body cannot sit whole in buffers (then its connection would be free).
+        big_id = server.add_file("user", server.users[0], "big.bin", size=16 << 20)["id"]
+        first = next(f for f in await split.list_files(user(server)) if f.id == big_id)
+        async with split.download(first.fullpath) as dl:  # holds the only transfer connection
+            listing = await asyncio.wait_for(split.list_files(user(server)), 5)
+            info = await asyncio.wait_for(split.file_info(first.id), 5)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(shared.list_files(user(server)), 0.5)
+            body = await dl.read()
+    expected = {f["id"] for f in server.files() if f["target_type"] == "user" and f["target_id"] == server.users[0]}
+    assert {f.id for f in listing} == expected
+    assert info.id == first.id and info.fullpath
+    assert body == server.file_bytes(first.id)
 
 
 _CA_BUNDLE = ssl.get_default_verify_paths().cafile

@@ -389,3 +389,29 @@ async def test_a_recorder_that_cannot_write_fails_every_waiter_instead_of_hangin
         with pytest.raises(LocalIOError):
             await asyncio.wait_for(rec.close(), 5)
         m.close()
+
+
+def test_sqlite_utils_plugins_never_touch_the_manifest(tmp_path: Path) -> None:
+    """An installed sqlite-utils plugin gets no hook on the manifest's connection (patient data), and
+    its schema is made all the same."""
+    import sqlite_utils.plugins as su_plugins
+    from sqlite_utils import hookimpl
+
+    seen: list[object] = []
+
+    class Spy:
+        @hookimpl
+        def prepare_connection(self, conn: object) -> None:
+            seen.append(conn)
+
+    spy = Spy()
+    su_plugins.pm.register(spy, name="syncer-test-spy")
+    try:
+        sqlite_utils.Database(sqlite3.connect(":memory:"))  # the spy is live: it sees an ordinary database
+        assert len(seen) == 1
+        m = Manifest.open(tmp_path / "m.sqlite")
+        m.close()
+    finally:
+        su_plugins.pm.unregister(spy)
+    assert len(seen) == 1
+    assert user_version(tmp_path / "m.sqlite") == SCHEMA_VERSION

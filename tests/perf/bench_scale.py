@@ -4,8 +4,9 @@
 
 Measures, with the real code and no network (the network is what (a) measures):
 
-1. record_listing_s: a first run's listing step for every target: ``pull_rows_for_target`` +
-   ``plan_target`` + ``apply_pull_listing`` (200,000 new pending rows and their events).
+1. record_listing_s: a first run's listing step for every target: ``plan_and_record`` (the
+   target's rows, the paths other targets hold, the plan, and its record: 200,000 new pending rows
+   and their events).
 2. record_outcomes_s: 200,000 "done" outcomes through the run's ``Recorder`` (the exact ``Update`` that
    ``PullJob._fetch`` puts), from the first ``put`` until ``close()`` has committed them all.  All
    outcomes arrive at once here: the recorder's throughput, not a download's pace.
@@ -35,7 +36,7 @@ from syncer.client import Listing
 from syncer.manifest import Manifest, Recorder, Update, now_iso
 from syncer.models import PullState, RemoteFile, Target
 from syncer.pull import PullJob, PullOptions
-from syncer.pull_plan import plan_target
+from syncer.pull_plan import plan_and_record
 from syncer.runner import execute
 
 
@@ -60,9 +61,7 @@ def record(mpath: Path, dest: Path, listings: dict[Target, list[RemoteFile]]) ->
         items = []
         t0 = time.perf_counter()
         for target, files in listings.items():
-            rows = m.pull_rows_for_target(target.type, target.id)
-            plan = plan_target(target, files, rows, dest=dest)
-            m.apply_pull_listing(run_id, plan.inserts, plan.updates, plan.deleted)
+            plan = plan_and_record(m, run_id, target, files, dest=dest)
             items.extend(plan.todo)
         t_listing = time.perf_counter() - t0
 

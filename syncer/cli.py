@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sys
@@ -15,7 +14,7 @@ import click
 from syncer import __version__
 from syncer import config as config_mod
 from syncer.errors import ConfigError, LocalIOError, LockHeldError, ManifestError, SyncerError
-from syncer.runner import EXIT_FATAL, EXIT_LOCKED, EXIT_USAGE
+from syncer.runner import EXIT_FATAL, EXIT_LOCKED, EXIT_USAGE, run_async
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -182,14 +181,14 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
     if dry_run:
         from syncer.remote import run_dry
 
-        report = asyncio.run(run_dry(cfg, opts, token))
+        report = run_async(run_dry(cfg, opts, token))
         for row in report:
             click.echo(f"{row.target}\t{row.files} files\t{human_bytes(row.bytes)}")
         click.echo(f"total: {sum(r.files for r in report)} files, "
                    f"{human_bytes(sum(r.bytes for r in report))} would be downloaded (dry run: nothing written)")
         return
     reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
-    stats, code = asyncio.run(execute(
+    stats, code = run_async(execute(
         "pull", cfg, job, token=token, concurrency=cfg.pull.concurrency, on_progress=reporter,
         details={"targets": len(chosen), "dest": str(opts.dest), "shard": shard}))
     _finish(stats, code, metrics_file)
@@ -264,7 +263,7 @@ def ls_cmd(config_path: str | None, target: str, category: str | None, include_s
     from syncer.remote import list_target
 
     cfg = _load(config_path, {})
-    rows = asyncio.run(list_target(cfg, target, category=category, include_shared=include_shared))
+    rows = run_async(list_target(cfg, target, category=category, include_shared=include_shared))
     if as_json:
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -299,7 +298,7 @@ def demo(workdir: str | None, quiet: bool) -> None:
     logs.setup("text", "warning")
     where = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="syncer-demo-"))
     reporter = make_reporter(quiet=quiet, interval=5.0)
-    result = asyncio.run(run_demo(where.resolve(), on_progress=reporter))
+    result = run_async(run_demo(where.resolve(), on_progress=reporter))
     click.echo(summary_text(result.pull))
     click.echo(f"verified: {result.pull_verified} backed-up files byte-identical to the server's"
                + (f"; MISMATCHES: {len(result.pull_mismatches)}" if result.pull_mismatches else ""))
@@ -437,7 +436,7 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
         await PushJob(ctx, opts).run()
 
     reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
-    stats, code = asyncio.run(execute(
+    stats, code = run_async(execute(
         "push", cfg, job, token=token, concurrency=cfg.push.concurrency, on_progress=reporter,
         details={"source": str(opts.source), "users": len(opts.users) or None}))
     _finish(stats, code, metrics_file)

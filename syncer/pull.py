@@ -35,7 +35,8 @@ from syncer.manifest import Update, now_iso
 from syncer.models import PullState, Target
 from syncer.pull_plan import WorkItem, plan_and_record
 from syncer.runner import RunContext, drive
-from syncer.storage import AtomicWriter, SizeMismatchError, make_dirs
+from syncer.storage import make_dirs
+from syncer.writer import AtomicWriter, SizeMismatchError
 
 log = logging.getLogger("syncer.pull")
 

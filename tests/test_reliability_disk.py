@@ -3,7 +3,8 @@ final path, the manifest stays intact, and the next run, with space, completes.
 
 Two ways in: a real tiny tmpfs (needs root and mount; skipped where the sandbox refuses it), which fills
 up for real under the backup or under the manifest; and errors injected into the writer's system calls
-(``os.writev``, ``os.fsync``, ``os.replace`` as seen by :mod:`syncer.storage`), which run everywhere.
+(``os.writev``, ``os.fsync``, ``os.replace`` as seen by :mod:`syncer.storage` and :mod:`syncer.writer`),
+which run everywhere.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from reliability_util import (
 )
 
 import syncer.storage as storage
+import syncer.writer as writer
 from syncer.cli import main as cli_main
 from syncer.errors import LocalIOError
 from syncer.fakeserver import FakeServer, Faults
@@ -126,7 +128,8 @@ def test_manifest_volume_fills_up_exit_3_without_hanging(tiny_fs, tmp_path: Path
 
 
 class Breaker:
-    """Make one system call, as :mod:`syncer.storage` sees it, fail with ``code`` after ``after`` calls."""
+    """Make one system call, as :mod:`syncer.storage` and :mod:`syncer.writer` see it, fail with ``code``
+    after ``after`` calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str, code: int, after: int) -> None:
         self.calls = 0
@@ -141,9 +144,10 @@ class Breaker:
                 raise OSError(code, os.strerror(code))
             return real(*args, **kw)
 
-        # storage uses ``os.<name>`` through its module global ``os``: swap that module for a proxy, so
-        # SQLite, aiohttp and the test itself keep the real call.
-        monkeypatch.setattr(storage, "os", _OsProxy(name, broken))
+        # storage and writer use ``os.<name>`` through their module global ``os``: swap that module for a
+        # proxy, so SQLite, aiohttp and the test itself keep the real call.
+        for module in (storage, writer):
+            monkeypatch.setattr(module, "os", _OsProxy(name, broken))
 
 
 class _OsProxy:
@@ -308,13 +312,13 @@ async def test_a_failed_write_batch_after_a_cancel_is_not_reported_as_unretrieve
     loop = asyncio.get_running_loop()
     reported: list[dict] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    writer = storage.AtomicWriter(tmp_path / "f.bin", root=tmp_path, expected_size=10 * 2**20, resume=True)
+    atomic = writer.AtomicWriter(tmp_path / "f.bin", root=tmp_path, expected_size=10 * 2**20, resume=True)
 
     async def download() -> None:
-        async with writer:
-            await writer.open(0)
+        async with atomic:
+            await atomic.open(0)
             for _ in range(3):
-                await writer.write(b"x" * (2**20 + 1))
+                await atomic.write(b"x" * (2**20 + 1))
 
     task = asyncio.create_task(download())
     await asyncio.sleep(0.05)

@@ -15,11 +15,7 @@ import pytest
 
 from syncer.errors import LocalIOError
 from syncer.storage import (
-    WRITE_BUFFER_BYTES,
-    AtomicWriter,
     LoosePermissionsError,
-    ResumeError,
-    SizeMismatchError,
     UnsafePathError,
     check_private_file,
     iter_regular_files,
@@ -28,6 +24,7 @@ from syncer.storage import (
     sha256_file,
     write_private_text,
 )
+from syncer.writer import WRITE_BUFFER_BYTES, AtomicWriter, ResumeError, SizeMismatchError
 
 
 def mode(path: Path) -> int:

@@ -40,6 +40,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -322,12 +323,15 @@ def section_a(args, work: Path, results: dict) -> None:
                 peers["syncer PATCHED default C"] = lambda: run_syncer_pull(srv, work / "s", dest_root, None,
                                                                             expect=nfiles, src=args.patched)
             if have("aria2c"):
-                peers[f"aria2c -j{C}"] = lambda: run_aria2c(srv, work / "a", dest_root, links, C, False)
-                peers[f"aria2c -j{C} + syncfs"] = lambda: run_aria2c(srv, work / "a", dest_root, links, C, True)
-                peers["aria2c -j64"] = lambda: run_aria2c(srv, work / "a", dest_root, links, 64, False)
+                def aria(j: int, durable: bool, links: list[dict] = links) -> Callable[[], dict]:
+                    return lambda: run_aria2c(srv, work / "a", dest_root, links, j, durable)
+                peers[f"aria2c -j{C}"] = aria(C, False)
+                peers[f"aria2c -j{C} + syncfs"] = aria(C, True)
+                peers["aria2c -j64"] = aria(64, False)
             if have("curl"):
-                peers[f"curl --parallel-max {C}"] = lambda: run_curl_parallel(srv, work / "c", dest_root, links, C)
-            peers[f"naive urllib ({naive_n} files)"] = lambda: run_naive(srv, work / "n", dest_root, naive_n)
+                peers[f"curl --parallel-max {C}"] = (
+                    lambda links=links: run_curl_parallel(srv, work / "c", dest_root, links, C))
+            peers[f"naive urllib ({naive_n} files)"] = lambda n=naive_n: run_naive(srv, work / "n", dest_root, n)
             runs: dict[str, list[dict]] = {k: [] for k in peers}
             for rep in range(args.repeat):
                 for name, fn in peers.items():
@@ -583,7 +587,8 @@ def report(results: dict) -> str:
         if "syncer PATCHED" in mbs:
             sp = mbs["syncer PATCHED"]
             rp = max(r["client_maxrss_mib"] for r in b["runs"]["syncer PATCHED"])
-            targets.append(("(b) PATCHED >= 1.0x curl; RSS < 64 MB", f"{fmt(sp)} MB/s = {fmt(sp / ref if ref else None, 2)}x"
+            targets.append(("(b) PATCHED >= 1.0x curl; RSS < 64 MB",
+                            f"{fmt(sp)} MB/s = {fmt(sp / ref if ref else None, 2)}x"
                             f", {rp:.0f} MiB", verdict(bool(ref) and sp >= ref and rp * 1.048576 < 64)))
         targets.append(("(b) syncer >= 1.0x curl MB/s", f"{fmt(s)} vs {fmt(ref)} = {fmt(s / ref if ref else None, 2)}x",
                         verdict(s >= ref if ref else None)))
@@ -595,7 +600,8 @@ def report(results: dict) -> str:
         if "error" in c:
             L.append(f"(c) FAILED: {c['error'][-500:]}")
         else:
-            L.append(f"(c) manifest with {c['rows']:,} files over {c['targets']:,} targets ({c['manifest_mib']:.0f} MiB)")
+            L.append(f"(c) manifest with {c['rows']:,} files over {c['targets']:,} targets "
+                     f"({c['manifest_mib']:.0f} MiB)")
             L.append(f"  record the listing (plan + insert {c['rows']:,} pending rows): {c['record_listing_s']:.2f} s")
             L.append(f"  record {c['rows']:,} outcomes through the Recorder:           {c['record_outcomes_s']:.2f} s")
             L.append(f"  `syncer status` (subprocess, text / --json):           {c['status_s']:.2f} s / "
@@ -617,7 +623,8 @@ def report(results: dict) -> str:
             fps = {k: med(v, "files_per_s") for k, v in d["runs"].items()}
             for name, rr in d["runs"].items():
                 L.append(f"  {name:<40}{fmt(med(rr, 'wall_s'), 2):>8} s{fmt(fps[name], 1):>9} files/s"
-                         f"  client CPU {fmt(med(rr, 'client_cpu_s'), 2)} s  server CPU {fmt(med(rr, 'server_cpu_s'), 2)} s")
+                         f"  client CPU {fmt(med(rr, 'client_cpu_s'), 2)} s"
+                         f"  server CPU {fmt(med(rr, 'server_cpu_s'), 2)} s")
             s = fps["syncer push"]
             loop = next(v for k, v in fps.items() if k.startswith("sequential"))
             targets.append(("(d) push >= 10x sequential curl -F loop", f"{fmt(s / loop if loop else None, 1)}x",

@@ -34,7 +34,6 @@ import os
 import stat
 import time
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +59,17 @@ from syncer.push_plan import (
     DryRunUser,
     PushItem,
     PushOptions,
+    Snapshot,
     UserPlan,
+    file_ident,
     item_id,
     options_from_config,
     plan_dry,
     plan_user,
+    take_snapshot,
     user_folders,
 )
 from syncer.runner import RunContext, drive
-from syncer.storage import sha256_file
 
 __all__ = ["CLOCK_SLACK", "DryRunUser", "PushItem", "PushJob", "PushOptions", "UserPlan", "item_id",
            "options_from_config", "plan_dry", "plan_user", "user_folders"]
@@ -90,41 +91,6 @@ class _EndpointMissing(SyncerError):
 
 class _Stopping(Exception):
     """The run is stopping: leave the item as the manifest has it."""
-
-
-@dataclass
-class _Snapshot:
-    """What was hashed: the upload is valid only while the file still looks like this."""
-
-    size: int
-    mtime_ns: int
-    sha256: str
-    ident: tuple[int, ...]
-
-
-def _ident(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
-
-def _take_snapshot(path: Path, row: dict[str, Any]) -> _Snapshot:
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ItemError("it is no longer a regular file (a symlink or a folder now?)")
-        if (row.get("size"), row.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) and row.get("sha256") \
-                and row.get("state") != PushState.DONE:
-            return _Snapshot(st.st_size, st.st_mtime_ns, row["sha256"], _ident(st))  # hashed at its intent
-        size, digest = sha256_file(path)
-        after = os.lstat(path)
-    except FileNotFoundError:
-        raise ItemError("the file disappeared before it was uploaded") from None
-    except ItemError:
-        raise
-    except OSError as exc:
-        raise ItemError(f"cannot read the file: {exc.strerror or exc}") from None
-    if _ident(after) != _ident(st) or size != st.st_size:
-        raise ItemError("the file changed while it was being read; it will be uploaded next run")
-    return _Snapshot(size, st.st_mtime_ns, digest, _ident(st))
 
 
 def _nfc(text: str) -> str:
@@ -298,18 +264,18 @@ class PushJob:
         remote, adopted = await self._upload(item, snap)
         await self._record_upload(item, remote, snap.sha256, snap.size, adopted=adopted)
 
-    async def _snapshot(self, item: PushItem, row: dict[str, Any]) -> _Snapshot:
+    async def _snapshot(self, item: PushItem, row: dict[str, Any]) -> Snapshot:
         """Stat and (unless the manifest already knows this exact content) hash the file: one thread hop."""
-        return await asyncio.to_thread(_take_snapshot, item.path, row)
+        return await asyncio.to_thread(take_snapshot, item.path, row)
 
-    async def _unchanged(self, item: PushItem, snap: _Snapshot) -> bool:
+    async def _unchanged(self, item: PushItem, snap: Snapshot) -> bool:
         try:
             st = await asyncio.to_thread(os.lstat, item.path)
         except OSError:
             return False
-        return stat.S_ISREG(st.st_mode) and _ident(st) == snap.ident
+        return stat.S_ISREG(st.st_mode) and file_ident(st) == snap.ident
 
-    async def _upload(self, item: PushItem, snap: _Snapshot) -> tuple[RemoteFile, bool]:
+    async def _upload(self, item: PushItem, snap: Snapshot) -> tuple[RemoteFile, bool]:
         """POST the file, retrying per the shared policy; after an unknown outcome, reconcile before
         sending again.  Returns the remote file and whether it was adopted (found, not answered)."""
         ctx = self.ctx
@@ -367,7 +333,7 @@ class PushJob:
         self.ctx.log_event("upload_retry", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),
                            attempt=attempt, error_class=error_class(exc))
 
-    async def _settle_torn(self, item: PushItem, remote: RemoteFile, snap: _Snapshot) -> None:
+    async def _settle_torn(self, item: PushItem, remote: RemoteFile, snap: Snapshot) -> None:
         """The file changed while it was being sent.  Keep the stored copy only if it is exactly what was
         hashed; otherwise delete it (best effort) and fail the item, to be uploaded next run."""
         try:

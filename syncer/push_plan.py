@@ -17,15 +17,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncer.errors import ConfigError
+from syncer.errors import ConfigError, ItemError
 from syncer.manifest import Manifest
 from syncer.models import PushState
-from syncer.storage import iter_regular_files
+from syncer.storage import iter_regular_files, sha256_file
 from syncer.tokens import load_tokens, valid_user_id
 
 log = logging.getLogger("syncer.push")
@@ -229,3 +230,44 @@ def plan_dry(opts: PushOptions, manifest_path: Path) -> tuple[list[DryRunUser], 
         if manifest is not None:
             manifest.close()
     return report, problems
+
+
+# -- the file as it is sent -------------------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    """What was hashed: the upload is valid only while the file still looks like this."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    ident: tuple[int, ...]
+
+
+def file_ident(st: os.stat_result) -> tuple[int, ...]:
+    """What tells a file apart from a changed or replaced one: size, mtime, ctime, inode, device."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def take_snapshot(path: Path, row: dict[str, Any]) -> Snapshot:
+    """The file about to be sent: its size, mtime and sha256 (reused from the row when the file has not
+    changed since its intent was recorded).  ItemError when it is gone, unreadable, no longer a
+    regular file, or changed while being hashed.  Blocking: run it in a thread."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ItemError("it is no longer a regular file (a symlink or a folder now?)")
+        if (row.get("size"), row.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) and row.get("sha256") \
+                and row.get("state") != PushState.DONE:
+            return Snapshot(st.st_size, st.st_mtime_ns, row["sha256"], file_ident(st))  # hashed at its intent
+        size, digest = sha256_file(path)
+        after = os.lstat(path)
+    except FileNotFoundError:
+        raise ItemError("the file disappeared before it was uploaded") from None
+    except ItemError:
+        raise
+    except OSError as exc:
+        raise ItemError(f"cannot read the file: {exc.strerror or exc}") from None
+    if file_ident(after) != file_ident(st) or size != st.st_size:
+        raise ItemError("the file changed while it was being read; it will be uploaded next run")
+    return Snapshot(size, st.st_mtime_ns, digest, file_ident(st))

@@ -364,7 +364,7 @@ class FilesClient:
         session = self._session if upload else self._api_session
         try:
             async with session.request(method, url, params=params, data=data,
-                                             headers=headers or self._headers, allow_redirects=False) as resp:
+                                       headers=headers or self._headers, allow_redirects=False) as resp:
                 status = resp.status
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s %s -> %d", method, redact_url(url), status)

@@ -176,7 +176,8 @@ class ApiMixin:
             while chunk := await part.read_chunk(CHUNK):
                 size += len(chunk)
                 if size > self.max_upload_bytes:
-                    raise ApiError(413, f"file larger than {self.max_upload_bytes} bytes")
+                    # Named, as real servers often do: the client must keep the name out of its logs.
+                    raise ApiError(413, f"{name}: file larger than {self.max_upload_bytes} bytes")
                 h.update(chunk)
                 pending += chunk
                 if size <= CACHE_FILE_MAX:

@@ -102,6 +102,16 @@ def _form_name(name: str) -> str:
     return name.replace("\r", "%0D").replace("\n", "%0A").replace("\0", "%00")
 
 
+def _without_name(message: str, name: str) -> str:
+    """``message`` with the file's name taken out: a server's error text may echo the name it was sent
+    (a patient's document title), and failures are logged.  Names shorter than 3 characters are left
+    (they would cut words apart); the manifest row still says which file it was."""
+    forms = {name, _nfc(name), _form_name(name), _nfc(_form_name(name))}
+    for form in sorted((f for f in forms if len(f) >= 3), key=len, reverse=True):
+        message = message.replace(form, "<file name>")
+    return message
+
+
 class PushJob:
     def __init__(self, ctx: RunContext, opts: PushOptions):
         self.ctx = ctx
@@ -455,7 +465,7 @@ class PushJob:
             message = str(exc)
         else:
             message = f"unexpected error: {type(exc).__name__}: {exc}"
-        message = scrub(message)[:500]
+        message = _without_name(scrub(message), item.name)[:500]
         fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
         if permanent:
             ctx.stats.permanent += 1

@@ -381,7 +381,8 @@ async def test_every_token_rejected_stops_the_run_with_exit_3(tmp_path: Path) ->
         assert not srv.files()
 
 
-async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path) -> None:
+async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with FakeServer(max_upload_bytes=10_000) as srv:
         expected = setup_users(tmp_path, srv, 1, count=4)
         user = next(iter(expected))
@@ -397,6 +398,12 @@ async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path) -> Non
             tmp_path / "manifest.sqlite",
             "SELECT state, last_error, error_class FROM push_items WHERE rel_path = 'big scan.pdf'")
         assert state == "permanent" and err_class == "TooLargeError" and "413" in error and "too large" in error
+        # The server's message names the file (a patient's document title): neither the log (info and
+        # up; debug lines may hold the server's raw text) nor the manifest's error text repeats it; the
+        # row itself says which file it was.
+        assert "<file name>: file larger than 10000 bytes" in error and "big scan" not in error
+        logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+        assert "<file name>: file larger than" in logged and "big scan" not in logged
         # unchanged: not retried; changed (now small enough): uploaded
         stats2, _ = await run_push(cfg, srv)
         assert srv.counters["upload"] == 5 and stats2.files_done == 0

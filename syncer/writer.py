@@ -199,13 +199,17 @@ class AtomicWriter:
     def _create_sync(self, offset: int) -> None:
         flags = os.O_NOFOLLOW | os.O_CLOEXEC
         if offset <= 0:
-            # Unlink first and create exclusively: a stale temp could be a hard link to a file
-            # elsewhere, and truncating it would clobber that file.
+            # Create exclusively, never truncate: a stale temp could be a hard link to a file elsewhere,
+            # and truncating it would clobber that file.  A stale one is unlinked and the create tried
+            # once more.  (Not unlinking first when there is nothing to unlink: that takes the folder's
+            # lock for nothing, and 32 downloaders creating files in one folder queued on it: 3 % of
+            # all CPU in a profile of 2,000 small files.)
+            create = flags | os.O_WRONLY | os.O_CREAT | os.O_EXCL
             try:
+                fd = os.open(self._temp, create, 0o600)
+            except FileExistsError:
                 os.unlink(self._temp)
-            except FileNotFoundError:
-                pass
-            fd = os.open(self._temp, flags | os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(self._temp, create, 0o600)
         else:
             try:
                 fd = os.open(self._temp, flags | os.O_RDWR)

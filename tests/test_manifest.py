@@ -295,19 +295,29 @@ def run_child(path: Path, n: int, kill_after: float | None) -> tuple[str, float]
 def kill_mid_batch(tmp: Path, *, kills: int, seed: int, batch: int = BATCH) -> dict[str, int]:
     pristine = tmp / "pristine.sqlite"
     seed_batch_manifest(pristine, batch)
-    # How long the batch's transaction runs here before its COMMIT (the quicker of two runs: caches
-    # warm up): the kills are spread over that and a little past it, into the commit and the checkpoint.
+    calib = tmp / "calib.sqlite"
+
+    def transaction_seconds() -> float:
+        """How long the batch's transaction runs here before its COMMIT, measured now."""
+        shutil.copy(pristine, calib)
+        took = run_child(calib, batch, None)[1]
+        assert batch_counts(calib)[:3] == (batch, batch, batch)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{calib}{suffix}").unlink(missing_ok=True)
+        return took
+
+    transaction_seconds()  # caches warm up
     took = []
-    for name in ("calib1.sqlite", "calib2.sqlite"):
-        shutil.copy(pristine, tmp / name)
-        took.append(run_child(tmp / name, batch, None)[1])
-        assert batch_counts(tmp / name)[:3] == (batch, batch, batch)
     rng = random.Random(seed)
     seen = {"in-transaction": 0, "committing": 0, "finished": 0, "none": 0, "all": 0}
     for k in range(kills):
         path = tmp / f"kill{k}.sqlite"
         shutil.copy(pristine, path)
-        moment = rng.uniform(0.0, min(took) * 1.1)
+        # Measured again before each kill: this VM's speed drifts by tens of percent from one minute
+        # to the next, and kills timed on an early measurement landed after the COMMIT.  Spread over
+        # the transaction and a little past it, into the commit and the checkpoint.
+        took.append(transaction_seconds())
+        moment = rng.uniform(0.0, took[-1] * 1.1)
         phase, _ = run_child(path, batch, moment)
         done, bumped, events, check = batch_counts(path)
         assert check == "ok"

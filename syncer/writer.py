@@ -75,10 +75,10 @@ class AtomicWriter:
 
     ``final_path`` is a path (absolute or from the working folder) that must lie below ``root``;
     missing folders between them are made 0700.  Each chunk is hashed (sha256) on arrival, on the
-    loop, while it is still in the CPU's cache: hashing in the worker thread instead cost 1.4 s more
-    CPU per GiB here and 40 % of a big file's throughput (tests/perf/README.md).  Writes are buffered
-    to 1 MiB and handed to a worker thread, which writes them while the loop receives the next MiB
-    (one batch in flight at most, so the order holds): a slow disk never blocks the loop.  A file
+    loop, while it is still in the CPU's cache: hashing in the worker thread instead cost 1.2 s more
+    CPU per GiB here and about a third of a big file's throughput (tests/perf/README.md).  Writes are
+    buffered to 1 MiB and handed to a worker thread, which writes them while the loop receives the
+    next MiB (one batch in flight at most, so the order holds): a slow disk never blocks the loop.  A file
     smaller than the buffer costs one thread hop (``commit``) once its folder is known, two the
     first time.
 

@@ -14,7 +14,7 @@ import click
 from syncer import __version__
 from syncer import config as config_mod
 from syncer.errors import ConfigError, LocalIOError, LockHeldError, ManifestError, SyncerError
-from syncer.runner import EXIT_FATAL, EXIT_LOCKED, EXIT_USAGE, run_async
+from syncer.run.runner import EXIT_FATAL, EXIT_LOCKED, EXIT_USAGE, run_async
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -93,11 +93,11 @@ def _setup_logs(cfg: config_mod.Config, quiet: bool) -> None:
 
 
 def _finish(stats: Any, code: int, metrics_file: str | None) -> None:
-    from syncer.progress import summary_text
+    from syncer.report.progress import summary_text
 
     click.echo(summary_text(stats), err=False)
     if metrics_file:
-        from syncer.metrics import write_metrics
+        from syncer.report.metrics import write_metrics
 
         try:
             write_metrics(Path(metrics_file), stats)
@@ -144,10 +144,10 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
       export VSEE_API_TOKEN=...        # the account API key
       syncer pull -c syncer.toml --targets-file patients.txt --dest /backup/clinic
     """
-    from syncer.progress import human_bytes, make_reporter
-    from syncer.pull import PullJob, PullOptions, check_dest
-    from syncer.runner import execute
-    from syncer.targets import parse_shard, select_targets
+    from syncer.inputs.targets import parse_shard, select_targets
+    from syncer.pull.job import PullJob, PullOptions, check_dest
+    from syncer.report.progress import human_bytes, make_reporter
+    from syncer.run.runner import execute
 
     cfg = _load(config_path, {
         "pull": {"dest": dest, "categories": categories or None, "include_shared": include_shared,
@@ -179,7 +179,7 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
         await holder["job"].run()
 
     if dry_run:
-        from syncer.remote import run_dry
+        from syncer.report.listing import run_dry
 
         report = run_async(run_dry(cfg, opts, token))
         for row in report:
@@ -260,7 +260,7 @@ def ls_cmd(config_path: str | None, target: str, category: str | None, include_s
     Example:
       syncer ls user:2317820300 --json
     """
-    from syncer.remote import list_target
+    from syncer.report.listing import list_target
 
     cfg = _load(config_path, {})
     rows = run_async(list_target(cfg, target, category=category, include_shared=include_shared))
@@ -293,7 +293,7 @@ def demo(workdir: str | None, quiet: bool) -> None:
 
     from syncer import logs
     from syncer.demo import run_demo
-    from syncer.progress import make_reporter, summary_text
+    from syncer.report.progress import make_reporter, summary_text
 
     logs.setup("text", "warning")
     where = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="syncer-demo-"))
@@ -330,7 +330,7 @@ def status_cmd(config_path: str | None, as_json: bool, failures: int, runs: int)
       syncer status -c syncer.toml
       syncer status -c syncer.toml --json | jq '.pull.failed_total'
     """
-    from syncer import status as status_mod
+    from syncer.report import status as status_mod
 
     cfg = _load(config_path, {})
     st = status_mod.collect(cfg.manifest.path, runs=runs, failures=failures)
@@ -360,8 +360,8 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
       syncer verify -c syncer.toml               # 100 random files
       syncer verify -c syncer.toml --all --json  # the whole backup, for an audit
     """
-    from syncer import verify as verify_mod
-    from syncer.runner import EXIT_SIGINT
+    from syncer.report import verify as verify_mod
+    from syncer.run.runner import EXIT_SIGINT
 
     if sample is not None and check_all:
         raise click.UsageError("give --sample N or --all, not both")
@@ -407,9 +407,9 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
       export VSEE_API_TOKEN=...        # the account API key
       syncer push -c syncer.toml --source /migration/docs --tokens-file tokens.csv
     """
-    from syncer.progress import human_bytes, make_reporter
-    from syncer.push import PushJob, options_from_config, plan_dry
-    from syncer.runner import execute
+    from syncer.push.job import PushJob, options_from_config, plan_dry
+    from syncer.report.progress import human_bytes, make_reporter
+    from syncer.run.runner import execute
 
     cfg = _load(config_path, {
         "push": {"source": source, "tokens_file": tokens_file, "concurrency": concurrency},

@@ -16,9 +16,9 @@ from typing import Any
 
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
+from syncer.local.storage import make_dirs
 from syncer.models import Target
-from syncer.stats import RunStats
-from syncer.storage import make_dirs
+from syncer.run.stats import RunStats
 
 
 @dataclass
@@ -91,8 +91,8 @@ async def run_demo(workdir: Path, *, on_progress: Any = None) -> DemoResult:
     """Run pull and push against a fresh built-in server; check both results byte for byte."""
     import asyncio
 
-    from syncer.pull import PullJob, PullOptions
-    from syncer.runner import execute
+    from syncer.pull.job import PullJob, PullOptions
+    from syncer.run.runner import execute
 
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - once, before any work
     async with FakeServer(seed=42, users=4, files_per_user=6, visits=2, files_per_visit=3,
@@ -133,8 +133,8 @@ def _check_pull(srv: FakeServer, cfg: Config, result: DemoResult) -> None:
 async def _demo_push(srv: FakeServer, cfg: Config, result: DemoResult, on_progress: Any) -> None:
     import asyncio
 
-    from syncer.push import PushJob, options_from_config
-    from syncer.runner import execute
+    from syncer.push.job import PushJob, options_from_config
+    from syncer.run.runner import execute
 
     made = await asyncio.to_thread(_make_upload_tree, srv, cfg, srv.users[:3])
     opts = await asyncio.to_thread(options_from_config, cfg)

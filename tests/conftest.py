@@ -12,10 +12,10 @@ from unittest.mock import Mock
 import aiohttp
 import pytest
 
-from syncer.client import FilesClient, make_session
+from syncer.api.client import FilesClient, make_session
+from syncer.api.retry import RetryPolicy
 from syncer.config import ApiConfig
 from syncer.fakeserver import FakeServer
-from syncer.retry import RetryPolicy
 
 # -- aioresponses shim (pitfalls.md): aioresponses 0.7.9 builds ClientResponse without the
 # `stream_writer` argument that aiohttp 3.14 requires (aioresponses #289).

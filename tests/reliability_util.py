@@ -25,8 +25,8 @@ from helpers import write_config
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
 from syncer.models import Target
-from syncer.pull import PullJob, PullOptions
-from syncer.runner import execute
+from syncer.pull.job import PullJob, PullOptions
+from syncer.run.runner import execute
 
 # Retries fast enough for tests, slow enough that an outage of a few tries is ridden out.
 MIN_WAIT, MAX_WAIT = 0.005, 0.05

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from syncer.client import API_CONNECTIONS, Download, FilesClient, Listing, RedactedCause, make_session
+from syncer.api.client import API_CONNECTIONS, Download, FilesClient, Listing, RedactedCause, make_session
+from syncer.api.retry import RetryPolicy
 from syncer.config import ApiConfig
 from syncer.errors import (
     ApiError,
@@ -38,7 +39,6 @@ from syncer.errors import (
 )
 from syncer.fakeserver import FakeServer
 from syncer.models import RemoteFile, Target
-from syncer.retry import RetryPolicy
 
 MOCK_BASE = "https://api.example/clinic/api_v3"
 MOCK_TOKEN = "mocktoken-0123456789abcdef"
@@ -781,9 +781,9 @@ class socket_bound_but_closed:  # noqa: N801 - used like a function
 
 
 async def test_a_large_listing_is_parsed_off_the_loop(mock_client, monkeypatch):
-    import syncer.client
+    import syncer.api.client
 
-    monkeypatch.setattr(syncer.client, "THREAD_PARSE_ITEMS", 100)  # aioresponses cannot feed a big body
+    monkeypatch.setattr(syncer.api.client, "THREAD_PARSE_ITEMS", 100)  # aioresponses cannot feed a big body
     items = [{"id": f"f{i}", "name": f"s{i}", "size": i} for i in range(500)] + [{"name": "no id"}]
     with aioresponses() as m:
         m.get(LIST_RE, payload={"data": items})

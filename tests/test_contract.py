@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from syncer.client import FilesClient, make_session
+from syncer.api.client import FilesClient, make_session
+from syncer.api.retry import RetryPolicy
 from syncer.config import ApiConfig
 from syncer.errors import AuthError, NotFoundError
 from syncer.fakeserver import FakeServer
 from syncer.models import RemoteFile, Target
-from syncer.retry import RetryPolicy
 
 LIVE_DOWNLOAD_MAX = 20 * 2**20  # never pull a huge file from a live account in a test
 

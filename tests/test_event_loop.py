@@ -14,7 +14,7 @@ from helpers import write_config
 
 from syncer.errors import ConfigError
 from syncer.fakeserver import FakeServer
-from syncer.runner import LOOP_ENV, run_async
+from syncer.run.runner import LOOP_ENV, run_async
 
 try:
     import uvloop

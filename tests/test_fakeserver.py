@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 
 import syncer
-from syncer import fakeserver_seed as seedlib
 from syncer.fakeserver import FakeServer, Faults, serve_forever
+from syncer.fakeserver import seed as seedlib
 
 FILE_KEYS = {"id", "name", "size", "ext", "fullpath", "meta", "creator", "created", "modified", "is_deletable"}
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from syncer.errors import LockHeldError, SyncerError
-from syncer.lock import RunLock, lock_path_for
+from syncer.local.lock import RunLock, lock_path_for
 
 REPO = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys, time
 from pathlib import Path
-from syncer.lock import RunLock
+from syncer.local.lock import RunLock
 lock = RunLock(Path(sys.argv[1]), command="syncer pull --test")
 lock.acquire()
 print("locked", flush=True)

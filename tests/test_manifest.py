@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from syncer import manifest as manifest_mod
 from syncer.errors import LocalIOError, ManifestError
 from syncer.manifest import MIGRATIONS, SCHEMA_VERSION, Manifest, Update
+from syncer.manifest import schema as manifest_mod
 
 V2_INDEXES = {"pull_state_size", "push_state_size"}
 

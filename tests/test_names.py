@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from syncer.storage import (
+from syncer.local.storage import (
     MAX_NAME_BYTES,
     UnsafePathError,
     casefold_key,
@@ -271,7 +271,7 @@ def test_plan_target_never_gives_two_files_one_path(entries: list[tuple[str, str
     NFC), inside dest, in its target's folder; and a second run that sees more files keeps the paths of
     the first and still gives every new file a path of its own."""
     from syncer.models import RemoteFile, Target
-    from syncer.pull_plan import folder_for, plan_target
+    from syncer.pull.plan import folder_for, plan_target
 
     dest = Path("/nonexistent-root/dest")
     target = Target("user", "2317820300")
@@ -303,7 +303,7 @@ def test_plan_target_keeps_twin_targets_apart(names_a: list[str], names_b: list[
     """Two targets whose ids become one folder (``a:b`` and ``a_b``): with the keys the first one holds
     passed as ``taken_elsewhere``, the second never takes a path of the first."""
     from syncer.models import RemoteFile, Target
-    from syncer.pull_plan import candidate_keys, plan_target
+    from syncer.pull.plan import candidate_keys, plan_target
 
     dest = Path("/nonexistent-root/dest")
     a, b = Target("user", "a:b"), Target("user", "a_b")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 
-from syncer.metrics import render
-from syncer.progress import make_reporter, progress_line, summary_text
-from syncer.stats import RunStats
+from syncer.report.metrics import render
+from syncer.report.progress import make_reporter, progress_line, summary_text
+from syncer.run.stats import RunStats
 
 
 class FakeTTY(io.StringIO):

@@ -12,8 +12,8 @@ from pathlib import Path
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, RetryConfig
 from syncer.fakeserver import FakeServer, Faults
 from syncer.models import Target
-from syncer.pull import PullJob, PullOptions
-from syncer.runner import execute
+from syncer.pull.job import PullJob, PullOptions
+from syncer.run.runner import execute
 
 
 def make_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 8, concurrency: int = 8) -> Config:

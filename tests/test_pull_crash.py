@@ -19,7 +19,7 @@ from syncer.fakeserver import FakeServer, Faults
 def test_sigkill_at_several_moments_then_rerun_is_complete_and_intact(tmp_path):
     sizes = (1_000, 20_000, 150_000, 600_000)
     srv = FakeServer(seed=11, users=6, files_per_user=12, visits=2, files_per_visit=4, hostile_names=True,
-                     sizes=sizes, faults=Faults(latency_ms=15))
+                     sizes=sizes, faults=Faults(latency_ms=60))
     total_bytes = None
     with srv.run_in_thread():
         total_bytes = sum(f["size"] for f in srv.files())

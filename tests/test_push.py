@@ -24,13 +24,13 @@ import pytest
 from click.testing import CliRunner
 
 from syncer import config as config_mod
+from syncer.api.client import FilesClient
 from syncer.cli import main as cli_main
-from syncer.client import FilesClient
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest
-from syncer.push import PushJob, options_from_config, plan_user
-from syncer.runner import EXIT_FATAL, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, execute
-from syncer.stats import RunStats
+from syncer.push.job import PushJob, options_from_config, plan_user
+from syncer.run.runner import EXIT_FATAL, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, execute
+from syncer.run.stats import RunStats
 
 FILES_PER_USER = 20
 

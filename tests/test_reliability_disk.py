@@ -3,7 +3,7 @@ final path, the manifest stays intact, and the next run, with space, completes.
 
 Two ways in: a real tiny tmpfs (needs root and mount; skipped where the sandbox refuses it), which fills
 up for real under the backup or under the manifest; and errors injected into the writer's system calls
-(``os.writev``, ``os.fsync``, ``os.replace`` as seen by :mod:`syncer.storage` and :mod:`syncer.writer`),
+(``os.writev``, ``os.fsync``, ``os.replace`` as seen by :mod:`syncer.local.storage` and :mod:`syncer.local.writer`),
 which run everywhere.
 """
 
@@ -34,14 +34,14 @@ from reliability_util import (
     write_toml,
 )
 
-import syncer.storage as storage
-import syncer.writer as writer
+import syncer.local.storage as storage
+import syncer.local.writer as writer
 from syncer.cli import main as cli_main
 from syncer.errors import LocalIOError
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest
-from syncer.push import PushJob, options_from_config
-from syncer.runner import execute
+from syncer.push.job import PushJob, options_from_config
+from syncer.run.runner import execute
 
 # -- a real small file system ----------------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ def test_manifest_volume_fills_up_exit_3_without_hanging(tiny_fs, tmp_path: Path
 
 
 class Breaker:
-    """Make one system call, as :mod:`syncer.storage` and :mod:`syncer.writer` see it, fail with ``code``
+    """Make one system call, as :mod:`syncer.local.storage` and :mod:`syncer.local.writer` see it, fail with ``code``
     after ``after`` calls."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str, code: int, after: int) -> None:

@@ -34,8 +34,8 @@ from reliability_util import (
 )
 
 from syncer.fakeserver import FakeServer, Faults
-from syncer.push import PushJob, options_from_config
-from syncer.runner import execute
+from syncer.push.job import PushJob, options_from_config
+from syncer.run.runner import execute
 
 # Every fault at once.  retry_after=1: a 429 carries "Retry-After: 1" (capped by retry.max_wait).
 EVERY_FAULT = dict(error_500=0.04, error_503_html=0.04, error_429=0.03, error_429_no_header=0.03, retry_after=1,

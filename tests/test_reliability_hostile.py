@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from reliability_util import all_targets, audit_pull, check_final_paths, pull_cfg, pull_rows, run_pull
 
-import syncer.client as client_mod
+import syncer.api.client as client_mod
 from syncer.fakeserver import FakeServer, Faults
 
 TIME_LIMIT = 30.0  # seconds any single scenario may take, all retries included

@@ -13,6 +13,7 @@ from email.utils import format_datetime
 import pytest
 import tenacity
 
+from syncer.api.retry import RetryPolicy, parse_retry_after
 from syncer.config import RetryConfig
 from syncer.errors import (
     AuthError,
@@ -24,7 +25,6 @@ from syncer.errors import (
     TimeoutError_,
     UploadOutcomeUnknown,
 )
-from syncer.retry import RetryPolicy, parse_retry_after
 
 SIGNED = "https://files.example/clinic/files/view/abc?auth_code=deadbeef&time=1700000000"
 

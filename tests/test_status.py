@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import cli, write_config
 
-from syncer import status
 from syncer.errors import ManifestError
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest, Update
+from syncer.report import status as status
 
 NEW_FILES = 3
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from syncer.errors import LocalIOError
-from syncer.storage import (
+from syncer.local.storage import (
     LoosePermissionsError,
     UnsafePathError,
     check_private_file,
@@ -24,7 +24,7 @@ from syncer.storage import (
     sha256_file,
     write_private_text,
 )
-from syncer.writer import WRITE_BUFFER_BYTES, AtomicWriter, ResumeError, SizeMismatchError
+from syncer.local.writer import WRITE_BUFFER_BYTES, AtomicWriter, ResumeError, SizeMismatchError
 
 
 def mode(path: Path) -> int:

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from syncer.errors import ConfigError
+from syncer.inputs.targets import parse_shard, parse_targets_file, select_targets, shard_of
 from syncer.models import Target
-from syncer.targets import parse_shard, parse_targets_file, select_targets, shard_of
 
 
 def test_lines_with_comments_and_blanks(tmp_path):
@@ -59,7 +59,7 @@ def test_shards_partition_the_targets_stably():
     assert sorted(sum(shards, []), key=lambda t: int(t.id)) == targets  # every target exactly once
     assert all(150 < len(s) < 350 for s in shards)  # and roughly even
     # Stable across processes (Python's hash() is salted per process; ours must not be).
-    code = "from syncer.targets import shard_of; from syncer.models import Target; " \
+    code = "from syncer.inputs.targets import shard_of; from syncer.models import Target; " \
            "print([shard_of(Target('user', str(i)), 4) for i in range(50)])"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout for seed in (1, 2)}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from syncer.errors import ConfigError
+from syncer.inputs.tokens import load_tokens, parse_tokens, valid_user_id
+from syncer.local.storage import LoosePermissionsError
 from syncer.logs import scrub
-from syncer.storage import LoosePermissionsError
-from syncer.tokens import load_tokens, parse_tokens, valid_user_id
 
 SECRET_A = "tok-aaaaaaaaaaaaaaaaaaaa1111"
 SECRET_B = "tok-bbbbbbbbbbbbbbbbbbbb2222"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import NO_SERVER, cli, write_config
 
-from syncer import verify
 from syncer.fakeserver import FakeServer
 from syncer.manifest import Manifest
+from syncer.report import verify
 
 
 @pytest.fixture(scope="module")

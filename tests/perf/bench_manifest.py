@@ -22,8 +22,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from syncer import status
 from syncer.manifest import Manifest, Update
+from syncer.report import status as status
 
 
 def build(path: Path, rows: int, push_rows: int, targets: int = 2000) -> None:

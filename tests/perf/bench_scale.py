@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 from syncer import config as config_mod
-from syncer.client import Listing
+from syncer.api.client import Listing
 from syncer.manifest import Manifest, Recorder, Update, now_iso
 from syncer.models import PullState, RemoteFile, Target
-from syncer.pull import PullJob, PullOptions
-from syncer.pull_plan import plan_and_record
-from syncer.runner import execute
+from syncer.pull.job import PullJob, PullOptions
+from syncer.pull.plan import plan_and_record
+from syncer.run.runner import execute
 
 
 def make_listings(rows: int, targets: int) -> dict[Target, list[RemoteFile]]:

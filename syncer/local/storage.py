@@ -3,7 +3,7 @@
 Layout of a pull: ``<dest>/<target_type>/<target_id>/<category>/<safe name>``.  Every remote name goes
 through :func:`safe_name`; every path we write is checked with :func:`ensure_inside`; folders are
 0700 and files 0600 whatever the umask.  A download lands in a hidden temp file beside its final
-name and is renamed into place only when complete and durable (:mod:`syncer.writer`), so a final
+name and is renamed into place only when complete and durable (:mod:`syncer.local.writer`), so a final
 path never holds a partial file.
 
 Blocking calls here are either tiny (a stat) or made to be run off the event loop: callers offload
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from syncer.errors import ConfigError, LocalIOError, UnsafeNameError
-from syncer.names import (  # noqa: F401 - re-exported
+from syncer.local.names import (  # noqa: F401 - re-exported
     MAX_EXT_BYTES,
     MAX_NAME_BYTES,
     casefold_key,
@@ -45,7 +45,7 @@ class LoosePermissionsError(ConfigError, PermissionError):
     """A secret file is readable or writable by group or others."""
 
 
-# The name rules live in syncer.names; re-exported here for callers that think of paths.
+# The name rules live in syncer.local.names; re-exported here for callers that think of paths.
 
 
 def temp_name(final_name: str) -> str:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syncer.local.names import casefold_key, disambiguate, safe_name
+from syncer.local.storage import TEMP_SUFFIX, sha256_file, temp_name
 from syncer.manifest import Manifest, Update
 from syncer.models import PullState, RemoteFile, Target
-from syncer.names import casefold_key, disambiguate, safe_name
-from syncer.storage import TEMP_SUFFIX, sha256_file, temp_name
 
 UNCATEGORIZED = "uncategorized"
 

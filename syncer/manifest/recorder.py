@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from syncer.manifest import Manifest, Update
+    from syncer.manifest.store import Manifest, Update
 
 
 class Recorder:
@@ -52,7 +52,7 @@ class Recorder:
 
     async def flush(self) -> None:
         """Wait until everything put so far is committed."""
-        from syncer.manifest import Update
+        from syncer.manifest.store import Update
 
         marker = Update("pull_items", (), {})
         marker.table = ""  # a no-op marker, skipped by the writer
@@ -99,7 +99,7 @@ class Recorder:
             try:
                 dirs = {u.sync_dir for u in real if u.sync_dir}
                 if dirs:
-                    from syncer.storage import fsync_dirs
+                    from syncer.local.storage import fsync_dirs
 
                     await asyncio.to_thread(fsync_dirs, sorted(dirs))
                 if real:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syncer.stats import RunStats
-from syncer.storage import write_private_text
+from syncer.local.storage import write_private_text
+from syncer.run.stats import RunStats
 
 
 def render(stats: RunStats) -> str:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from syncer.stats import RunStats
+from syncer.run.stats import RunStats
 
 
 def human_bytes(n: float) -> str:

@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from syncer.local.storage import UnsafePathError, ensure_inside, sha256_file
 from syncer.manifest import Manifest
-from syncer.progress import human_bytes
-from syncer.storage import UnsafePathError, ensure_inside, sha256_file
+from syncer.report.progress import human_bytes
 
 DEFAULT_SAMPLE = 100
 MISSING, CHANGED, UNREADABLE = "missing", "changed", "unreadable"

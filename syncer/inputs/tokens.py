@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from syncer.errors import ConfigError
+from syncer.local.storage import LoosePermissionsError, check_private_file
 from syncer.logs import register_secret
-from syncer.storage import LoosePermissionsError, check_private_file
 
 HEADER = ("user_id", "token")
 # User ids are folder names under the push source and go into URLs: ASCII letters, digits, '-', '_'.

@@ -55,7 +55,7 @@ from syncer.errors import (
 from syncer.logs import scrub
 from syncer.manifest import Manifest, Update
 from syncer.models import PushState, RemoteFile, Target
-from syncer.push_plan import (
+from syncer.push.plan import (
     DryRunUser,
     PushItem,
     PushOptions,
@@ -69,7 +69,7 @@ from syncer.push_plan import (
     take_snapshot,
     user_folders,
 )
-from syncer.runner import RunContext, drive
+from syncer.run.runner import RunContext, drive
 
 __all__ = ["CLOCK_SLACK", "DryRunUser", "PushItem", "PushJob", "PushOptions", "UserPlan", "item_id",
            "options_from_config", "plan_dry", "plan_user", "user_folders"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncer import fakeserver_seed as seedlib
+from syncer.fakeserver import seed as seedlib
 
 CACHE_FILE_MAX = 256 * 1024  # files up to this size are also kept in memory: views skip the disk
 _CACHE_TOTAL_MAX = 256 * 2**20

@@ -14,9 +14,9 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from syncer import fakeserver_seed as seedlib
-from syncer.fakeserver_http import CHUNK, ApiError, ok_response, reset_connection
-from syncer.fakeserver_store import CACHE_FILE_MAX, FileRec
+from syncer.fakeserver import seed as seedlib
+from syncer.fakeserver.http import CHUNK, ApiError, ok_response, reset_connection
+from syncer.fakeserver.store import CACHE_FILE_MAX, FileRec
 
 _UPLOAD_FLUSH = 1 << 20
 _HTML_200 = "<!DOCTYPE html><html><head><title>Sign in</title></head><body>Please sign in.</body></html>"

@@ -13,9 +13,9 @@ import re
 
 from aiohttp import web
 
-from syncer import fakeserver_seed as seedlib
-from syncer.fakeserver_http import CHUNK, ApiError, error_response, reset_connection
-from syncer.fakeserver_store import FileRec
+from syncer.fakeserver import seed as seedlib
+from syncer.fakeserver.http import CHUNK, ApiError, error_response, reset_connection
+from syncer.fakeserver.store import FileRec
 
 _ENDLESS_MAX = 2**30  # an "endless" body still stops after 1 GiB
 _SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})")

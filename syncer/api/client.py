@@ -32,6 +32,16 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from syncer.api.retry import RetryPolicy
+from syncer.api.translate import (
+    RedactedCause,
+    parse_data,
+    payload_reason,
+    read_bounded,
+    safe_cause,
+    status_error,
+    translate_exc,
+)
 from syncer.config import ApiConfig
 from syncer.errors import (
     NotFoundError,
@@ -41,16 +51,6 @@ from syncer.errors import (
     redact_url,
 )
 from syncer.models import RemoteFile, Target
-from syncer.retry import RetryPolicy
-from syncer.translate import (
-    RedactedCause,
-    parse_data,
-    payload_reason,
-    read_bounded,
-    safe_cause,
-    status_error,
-    translate_exc,
-)
 
 log = logging.getLogger("syncer.client")
 

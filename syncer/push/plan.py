@@ -1,7 +1,7 @@
 """Planning a push: which user folders, which files, and what each needs, against the manifest.
 
 Pure logic over the local disk (walks and stats, never a hash, never the network) and the manifest's rows;
-the job in :mod:`syncer.push` does the rest.  Layout: ``<source>/<user_id>/**/<file>``; a user folder's
+the job in :mod:`syncer.push.job` does the rest.  Layout: ``<source>/<user_id>/**/<file>``; a user folder's
 name is the user id.  Decisions it encodes:
 
 - Regular files only: symlinks (to files or folders) are never followed, dotfiles and dot-folders are
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from syncer.errors import ConfigError, ItemError
+from syncer.inputs.tokens import load_tokens, valid_user_id
+from syncer.local.storage import iter_regular_files, sha256_file
 from syncer.manifest import Manifest
 from syncer.models import PushState
-from syncer.storage import iter_regular_files, sha256_file
-from syncer.tokens import load_tokens, valid_user_id
 
 log = logging.getLogger("syncer.push")
 

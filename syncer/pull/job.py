@@ -30,13 +30,13 @@ from syncer.errors import (
     UnsafeNameError,
     error_class,
 )
+from syncer.local.storage import make_dirs
+from syncer.local.writer import AtomicWriter, SizeMismatchError
 from syncer.logs import scrub
 from syncer.manifest import Update, now_iso
 from syncer.models import PullState, Target
-from syncer.pull_plan import WorkItem, plan_and_record
-from syncer.runner import RunContext, drive
-from syncer.storage import make_dirs
-from syncer.writer import AtomicWriter, SizeMismatchError
+from syncer.pull.plan import WorkItem, plan_and_record
+from syncer.run.runner import RunContext, drive
 
 log = logging.getLogger("syncer.pull")
 

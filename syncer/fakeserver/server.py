@@ -18,10 +18,9 @@ Decisions this server makes where the contract leaves a choice:
 - `redirect_other_host` points at 127.0.0.2 on the same port, where nothing listens (we bind
   127.0.0.1): a client that follows it gets a connection error.
 
-`FakeServer` is assembled from mixins, each in its own module: `fakeserver_store` (users, visits and
-files, no HTTP), `fakeserver_api` (the `/api_v3` handlers) and `fakeserver_view` (the download link);
-`fakeserver_http` holds the JSON answers and the TCP reset they share, `fakeserver_seed` the seed data
-and `fakeserver_run` serving from the command line. This module keeps the public names.
+`FakeServer` is assembled from mixins, each in its own module: `store` (users, visits and
+files, no HTTP), `api` (the `/api_v3` handlers) and `view` (the download link); `http` holds the JSON
+answers and the TCP reset they share, `seed` the seed data and `run` serving from the command line.
 """
 
 from __future__ import annotations
@@ -44,14 +43,13 @@ from typing import Any
 
 from aiohttp import web
 
-from syncer import fakeserver_seed as seedlib
-from syncer.fakeserver_api import ApiMixin
-from syncer.fakeserver_http import ApiError, error_response
-from syncer.fakeserver_run import main, run_blocking, serve_forever
-from syncer.fakeserver_store import FileRec, StoreMixin
-from syncer.fakeserver_view import ViewMixin
+from syncer.fakeserver import seed as seedlib
+from syncer.fakeserver.api import ApiMixin
+from syncer.fakeserver.http import ApiError, error_response
+from syncer.fakeserver.store import FileRec, StoreMixin
+from syncer.fakeserver.view import ViewMixin
 
-__all__ = ["Faults", "FakeServer", "run_blocking", "serve_forever", "main"]
+__all__ = ["Faults", "FakeServer"]
 
 _HTML_503 = (
     "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center>"
@@ -297,6 +295,3 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
 
         return wrapped
 
-
-if __name__ == "__main__":
-    main()

@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from syncer.api.retry import RetryPolicy
 from syncer.config import Config
 from syncer.errors import ConfigError
 from syncer.logs import register_secret
 from syncer.models import Target
-from syncer.retry import RetryPolicy
 
 
 @contextlib.asynccontextmanager
 async def open_client(cfg: Config, token: str, *, limit: int = 8) -> AsyncIterator[Any]:
-    from syncer.client import FilesClient, make_session
+    from syncer.api.client import FilesClient, make_session
 
     if not cfg.api.base_url:
         raise ConfigError("api.base_url is not set in the config")
@@ -41,9 +41,9 @@ async def list_target(cfg: Config, target: str, *, category: str | None = None,
 async def run_dry(cfg: Config, opts: Any, token: str) -> list[Any]:
     """List and plan against the manifest (read only) and report what a pull would fetch."""
     from syncer.manifest import Manifest
-    from syncer.pull import PullJob
-    from syncer.runner import RunContext
-    from syncer.stats import RunStats
+    from syncer.pull.job import PullJob
+    from syncer.run.runner import RunContext
+    from syncer.run.stats import RunStats
 
     path = Path(cfg.manifest.path)
     with tempfile.TemporaryDirectory(prefix="syncer-dry-") as tmp:

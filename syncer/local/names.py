@@ -1,7 +1,7 @@
 """Safe local names for hostile remote names: one path component, NFC, at most 255 bytes, never hidden,
 never a reserved device name; and the collision rule for two names that land in one folder.
 
-Pure functions, no I/O.  ``syncer.storage`` re-exports them.
+Pure functions, no I/O.  ``syncer.local.storage`` re-exports them.
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from syncer.api.retry import RetryPolicy
 from syncer.config import Config
 from syncer.errors import AuthError, ConfigError, LocalIOError, SyncerError, error_class
-from syncer.lock import RunLock
+from syncer.local.lock import RunLock
 from syncer.logs import event, register_secret, scrub
 from syncer.manifest import Manifest, Recorder
-from syncer.retry import RetryPolicy
-from syncer.stats import RunStats
+from syncer.run.stats import RunStats
 
 log = logging.getLogger("syncer.run")
 
@@ -59,7 +59,7 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 @dataclass
 class RunContext:
     cfg: Config
-    client: Any                      # syncer.client.FilesClient
+    client: Any                      # syncer.api.client.FilesClient
     manifest: Manifest
     recorder: Recorder
     stats: RunStats
@@ -138,7 +138,7 @@ async def execute(
     client_factory: Callable[..., Any] | None = None,
 ) -> tuple[RunStats, int]:
     """Run one job under the manifest's lock; returns the stats and the exit code."""
-    from syncer.client import API_CONNECTIONS, FilesClient, make_session
+    from syncer.api.client import API_CONNECTIONS, FilesClient, make_session
 
     register_secret(token)
     manifest_path = Path(cfg.manifest.path)

@@ -1,5 +1,5 @@
 """Translation: the one place that turns aiohttp's exceptions and the API's error statuses into
-``syncer.errors``, and reads answer bodies within bounds.  ``syncer.client`` is its only caller.
+``syncer.errors``, and reads answer bodies within bounds.  ``syncer.api.client`` is its only caller.
 
 No text built here carries a token or a signed link: URLs pass through ``redact_url`` and the
 server's own messages are scrubbed of secrets and control characters.
@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from syncer.api.retry import parse_retry_after
 from syncer.errors import (
     ApiError,
     AuthError,
@@ -34,7 +35,6 @@ from syncer.errors import (
     redact_text,
     redact_url,
 )
-from syncer.retry import parse_retry_after
 
 log = logging.getLogger("syncer.client")
 

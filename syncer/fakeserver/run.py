@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from syncer.fakeserver import FakeServer
+    from syncer.fakeserver.server import FakeServer
 
 
 async def serve_forever(srv: FakeServer, on_ready: Callable[[FakeServer], None] | None = None) -> None:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--link-ttl", type=float, default=3600)
     p.add_argument("--data-dir")
     a = p.parse_args(argv)
-    from syncer.fakeserver import FakeServer  # here: syncer.fakeserver imports this module
+    from syncer.fakeserver.server import FakeServer
 
     srv = FakeServer(
         seed=a.seed, users=a.users, files_per_user=a.files_per_user, visits=a.visits,

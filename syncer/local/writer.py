@@ -3,7 +3,7 @@ only when complete and durable, so a final path never holds a partial file (see 
 
 It offloads its own blocking I/O to worker threads and turns ``OSError`` from the disk into
 :class:`~syncer.errors.LocalIOError`, whose messages name the folder (ids only), never the file
-name (file names are patient data).  The path rules it relies on live in :mod:`syncer.storage`.
+name (file names are patient data).  The path rules it relies on live in :mod:`syncer.local.storage`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 from syncer.errors import IntegrityError, ItemError
-from syncer.names import MAX_NAME_BYTES
-from syncer.storage import (
+from syncer.local.names import MAX_NAME_BYTES
+from syncer.local.storage import (
     UnsafePathError,
     _disk_error,
     _fsync_dir,

@@ -25,11 +25,11 @@ import socket
 from pathlib import Path
 from typing import Any, TextIO
 
-from syncer.lock import pid_alive
+from syncer.local.lock import pid_alive
 from syncer.logs import scrub
 from syncer.manifest import Manifest, now_iso
 from syncer.models import PullState, PushState
-from syncer.progress import human_bytes
+from syncer.report.progress import human_bytes
 
 PULL_STATES = tuple(s.value for s in PullState)
 PUSH_STATES = tuple(s.value for s in PushState)

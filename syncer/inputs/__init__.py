@@ -1,0 +1,5 @@
+"""Files an operator hands to syncer: targets files and the patient tokens file.
+
+May import: ``errors``, ``models``, ``logs`` (to register secrets), ``syncer.local.storage`` (the
+0600 check).  Imported by: ``config``'s callers, the jobs, ``cli``.
+"""

@@ -1,0 +1,9 @@
+"""The local disk: safe names, private files and folders, the atomic download writer, the run lock.
+
+- ``names``: server-given names to one safe path component (pure, no I/O).
+- ``storage``: private (0600/0700) paths and files, the inside-the-destination check, the push walk.
+- ``writer``: the atomic writer (hidden temp, fsync, rename) that downloads stream into.
+- ``lock``: one run per manifest.
+
+May import: ``syncer.errors`` only.  Imported by: the jobs, ``syncer.manifest``, ``syncer.report``.
+"""

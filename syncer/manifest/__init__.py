@@ -1,0 +1,15 @@
+"""All SQLite: the manifest (every item's progress, every run, the audit trail).
+
+- ``schema``: the tables and their migrations (``PRAGMA user_version``).
+- ``store``: ``Manifest``, the one owner of every read and write.
+- ``recorder``: the run's one writer task, batching outcomes into one transaction.
+
+The recorder imports the store, never the other way round.  May import: ``syncer.errors``,
+``syncer.local`` (private files, folder fsyncs).  Imported by: the jobs, ``syncer.run``, ``syncer.report``.
+"""
+
+from syncer.manifest.recorder import Recorder
+from syncer.manifest.schema import MIGRATIONS, SCHEMA_VERSION
+from syncer.manifest.store import Manifest, Update, now_iso
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Manifest", "Recorder", "Update", "now_iso"]

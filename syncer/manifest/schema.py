@@ -1,0 +1,77 @@
+"""The manifest's tables and their migrations.
+
+``PRAGMA user_version`` holds the schema version; ``MIGRATIONS[n]`` upgrades version n to n+1, one
+transaction a step (``Manifest`` runs them).  sqlite-utils is used here only: the hot path is plain SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+SCHEMA_VERSION = 2
+# The oldest schema a read-only reader (status, verify, dry runs) can use as it is, without upgrading:
+# migrations since then only add indexes.  Raise it when a migration changes what readers query.
+READABLE_FROM = 1
+PULL_KEY = ("target_type", "target_id", "file_id")
+PUSH_KEY = ("user_id", "rel_path")
+TABLE_KEYS = {"pull_items": PULL_KEY, "push_items": PUSH_KEY}
+INSERTABLE = frozenset({"push_uploads"})
+
+
+
+def _schema_v1(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {"id": str, "kind": str, "started": str, "ended": str, "outcome": str, "pid": int, "host": str,
+         "files_done": int, "bytes_done": int, "failed": int, "skipped": int, "details": str},
+        pk="id",
+    )
+    db["pull_items"].create(
+        {"target_type": str, "target_id": str, "file_id": str, "category": str, "remote_name": str,
+         "size": int, "created": int, "modified": int, "ext": str, "owner_id": str,
+         "local_path": str, "path_key": str, "state": str, "attempts": int, "last_error": str,
+         "error_class": str, "sha256": str, "bytes": int, "first_seen": str, "updated_at": str,
+         "done_at": str, "run_id": str},
+        pk=PULL_KEY,
+        not_null={"state", "local_path"},
+        defaults={"attempts": 0},
+    )
+    # "What is left" reads only the rows left: a partial index over the unfinished states.
+    db.execute("CREATE INDEX pull_todo ON pull_items(state) WHERE state IN ('pending', 'failed')")
+    # Two remote files never share a local path (compared case-insensitively, see storage.casefold_key).
+    db.execute("CREATE UNIQUE INDEX pull_path ON pull_items(path_key)")
+    db["push_items"].create(
+        {"user_id": str, "rel_path": str, "size": int, "mtime_ns": int, "sha256": str, "state": str,
+         "remote_id": str, "remote_name": str, "attempts": int, "last_error": str, "error_class": str,
+         "intent_at": float, "uploaded_at": str, "updated_at": str, "run_id": str},
+        pk=PUSH_KEY,
+        not_null={"state"},
+        defaults={"attempts": 0},
+    )
+    db.execute("CREATE INDEX push_todo ON push_items(state) WHERE state != 'done'")
+    # Every upload ever made (a changed file is uploaded again; both documents are kept here).
+    db["push_uploads"].create(
+        {"id": int, "user_id": str, "rel_path": str, "sha256": str, "size": int, "remote_id": str,
+         "uploaded_at": str, "run_id": str, "adopted": int},
+        pk="id",
+    )
+    db.execute("CREATE UNIQUE INDEX push_uploads_remote ON push_uploads(remote_id)")
+    db["events"].create(
+        {"id": int, "at": str, "run_id": str, "kind": str, "item": str, "event": str, "error_class": str,
+         "detail": str},
+        pk="id",
+    )
+    db.execute("CREATE INDEX events_run ON events(run_id)")
+
+
+def _schema_v2(db: sqlite_utils.Database) -> None:
+    """v1 -> v2: covering indexes for the counts and bytes by state (``syncer status``), which then read
+    a narrow index instead of every row (5x faster on a million files).  Idempotent."""
+    db.execute("CREATE INDEX IF NOT EXISTS pull_state_size ON pull_items(state, size)")
+    db.execute("CREATE INDEX IF NOT EXISTS push_state_size ON push_items(state, size)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _schema_v1, 1: _schema_v2}

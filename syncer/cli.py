@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from syncer import __version__
+from syncer import __version__, exitcodes
 from syncer import config as config_mod
-from syncer.errors import ConfigError, LocalIOError, LockHeldError, ManifestError, SyncerError
-from syncer.run.runner import EXIT_FATAL, EXIT_LOCKED, EXIT_USAGE, run_async
+from syncer.errors import ConfigError, SyncerError
+from syncer.run.runner import run_async
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -34,16 +34,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except LockHeldError as exc:
-            raise Exit(str(exc), EXIT_LOCKED) from None
-        except (ConfigError, ManifestError) as exc:
-            raise Exit(str(exc), EXIT_USAGE) from None
-        except LocalIOError as exc:
-            raise Exit(str(exc), EXIT_FATAL) from None
         except SyncerError as exc:
-            from syncer.logs import scrub
+            from syncer.logs import describe
 
-            raise Exit(scrub(str(exc)), EXIT_FATAL) from None
+            raise Exit(describe(exc), exitcodes.for_error(exc)) from None
 
     return wrapper
 
@@ -103,7 +97,7 @@ def _finish(stats: Any, code: int, metrics_file: str | None) -> None:
             write_metrics(Path(metrics_file), stats)
         except OSError as exc:
             click.echo(f"Error: cannot write the metrics file {metrics_file}: {exc.strerror or exc}", err=True)
-            sys.exit(code or EXIT_FATAL)
+            sys.exit(code or exitcodes.FATAL)
     sys.exit(code)
 
 
@@ -144,8 +138,8 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
       export VSEE_API_TOKEN=...        # the account API key
       syncer pull -c syncer.toml --targets-file patients.txt --dest /backup/clinic
     """
-    from syncer.inputs.targets import parse_shard, select_targets
-    from syncer.pull.job import PullJob, PullOptions, check_dest
+    from syncer.pull.job import PullJob
+    from syncer.pull.options import PullOptions, check_dest
     from syncer.report.progress import human_bytes, make_reporter
     from syncer.run.runner import execute
 
@@ -154,32 +148,15 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
                  "concurrency": concurrency, "targets_file": targets_file},
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
     })
-    shard_kn = parse_shard(shard)
-    if targets or targets_file:
-        texts, files = list(targets), [Path(targets_file)] if targets_file else []
-    else:
-        texts = list(cfg.pull.targets)
-        files = [cfg.pull.targets_file] if cfg.pull.targets_file else []
-    chosen = select_targets(texts, files, shard_kn)
-    if not chosen and shard_kn is None:
-        raise ConfigError("no targets: give --target TYPE:ID, --targets-file, or pull.targets in the config")
+    opts = PullOptions.from_config(cfg, targets=targets, targets_file=targets_file, shard=shard, dry_run=dry_run)
     if not cfg.api.base_url:
         raise ConfigError("api.base_url is not set in the config")
     token = cfg.api_token()
-    check_dest(Path(cfg.pull.dest))
+    check_dest(opts.dest)
     _check_metrics_file(metrics_file)
     _setup_logs(cfg, quiet)
-    opts = PullOptions(targets=tuple(chosen), dest=Path(cfg.pull.dest), categories=cfg.pull.categories,
-                       include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency,
-                       dry_run=dry_run)
-    holder: dict[str, PullJob] = {}
-
-    async def job(ctx: Any) -> None:
-        holder["job"] = PullJob(ctx, opts)
-        await holder["job"].run()
-
     if dry_run:
-        from syncer.report.listing import run_dry
+        from syncer.pull.dryrun import run_dry
 
         report = run_async(run_dry(cfg, opts, token))
         for row in report:
@@ -189,8 +166,8 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
         return
     reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
     stats, code = run_async(execute(
-        "pull", cfg, job, token=token, concurrency=cfg.pull.concurrency, on_progress=reporter,
-        details={"targets": len(chosen), "dest": str(opts.dest), "shard": shard}))
+        PullJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
+        details={"targets": len(opts.targets), "dest": str(opts.dest), "shard": shard}))
     _finish(stats, code, metrics_file)
 
 
@@ -309,7 +286,7 @@ def demo(workdir: str | None, quiet: bool) -> None:
     click.echo(f"backup:   {where / 'backup'}")
     click.echo(f"manifest: {where / 'syncer-manifest.sqlite'}")
     click.echo(f"next:     syncer status -c {where / 'syncer.toml'}")
-    sys.exit(0 if result.ok else 1)
+    sys.exit(exitcodes.OK if result.ok else exitcodes.ITEMS_FAILED)
 
 
 @main.command("status", context_settings=CONTEXT)
@@ -361,7 +338,6 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
       syncer verify -c syncer.toml --all --json  # the whole backup, for an audit
     """
     from syncer.report import verify as verify_mod
-    from syncer.run.runner import EXIT_SIGINT
 
     if sample is not None and check_all:
         raise click.UsageError("give --sample N or --all, not both")
@@ -372,14 +348,14 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
                                    sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE),
                                    on_progress=progress)
     except KeyboardInterrupt:
-        raise Exit("verify interrupted: nothing was concluded", EXIT_SIGINT) from None
+        raise Exit("verify interrupted: nothing was concluded", exitcodes.SIGINT) from None
     finally:
         progress.close()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:
         click.echo(verify_mod.render_text(report))
-    sys.exit(0 if report.passed else 1)
+    sys.exit(exitcodes.OK if report.passed else exitcodes.ITEMS_FAILED)
 
 
 @main.command(context_settings=CONTEXT)
@@ -407,7 +383,8 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
       export VSEE_API_TOKEN=...        # the account API key
       syncer push -c syncer.toml --source /migration/docs --tokens-file tokens.csv
     """
-    from syncer.push.job import PushJob, options_from_config, plan_dry
+    from syncer.push.job import PushJob, plan_dry
+    from syncer.push.options import PushOptions
     from syncer.report.progress import human_bytes, make_reporter
     from syncer.run.runner import execute
 
@@ -415,7 +392,7 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
         "push": {"source": source, "tokens_file": tokens_file, "concurrency": concurrency},
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
     })
-    opts = options_from_config(cfg, users)
+    opts = PushOptions.from_config(cfg, users)
     _check_metrics_file(metrics_file)
     if dry_run:
         report, problems = plan_dry(opts, Path(cfg.manifest.path))
@@ -432,11 +409,8 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
     token = cfg.api_token()
     _setup_logs(cfg, quiet)
 
-    async def job(ctx: Any) -> None:
-        await PushJob(ctx, opts).run()
-
     reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
     stats, code = run_async(execute(
-        "push", cfg, job, token=token, concurrency=cfg.push.concurrency, on_progress=reporter,
+        PushJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
         details={"source": str(opts.source), "users": len(opts.users) or None}))
     _finish(stats, code, metrics_file)

@@ -91,7 +91,8 @@ async def run_demo(workdir: Path, *, on_progress: Any = None) -> DemoResult:
     """Run pull and push against a fresh built-in server; check both results byte for byte."""
     import asyncio
 
-    from syncer.pull.job import PullJob, PullOptions
+    from syncer.pull.job import PullJob
+    from syncer.pull.options import PullOptions
     from syncer.run.runner import execute
 
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - once, before any work
@@ -102,10 +103,7 @@ async def run_demo(workdir: Path, *, on_progress: Any = None) -> DemoResult:
         targets = tuple([Target("user", u) for u in srv.users] + [Target("visit", v) for v in srv.visits])
         opts = PullOptions(targets=targets, dest=cfg.pull.dest, concurrency=cfg.pull.concurrency)
 
-        async def pull_job(ctx: Any) -> None:
-            await PullJob(ctx, opts).run()
-
-        stats, code = await execute("pull", cfg, pull_job, token=srv.api_key, concurrency=opts.concurrency,
+        stats, code = await execute(PullJob, cfg, opts, token=srv.api_key, concurrency=opts.concurrency,
                                     on_progress=on_progress, details={"demo": True})
         result = DemoResult(workdir, stats, code)
         await asyncio.to_thread(_check_pull, srv, cfg, result)
@@ -133,17 +131,15 @@ def _check_pull(srv: FakeServer, cfg: Config, result: DemoResult) -> None:
 async def _demo_push(srv: FakeServer, cfg: Config, result: DemoResult, on_progress: Any) -> None:
     import asyncio
 
-    from syncer.push.job import PushJob, options_from_config
+    from syncer.push.job import PushJob
+    from syncer.push.options import PushOptions
     from syncer.run.runner import execute
 
     made = await asyncio.to_thread(_make_upload_tree, srv, cfg, srv.users[:3])
-    opts = await asyncio.to_thread(options_from_config, cfg)
-
-    async def push_job(ctx: Any) -> None:
-        await PushJob(ctx, opts).run()
+    opts = await asyncio.to_thread(PushOptions.from_config, cfg)
 
     result.push, result.push_code = await execute(
-        "push", cfg, push_job, token=srv.api_key, concurrency=opts.concurrency, on_progress=on_progress,
+        PushJob, cfg, opts, token=srv.api_key, concurrency=opts.concurrency, on_progress=on_progress,
         details={"demo": True})
     stored = {(f["owner"], f["name"]): f for f in srv.files() if f["category"] == "user_document"}
     for (user, name), data in made.items():

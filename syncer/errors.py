@@ -14,6 +14,7 @@ token or a signed view link: callers pass URLs through :func:`redact_url` first.
     ├── LocalIOError                disk full, EIO, unwritable dest (fatal: exit 3)
     ├── ItemError                   one file failed; the run goes on (exit 1 at the end)
     │   ├── UnsafeNameError         a remote name that cannot be placed safely (permanent)
+    │   │   └── LocalPathError      a local path that leaves the destination (a symlink): not permanent
     │   └── IntegrityError          bytes received differ from the size the server announced
     └── ApiError                    anything the Files API answered or failed to answer
         ├── AuthError               401: token rejected (fatal for that token; the run stops)
@@ -31,10 +32,20 @@ token or a signed view link: callers pass URLs through :func:`redact_url` first.
         │   ├── TimeoutError_       connect or read timeout
         │   └── TruncatedBody       the body ended before its Content-Length
         └── UploadOutcomeUnknown    a POST was sent but its answer was lost: it may have been stored
+
+What an error means for the run is decided in one place, :func:`classify`:
+
+======================  =====================================================================
+``Kind.RETRY``          try the same request again now, with backoff (transient)
+``Kind.ITEM``           this item failed; the next run tries it again (ours to fix, or odd)
+``Kind.PERMANENT``      this item fails the same way until the remote file changes
+``Kind.FATAL``          the run cannot go on: exit 3 (token, disk, manifest)
+======================  =====================================================================
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -71,6 +82,13 @@ class ItemError(SyncerError):
 
 class UnsafeNameError(ItemError):
     permanent = True
+
+
+class LocalPathError(UnsafeNameError):
+    """A local path we cannot use as it is (a symbolic link on the way, outside the destination): ours to
+    fix, so never permanent."""
+
+    permanent = False
 
 
 class IntegrityError(ItemError):
@@ -162,9 +180,36 @@ class UploadOutcomeUnknown(ApiError):
     """The request body may have reached the server but no answer came back."""
 
 
+class Kind(enum.Enum):
+    RETRY = "retry"
+    ITEM = "failed"
+    PERMANENT = "permanent"
+    FATAL = "fatal"
+
+
+def classify(exc: BaseException, *, upload: bool = False) -> Kind:
+    """What ``exc`` means for the run (the table in this module's docstring).
+
+    A cause on our side (an unsafe or unwritable local path) is never permanent: once it is fixed, the
+    next run must fetch the file.  An answer that breaks the contract says nothing lasting about the file
+    either.  For an upload, only what the contract calls permanent for a file (400, 413) waits for the
+    file to change; any other refusal is tried again next run."""
+    if isinstance(exc, (AuthError, LocalIOError, ManifestError, ConfigError, LockHeldError)):
+        return Kind.FATAL
+    if isinstance(exc, TransientError):
+        return Kind.RETRY
+    if upload:
+        return Kind.PERMANENT if isinstance(exc, (BadRequestError, TooLargeError)) else Kind.ITEM
+    if isinstance(exc, ProtocolError) or isinstance(exc, LocalPathError):
+        return Kind.ITEM
+    if isinstance(exc, (ApiError, ItemError)) and exc.permanent:
+        return Kind.PERMANENT
+    return Kind.ITEM
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for errors that a later attempt of the same idempotent call may cure."""
-    return isinstance(exc, TransientError)
+    return classify(exc) is Kind.RETRY
 
 
 def redact_url(url: object) -> str:

@@ -15,6 +15,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from syncer.errors import SyncerError
+
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 _QUERY = re.compile(r"(auth_code|token|api_?key)=[^&\s'\"<>]*", re.IGNORECASE)
@@ -37,6 +39,11 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "<redacted>")
     return text
+
+
+def describe(exc: BaseException) -> str:
+    """A secret-free one-line description of any exception, ours or foreign."""
+    return scrub(str(exc)) if isinstance(exc, SyncerError) else scrub(f"{type(exc).__name__}: {exc}")
 
 
 class RedactingFilter(logging.Filter):

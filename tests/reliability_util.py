@@ -25,7 +25,8 @@ from helpers import write_config
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
 from syncer.models import Target
-from syncer.pull.job import PullJob, PullOptions
+from syncer.pull.job import PullJob
+from syncer.pull.options import PullOptions
 from syncer.run.runner import execute
 
 # Retries fast enough for tests, slow enough that an outage of a few tries is ridden out.
@@ -57,10 +58,7 @@ async def run_pull(srv: FakeServer, cfg: Config, targets: tuple[Target, ...] | N
     opts = PullOptions(targets=targets if targets is not None else all_targets(srv), dest=cfg.pull.dest,
                        concurrency=cfg.pull.concurrency, **kw)
 
-    async def job(ctx: Any) -> None:
-        await PullJob(ctx, opts).run()
-
-    return await execute("pull", cfg, job, token=srv.api_key, concurrency=cfg.pull.concurrency)
+    return await execute(PullJob, cfg, opts, token=srv.api_key, concurrency=cfg.pull.concurrency)
 
 
 def query(manifest: Path, sql: str, *args: Any) -> list[tuple]:

@@ -12,7 +12,8 @@ from pathlib import Path
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, RetryConfig
 from syncer.fakeserver import FakeServer, Faults
 from syncer.models import Target
-from syncer.pull.job import PullJob, PullOptions
+from syncer.pull.job import PullJob
+from syncer.pull.options import PullOptions
 from syncer.run.runner import execute
 
 
@@ -33,10 +34,7 @@ async def run_pull(srv: FakeServer, cfg: Config, **kw):
     opts = PullOptions(targets=kw.pop("targets", all_targets(srv)), dest=cfg.pull.dest,
                        concurrency=cfg.pull.concurrency, **kw)
 
-    async def job(ctx):
-        await PullJob(ctx, opts).run()
-
-    return await execute("pull", cfg, job, token=srv.api_key, concurrency=cfg.pull.concurrency)
+    return await execute(PullJob, cfg, opts, token=srv.api_key, concurrency=cfg.pull.concurrency)
 
 
 def manifest_rows(cfg: Config) -> list[dict]:
@@ -197,10 +195,7 @@ async def test_rejected_token_stops_the_run(tmp_path):
         cfg = make_cfg(srv, tmp_path)
         opts = PullOptions(targets=all_targets(srv), dest=cfg.pull.dest, concurrency=2)
 
-        async def job(ctx):
-            await PullJob(ctx, opts).run()
-
-        stats, code = await execute("pull", cfg, job, token="not-the-key", concurrency=2)
+        stats, code = await execute(PullJob, cfg, opts, token="not-the-key", concurrency=2)
         assert code == 3 and stats.outcome == "fatal"
         assert "not-the-key" not in (stats.fatal_error or "")
         assert srv.counters["view"] == 0

@@ -24,12 +24,14 @@ import pytest
 from click.testing import CliRunner
 
 from syncer import config as config_mod
+from syncer import exitcodes
 from syncer.api.client import FilesClient
 from syncer.cli import main as cli_main
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest
-from syncer.push.job import PushJob, options_from_config, plan_user
-from syncer.run.runner import EXIT_FATAL, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE, execute
+from syncer.push.job import PushJob, plan_user
+from syncer.push.options import PushOptions
+from syncer.run.runner import execute
 from syncer.run.stats import RunStats
 
 FILES_PER_USER = 20
@@ -101,12 +103,9 @@ def write_config(tmp: Path, srv: FakeServer | None, *, attempts: int = 6, concur
 async def run_push(cfg_path: Path, srv: FakeServer, *, users: tuple[str, ...] = (),
                    client_factory: Any = None) -> tuple[RunStats, int]:
     cfg = config_mod.load(cfg_path, env={})
-    opts = options_from_config(cfg, users)
+    opts = PushOptions.from_config(cfg, users)
 
-    async def job(ctx: Any) -> None:
-        await PushJob(ctx, opts).run()
-
-    return await execute("push", cfg, job, token=srv.api_key, concurrency=cfg.push.concurrency,
+    return await execute(PushJob, cfg, opts, token=srv.api_key, concurrency=cfg.push.concurrency,
                          client_factory=client_factory)
 
 
@@ -166,7 +165,7 @@ async def test_every_regular_file_exactly_once_then_a_rerun_sends_nothing(
         expected = setup_users(tmp_path, srv, 10)
         cfg = write_config(tmp_path, srv)
         stats, code = await run_push(cfg, srv)
-        assert code == EXIT_OK, stats
+        assert code == exitcodes.OK, stats
         assert stats.files_done == 10 * FILES_PER_USER
         assert stats.failed == stats.permanent == stats.adopted == 0
         assert stats.targets == 10
@@ -183,7 +182,7 @@ async def test_every_regular_file_exactly_once_then_a_rerun_sends_nothing(
         assert manifest_rows(tmp_path / "manifest.sqlite", "SELECT count(*) FROM push_uploads") == [(200,)]
 
         stats2, code2 = await run_push(cfg, srv)
-        assert code2 == EXIT_OK
+        assert code2 == exitcodes.OK
         assert stats2.files_done == 0 and stats2.files_total == 0
         assert srv.counters["upload"] == 10 * FILES_PER_USER
         assert srv.counters["list"] == 0  # nothing unknown: nothing to look for
@@ -210,9 +209,9 @@ async def test_store_then_drop_500_and_429_still_exactly_once(tmp_path: Path) ->
             for user, want in expected.items():
                 got = server_docs(srv, user)
                 assert not (got - want), f"duplicates for {user}: {got - want}"
-            if code == EXIT_OK:
+            if code == exitcodes.OK:
                 break
-        assert runs[-1][1] == EXIT_OK
+        assert runs[-1][1] == exitcodes.OK
         assert_exactly_once(srv, expected)
         assert srv.counters["fault_store_then_drop"] > 10
         assert srv.counters["fault_error_500"] > 5 and srv.counters["fault_error_429"] > 5
@@ -226,7 +225,7 @@ async def test_every_answer_lost_every_upload_adopted(tmp_path: Path) -> None:
     async with FakeServer(faults=Faults(store_then_drop=1.0)) as srv:
         expected = setup_users(tmp_path, srv, 2, count=6)
         stats, code = await run_push(write_config(tmp_path, srv), srv)
-        assert code == EXIT_OK
+        assert code == exitcodes.OK
         assert stats.adopted == stats.files_done == 12
         assert srv.counters["upload"] == 12  # never sent twice
         assert_exactly_once(srv, expected)
@@ -264,12 +263,12 @@ def test_sigkill_at_several_points_then_rerun_exactly_once(tmp_path: Path) -> No
         stored_before_rerun = sum(sum(server_docs(srv, u).values()) for u in expected)
         assert 0 < stored_before_rerun < 48  # the kills landed mid-run
         done = subprocess.run(cmd, env=_cli_env(srv), cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        assert done.returncode == exitcodes.OK, done.stdout + done.stderr
         assert_exactly_once(srv, expected)
         outcomes = manifest_rows(tmp_path / "manifest.sqlite", "SELECT outcome FROM runs ORDER BY started")
         assert [o for (o,) in outcomes] == ["killed"] * 3 + ["ok"]
         again = subprocess.run(cmd, env=_cli_env(srv), cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert again.returncode == EXIT_OK
+        assert again.returncode == exitcodes.OK
         assert sum(sum(server_docs(srv, u).values()) for u in expected) == 48
 
 
@@ -297,7 +296,7 @@ async def test_rows_left_uploading_are_reconciled_before_anything_is_sent(tmp_pa
         srv.add_file("user", user, "old.txt", files["old.txt"], created=int(now - 3600))          # before the intent
 
         stats, code = await run_push(cfg, srv)
-        assert code == EXIT_OK
+        assert code == exitcodes.OK
         assert stats.adopted == 1
         assert srv.counters["upload"] == 2  # notes.txt and old.txt; scan.pdf never sent again
         docs = server_docs(srv, user)
@@ -318,7 +317,7 @@ def test_a_loose_tokens_file_exits_2_and_says_how_to_fix_it(tmp_path: Path) -> N
     tokens = write_tokens(tmp_path / "tokens.csv", {"123": "secret-token-value-123"}, mode=0o644)
     cfg = write_config(tmp_path, None)
     result = CliRunner().invoke(cli_main, ["push", "-c", str(cfg)], env={"VSEE_API_TOKEN": "k" * 16})
-    assert result.exit_code == EXIT_USAGE
+    assert result.exit_code == exitcodes.USAGE
     out = result.output + (result.stderr if result.stderr_bytes is not None else "")
     assert str(tokens) in out and "chmod 600" in out
     assert "secret-token-value-123" not in out
@@ -329,7 +328,7 @@ def test_missing_tokens_file_setting_is_a_usage_error(tmp_path: Path) -> None:
     cfg = tmp_path / "syncer.toml"
     cfg.write_text('[push]\nsource = "src"\n')
     result = CliRunner().invoke(cli_main, ["push", "-c", str(cfg)], env={"VSEE_API_TOKEN": "k" * 16})
-    assert result.exit_code == EXIT_USAGE
+    assert result.exit_code == exitcodes.USAGE
     assert "tokens" in result.output
 
 
@@ -343,7 +342,7 @@ async def test_a_user_without_token_is_reported_and_the_others_go_on(
         (tmp_path / "src" / "not a user!").mkdir()
         (tmp_path / "src" / "not a user!" / "b.txt").write_bytes(b"x")
         stats, code = await run_push(write_config(tmp_path, srv), srv)
-        assert code == EXIT_ITEMS_FAILED, "files left behind must show in the exit code"
+        assert code == exitcodes.ITEMS_FAILED, "files left behind must show in the exit code"
         assert_exactly_once(srv, expected)
         assert stats.files_done == 10 and stats.failed == 1
         assert not [f for f in srv.files() if f["target_id"] == "999"]
@@ -359,7 +358,7 @@ async def test_a_rejected_token_fails_that_users_items_only(
         good, bad = list(expected)
         write_tokens(tmp_path / "tokens.csv", {good: srv.token_for(good), bad: "revoked-token-0123456789"})
         stats, code = await run_push(write_config(tmp_path, srv), srv)
-        assert code == EXIT_ITEMS_FAILED
+        assert code == exitcodes.ITEMS_FAILED
         assert server_docs(srv, good) == expected[good]
         assert not server_docs(srv, bad)
         assert stats.failed == 5 and stats.files_done == 5
@@ -376,7 +375,7 @@ async def test_every_token_rejected_stops_the_run_with_exit_3(tmp_path: Path) ->
         expected = setup_users(tmp_path, srv, 2, count=3)
         write_tokens(tmp_path / "tokens.csv", {u: f"revoked-{u}-0123456789" for u in expected})
         stats, code = await run_push(write_config(tmp_path, srv, concurrency=1), srv)
-        assert code == EXIT_FATAL
+        assert code == exitcodes.FATAL
         assert stats.outcome == "fatal" and "rejected (401)" in (stats.fatal_error or "")
         assert not srv.files()
 
@@ -390,7 +389,7 @@ async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path, caplog
         big.write_bytes(os.urandom(300_000))
         cfg = write_config(tmp_path, srv)
         stats, code = await run_push(cfg, srv)
-        assert code == EXIT_ITEMS_FAILED
+        assert code == exitcodes.ITEMS_FAILED
         assert stats.permanent == 1 and stats.failed == 0
         assert server_docs(srv, user) == expected[user]
         assert srv.counters["upload_413"] == 1  # not retried
@@ -409,7 +408,7 @@ async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path, caplog
         assert srv.counters["upload"] == 5 and stats2.files_done == 0
         big.write_bytes(b"smaller now")
         stats3, code3 = await run_push(cfg, srv)
-        assert code3 == EXIT_OK and stats3.files_done == 1
+        assert code3 == exitcodes.OK and stats3.files_done == 1
         assert server_docs(srv, user)[("big scan.pdf", sha(b"smaller now"))] == 1
 
 
@@ -418,11 +417,11 @@ async def test_user_option_limits_the_run(tmp_path: Path) -> None:
         expected = setup_users(tmp_path, srv, 3, count=3)
         first, *rest = list(expected)
         stats, code = await run_push(write_config(tmp_path, srv), srv, users=(first,))
-        assert code == EXIT_OK
+        assert code == exitcodes.OK
         assert server_docs(srv, first) == expected[first]
         assert all(not server_docs(srv, u) for u in rest)
         stats2, code2 = await run_push(write_config(tmp_path, srv), srv, users=(rest[0], "4242"))
-        assert code2 == EXIT_ITEMS_FAILED  # a user asked for by name has no folder
+        assert code2 == exitcodes.ITEMS_FAILED  # a user asked for by name has no folder
         assert server_docs(srv, rest[0]) == expected[rest[0]]
 
 
@@ -438,7 +437,7 @@ async def test_a_changed_file_is_uploaded_again_and_both_are_recorded(tmp_path: 
         await run_push(cfg, srv)
         path.write_bytes(b"version 2, longer")
         stats, code = await run_push(cfg, srv)
-        assert code == EXIT_OK and stats.files_done == 1
+        assert code == exitcodes.OK and stats.files_done == 1
         docs = server_docs(srv, user)
         assert docs[("letter.txt", sha(b"version 1"))] == 1 and docs[("letter.txt", sha(b"version 2, longer"))] == 1
         history = manifest_rows(tmp_path / "manifest.sqlite",
@@ -453,7 +452,7 @@ async def test_a_changed_file_is_uploaded_again_and_both_are_recorded(tmp_path: 
         uploads = srv.counters["upload"]
         os.utime(path, ns=(time.time_ns(), time.time_ns() + 9_000_000_000))
         stats, code = await run_push(cfg, srv)
-        assert code == EXIT_OK and stats.files_done == 0 and srv.counters["upload"] == uploads
+        assert code == exitcodes.OK and stats.files_done == 0 and srv.counters["upload"] == uploads
         (mtime,), = manifest_rows(tmp_path / "manifest.sqlite",
                                   "SELECT mtime_ns FROM push_items WHERE rel_path = 'letter.txt'")
         assert mtime == path.stat().st_mtime_ns
@@ -492,15 +491,15 @@ async def test_a_file_that_changes_while_uploading_fails_and_goes_next_run(tmp_p
         docs = server_docs(srv, user)
         if when == "before":
             # the server got bytes that were never hashed: that copy is deleted and the item fails
-            assert code == EXIT_ITEMS_FAILED and stats.failed == 1
+            assert code == exitcodes.ITEMS_FAILED and stats.failed == 1
             assert not [k for k in docs if k[0] == "changing.txt"]
             assert srv.counters["delete"] == 1
         else:
             # the stored copy is exactly what was hashed: kept and recorded; the new bytes go next run
-            assert code == EXIT_OK
+            assert code == exitcodes.OK
             assert docs[("changing.txt", sha(b"original bytes"))] == 1
         stats2, code2 = await run_push(cfg, srv)
-        assert code2 == EXIT_OK and stats2.files_done == 1
+        assert code2 == exitcodes.OK and stats2.files_done == 1
         docs = server_docs(srv, user)
         assert docs[("changing.txt", sha(path.read_bytes()))] == 1
         assert sum(n for (name, _), n in docs.items() if name == "changing.txt") == (1 if when == "before" else 2)
@@ -518,7 +517,7 @@ async def test_the_manifest_under_source_and_undecodable_names_are_not_uploaded(
         stats, code = await run_push(cfg, srv)
         assert (folder / "state.sqlite").exists() and (folder / "state.sqlite.lock").exists()
         assert server_docs(srv, user) == expected[user]  # no manifest, wal, lock nor bad name
-        assert code == EXIT_ITEMS_FAILED and stats.permanent == 1
+        assert code == exitcodes.ITEMS_FAILED and stats.permanent == 1
 
 
 def test_plan_user_skips_without_hashing_and_flags_what_may_be_stored(tmp_path: Path) -> None:
@@ -557,7 +556,7 @@ def test_dry_run_lists_users_files_bytes_and_sends_nothing(tmp_path: Path) -> No
         cfg = write_config(tmp_path, srv)
         result = CliRunner().invoke(cli_main, ["push", "-c", str(cfg), "--dry-run"],
                                     env={"VSEE_API_TOKEN": srv.api_key})
-        assert result.exit_code == EXIT_OK, result.output
+        assert result.exit_code == exitcodes.OK, result.output
         for user in expected:
             assert f"user:{user}\t4 files" in result.output
         assert "total: 2 users, 8 files" in result.output and "nothing sent" in result.output
@@ -579,7 +578,7 @@ def test_cli_push_runs_and_prints_the_summary(tmp_path: Path) -> None:
         cfg = write_config(tmp_path, srv)
         result = CliRunner().invoke(cli_main, ["push", "-c", str(cfg), "-q", "--concurrency", "2"],
                                     env={"VSEE_API_TOKEN": srv.api_key})
-        assert result.exit_code == EXIT_OK, result.output
+        assert result.exit_code == exitcodes.OK, result.output
         assert "push ok: 6 files" in result.output
         assert_exactly_once(srv, expected)
 
@@ -607,14 +606,14 @@ async def test_400_is_permanent_403_is_retried_next_run(tmp_path: Path) -> None:
         srv._upload = scripted  # type: ignore[method-assign]
         cfg = write_config(tmp_path, srv, concurrency=1)
         stats, code = await run_push(cfg, srv)
-        assert code == EXIT_ITEMS_FAILED
+        assert code == exitcodes.ITEMS_FAILED
         assert (stats.permanent, stats.failed, stats.files_done) == (1, 1, 1)
         states = sorted(manifest_rows(tmp_path / "manifest.sqlite",
                                       "SELECT state, error_class, last_error FROM push_items WHERE state != 'done'"))
         assert [(s, c) for s, c, _ in states] == [("failed", "ForbiddenError"), ("permanent", "BadRequestError")]
         assert "(400)" in states[1][2] and "not retried until the file changes" in states[1][2]
         stats2, code2 = await run_push(cfg, srv)
-        assert code2 == EXIT_OK and stats2.files_done == 1  # the 403 one; the 400 one waits for a change
+        assert code2 == exitcodes.OK and stats2.files_done == 1  # the 403 one; the 400 one waits for a change
         assert len(calls) == 4
         assert sum(server_docs(srv, user).values()) == 2
 
@@ -625,7 +624,7 @@ async def test_a_wrong_base_url_stops_the_run_with_exit_3(tmp_path: Path) -> Non
         cfg = write_config(tmp_path, srv)
         cfg.write_text(cfg.read_text().replace(srv.base_url, srv.origin + "/elsewhere/api_v3"))
         stats, code = await run_push(cfg, srv)
-        assert code == EXIT_FATAL
+        assert code == exitcodes.FATAL
         assert "api.base_url" in (stats.fatal_error or "")
         assert not srv.files()
         states = manifest_rows(tmp_path / "manifest.sqlite", "SELECT DISTINCT state FROM push_items")

@@ -40,7 +40,8 @@ from syncer.cli import main as cli_main
 from syncer.errors import LocalIOError
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest
-from syncer.push.job import PushJob, options_from_config
+from syncer.push.job import PushJob
+from syncer.push.options import PushOptions
 from syncer.run.runner import execute
 
 # -- a real small file system ----------------------------------------------------------------------------
@@ -270,12 +271,9 @@ async def test_push_manifest_write_failing_mid_run_is_exit_3_and_no_upload_is_re
         return real(self, *args, **kw)
 
     async def push(cfg):
-        opts = options_from_config(cfg, ())
+        opts = PushOptions.from_config(cfg, ())
 
-        async def job(ctx):
-            await PushJob(ctx, opts).run()
-
-        return await asyncio.wait_for(execute("push", cfg, job, token=srv.api_key, concurrency=4), timeout=30)
+        return await asyncio.wait_for(execute(PushJob, cfg, opts, token=srv.api_key, concurrency=4), timeout=30)
 
     async with FakeServer(seed=407) as srv:
         expected = build_push_source(tmp_path, srv, 3, 15, seed=407)

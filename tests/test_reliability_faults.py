@@ -34,7 +34,8 @@ from reliability_util import (
 )
 
 from syncer.fakeserver import FakeServer, Faults
-from syncer.push.job import PushJob, options_from_config
+from syncer.push.job import PushJob
+from syncer.push.options import PushOptions
 from syncer.run.runner import execute
 
 # Every fault at once.  retry_after=1: a 429 carries "Retry-After: 1" (capped by retry.max_wait).
@@ -143,12 +144,9 @@ async def test_pull_1000_files_retries_exhausted_then_complete(tmp_path: Path) -
 # -- push -----------------------------------------------------------------------------------------------
 
 async def run_push(srv: FakeServer, cfg: Any):
-    opts = options_from_config(cfg, ())
+    opts = PushOptions.from_config(cfg, ())
 
-    async def job(ctx: Any) -> None:
-        await PushJob(ctx, opts).run()
-
-    return await execute("push", cfg, job, token=srv.api_key, concurrency=cfg.push.concurrency)
+    return await execute(PushJob, cfg, opts, token=srv.api_key, concurrency=cfg.push.concurrency)
 
 
 def assert_push_records(cfg: Any, srv: FakeServer, expected: dict[str, Counter]) -> None:

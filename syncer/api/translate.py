@@ -61,12 +61,12 @@ def translate_exc(exc: BaseException, url: str, *, upload: bool = False, in_body
         return ProtocolError("too many redirects", url=where)
     if upload:
         return UploadOutcomeUnknown(
-            f"the upload's answer was lost ({_describe(exc)}): it may have been stored", url=where)
+            f"the upload's answer was lost ({_describe_foreign(exc)}): it may have been stored", url=where)
     if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's SocketTimeoutError
         return TimeoutError_("timed out waiting for the server" + (" mid-body" if in_body else ""), url=where)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return TruncatedBody(f"the body was cut short ({_describe(exc)})", url=where)
-    return ConnectionFailed(f"connection failed{' mid-body' if in_body else ''} ({_describe(exc)})", url=where)
+        return TruncatedBody(f"the body was cut short ({_describe_foreign(exc)})", url=where)
+    return ConnectionFailed(f"connection failed{' mid-body' if in_body else ''} ({_describe_foreign(exc)})", url=where)
 
 
 def payload_reason(exc: BaseException) -> str:
@@ -88,7 +88,7 @@ def payload_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _describe(exc: BaseException) -> str:
+def _describe_foreign(exc: BaseException) -> str:
     """A short, secret-free description of a foreign exception."""
     if isinstance(exc, aiohttp.ClientResponseError):  # its str() carries the full URL
         return type(exc).__name__
@@ -114,7 +114,7 @@ def safe_cause(exc: BaseException) -> BaseException:
         seen += 1
     else:
         return exc
-    stand_in = RedactedCause(f"{type(exc).__module__}.{type(exc).__qualname__}: {_describe(exc)}")
+    stand_in = RedactedCause(f"{type(exc).__module__}.{type(exc).__qualname__}: {_describe_foreign(exc)}")
     stand_in.__traceback__ = exc.__traceback__
     stand_in.__suppress_context__ = True
     return stand_in

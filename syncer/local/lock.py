@@ -65,7 +65,7 @@ def pid_alive(pid: object) -> bool | None:
     return True
 
 
-def _describe(holder: dict[str, Any]) -> str:
+def _holder_text(holder: dict[str, Any]) -> str:
     if not holder:
         return "holder unknown (the lock file is empty: a run is just starting)"
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} since {holder.get('since', '?')}"
@@ -102,7 +102,7 @@ class RunLock:
                     raise
                 holder = _read_holder(fd)
                 raise LockHeldError(
-                    f"another syncer run holds the lock on {self.path}: {_describe(holder)}", holder
+                    f"another syncer run holds the lock on {self.path}: {_holder_text(holder)}", holder
                 ) from None
             os.fchmod(fd, 0o600)
             previous = _read_holder(fd)
@@ -129,7 +129,7 @@ class RunLock:
         alive = pid_alive(previous.get("pid")) if same_host else None
         state = {True: "still running but not holding it", False: "dead", None: "state unknown"}[alive]
         log.info(
-            "taking over the lock on %s, left by %s (%s)", self.path, _describe(previous), state
+            "taking over the lock on %s, left by %s (%s)", self.path, _holder_text(previous), state
         )
 
     def release(self) -> None:

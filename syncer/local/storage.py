@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from syncer.errors import ConfigError, LocalIOError, UnsafeNameError
+from syncer.errors import ConfigError, LocalIOError, LocalPathError
 from syncer.local.names import (  # noqa: F401 - re-exported
     MAX_EXT_BYTES,
     MAX_NAME_BYTES,
@@ -37,7 +37,7 @@ TEMP_SUFFIX = ".syncer-part"
 _IOV_MAX = 1024
 
 
-class UnsafePathError(UnsafeNameError, ValueError):
+class UnsafePathError(LocalPathError, ValueError):
     """A path would land outside its root, or is not the plain file it should be."""
 
 

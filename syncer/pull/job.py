@@ -17,17 +17,17 @@ from pathlib import Path
 from syncer.errors import (
     ApiError,
     AuthError,
-    ConfigError,
     ConnectionFailed,
     IntegrityError,
     ItemError,
+    Kind,
     LinkExpiredError,
     LocalIOError,
-    PermanentError,
     ProtocolError,
     SyncerError,
     TransientError,
     UnsafeNameError,
+    classify,
     error_class,
 )
 from syncer.local.storage import make_dirs
@@ -35,44 +35,15 @@ from syncer.local.writer import AtomicWriter, SizeMismatchError
 from syncer.logs import scrub
 from syncer.manifest import Update, now_iso
 from syncer.models import PullState, Target
+from syncer.pull.options import PullOptions
 from syncer.pull.plan import WorkItem, plan_and_record
-from syncer.run.runner import RunContext, drive
+from syncer.run.pool import WorkerPool
+from syncer.run.runner import RunContext
 
 log = logging.getLogger("syncer.pull")
 
 LINK_REFRESHES = 3          # fresh fullpaths fetched for one file within one attempt
 LIST_CONCURRENCY = 8        # targets listed at once (each answer can hold thousands of files)
-
-
-@dataclass(frozen=True)
-class PullOptions:
-    targets: tuple[Target, ...]
-    dest: Path
-    categories: tuple[str, ...] = ()
-    include_shared: bool = False
-    concurrency: int = 32
-    dry_run: bool = False
-
-
-def check_dest(dest: Path) -> None:
-    """Before anything is written: ConfigError (exit 2) naming the problem when the destination cannot
-    be a writable folder (it is a file, lies below a file, or sits on a read-only or forbidden place).
-    Writes nothing; the run itself still reports a disk that fails later (exit 3)."""
-    dest = Path(os.path.abspath(dest))
-    if dest.exists() and not dest.is_dir():
-        raise ConfigError(f"pull.dest {dest} is not a folder (it is a file)")
-    existing = dest
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"pull.dest {dest} cannot be made: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        try:  # access() refuses a read-only file system even to root: say which it is
-            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        except OSError:
-            read_only = False
-        why = "Read-only file system" if read_only else "Permission denied"
-        raise ConfigError(f"pull.dest {dest} is not writable: {existing}: {why}")
 
 
 @dataclass
@@ -83,11 +54,17 @@ class DryRunTarget:
 
 
 class PullJob:
+    kind = "pull"
+
     def __init__(self, ctx: RunContext, opts: PullOptions):
         self.ctx = ctx
         self.opts = opts
         self.dest = opts.dest
-        self.queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(maxsize=max(16, opts.concurrency * 4))
+        # Twice as many workers as connections: while one worker makes its file durable (fsyncs),
+        # another already uses the connection.  The HTTP pool still caps downloads at `concurrency`.
+        self.pool: WorkerPool[WorkItem] = WorkerPool(
+            ctx, self._fetch, workers=0 if opts.dry_run else 2 * opts.concurrency,
+            queue_size=max(16, opts.concurrency * 4), name="download")
         self.dry_run_report: list[DryRunTarget] = []
         self.listed_ok = 0
         self.list_unreachable = 0
@@ -96,11 +73,7 @@ class PullJob:
     async def run(self) -> None:
         if not self.opts.dry_run:
             await asyncio.to_thread(self._prepare_dest)
-        # Twice as many workers as connections: while one worker makes its file durable (fsyncs),
-        # another already uses the connection.  The HTTP pool still caps downloads at `concurrency`.
-        workers = [asyncio.create_task(self._worker(i), name=f"download-{i}")
-                   for i in range(0 if self.opts.dry_run else 2 * self.opts.concurrency)]
-        await drive(self.ctx, self._list_all, self.queue, workers)
+        await self.pool.run(self._list_all)
 
     def _prepare_dest(self) -> None:
         try:
@@ -167,36 +140,20 @@ class PullJob:
         for item in plan.todo:
             if ctx.stopping:
                 return
-            await self.queue.put(item)
+            await self.pool.put(item)
 
     # -- stage 2: downloading --------------------------------------------------------------------
-    async def _worker(self, n: int) -> None:
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            if self.ctx.stopping:
-                continue  # drain: the item stays pending in the manifest for the next run
-            try:
-                await self._fetch(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. the recorder could not write (disk full)
-                # Stop the run, but keep draining: a worker that died would leave the listers
-                # waiting forever on a full queue.
-                self.ctx.fatal(exc)
-
     async def _fetch(self, item: WorkItem) -> None:
         started = time.monotonic()
         try:
             nbytes, sha, folder = await self.ctx.policy.call(self._transfer, item)
         except asyncio.CancelledError:
             raise
-        except (AuthError, LocalIOError) as exc:
-            self.ctx.fatal(exc)
-            return
         except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
-            self._record_failure(item, exc)
+            if classify(exc) is Kind.FATAL:
+                self.ctx.fatal(exc)
+            else:
+                self._record_failure(item, exc)
             return
         self.ctx.stats.files_done += 1
         self.ctx.stats.bytes_done += nbytes
@@ -210,10 +167,7 @@ class PullJob:
                            duration=round(time.monotonic() - started, 3))
 
     def _record_failure(self, item: WorkItem, exc: BaseException) -> None:
-        # An answer that breaks the contract (junk JSON, an HTML page, a bad link) says nothing lasting
-        # about the file: retry it next run rather than write it off until the listing changes.
-        permanent = (isinstance(exc, (PermanentError, UnsafeNameError)) or getattr(exc, "permanent", False)) \
-            and not isinstance(exc, ProtocolError)
+        permanent = classify(exc) is Kind.PERMANENT
         state = PullState.PERMANENT if permanent else PullState.FAILED
         if permanent:
             self.ctx.stats.permanent += 1

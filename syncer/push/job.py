@@ -42,14 +42,15 @@ from syncer.errors import (
     AuthError,
     BadRequestError,
     ItemError,
+    Kind,
     LinkExpiredError,
     LocalIOError,
-    ManifestError,
     NotFoundError,
     SyncerError,
     TooLargeError,
     TransientError,
     UploadOutcomeUnknown,
+    classify,
     error_class,
 )
 from syncer.logs import scrub
@@ -63,16 +64,16 @@ from syncer.push.plan import (
     UserPlan,
     file_ident,
     item_id,
-    options_from_config,
     plan_dry,
     plan_user,
     take_snapshot,
     user_folders,
 )
-from syncer.run.runner import RunContext, drive
+from syncer.run.pool import WorkerPool
+from syncer.run.runner import RunContext
 
 __all__ = ["CLOCK_SLACK", "DryRunUser", "PushItem", "PushJob", "PushOptions", "UserPlan", "item_id",
-           "options_from_config", "plan_dry", "plan_user", "user_folders"]
+           "plan_dry", "plan_user", "user_folders"]
 
 log = logging.getLogger("syncer.push")
 
@@ -113,10 +114,13 @@ def _without_name(message: str, name: str) -> str:
 
 
 class PushJob:
+    kind = "push"
+
     def __init__(self, ctx: RunContext, opts: PushOptions):
         self.ctx = ctx
         self.opts = opts
-        self.queue: asyncio.Queue[PushItem | None] = asyncio.Queue(maxsize=max(16, opts.concurrency * 4))
+        self.pool: WorkerPool[PushItem] = WorkerPool(ctx, self._one, workers=opts.concurrency,
+                                                     queue_size=max(16, opts.concurrency * 4), name="upload")
         self.rejected: set[str] = set()           # users whose token got a 401
         self.users_with_items: set[str] = set()
         self.planning_done = False
@@ -124,13 +128,12 @@ class PushJob:
 
     # -- the script ----------------------------------------------------------------------------
     async def run(self) -> None:
-        workers = [asyncio.create_task(self._worker(), name=f"upload-{i}") for i in range(self.opts.concurrency)]
         async def produce() -> None:
             await self._scan_all()
             self.planning_done = True
             self._check_all_rejected()
 
-        await drive(self.ctx, produce, self.queue, workers)
+        await self.pool.run(produce)
 
     # -- stage 1: scan and plan ----------------------------------------------------------------
     async def _scan_all(self) -> None:
@@ -194,23 +197,9 @@ class PushJob:
         for item in plan.items:
             if ctx.stopping:
                 return
-            await self.queue.put(item)
+            await self.pool.put(item)
 
     # -- stage 2: upload -----------------------------------------------------------------------
-    async def _worker(self) -> None:
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            if self.ctx.stopping:
-                continue  # drain: the manifest keeps the item as it is for the next run
-            try:
-                await self._one(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. the recorder died: stop, but keep draining
-                self.ctx.fatal(exc)
-
     async def _one(self, item: PushItem) -> None:
         """The one failure funnel: every outcome of an item is classified and recorded here."""
         ctx = self.ctx
@@ -231,12 +220,12 @@ class PushJob:
         except _UserRejected:
             self._reject_user(item.user_id)
             self._record_failure(item, _rejected_error(item.user_id))
-        except (LocalIOError, ManifestError, _EndpointMissing) as exc:
-            ctx.fatal(exc)
-        except AuthError as exc:  # the account API key (used to fetch a link or delete a torn copy)
-            ctx.fatal(exc)
         except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
-            self._record_failure(item, exc)
+            # AuthError here is the account API key's (a link, a torn copy's delete): fatal like a disk error.
+            if isinstance(exc, _EndpointMissing) or classify(exc, upload=True) is Kind.FATAL:
+                ctx.fatal(exc)
+            else:
+                self._record_failure(item, exc)
         else:
             ctx.log_event("pushed", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),
                           duration=round(time.monotonic() - started, 3))
@@ -454,9 +443,7 @@ class PushJob:
 
     def _record_failure(self, item: PushItem, exc: BaseException) -> None:
         ctx = self.ctx
-        # Only what the contract calls permanent for a file (400, 413) waits for the file to change; any
-        # other refusal (403, an odd redirect) is retried next run, once whatever caused it is fixed.
-        permanent = isinstance(exc, (BadRequestError, TooLargeError))
+        permanent = classify(exc, upload=True) is Kind.PERMANENT
         if isinstance(exc, TooLargeError):
             message = f"the server refused the file as too large (413); not retried until it changes: {exc}"
         elif isinstance(exc, BadRequestError):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from syncer.api.retry import RetryPolicy
@@ -36,26 +34,3 @@ async def list_target(cfg: Config, target: str, *, category: str | None = None,
         listing = await client.list_files(tgt, category=category, include_shared=include_shared)
     return [{"id": f.id, "name": f.name, "size": f.size, "category": f.category, "created": f.created,
              "modified": f.modified, "ext": f.ext} for f in listing.files]
-
-
-async def run_dry(cfg: Config, opts: Any, token: str) -> list[Any]:
-    """List and plan against the manifest (read only) and report what a pull would fetch."""
-    from syncer.manifest import Manifest
-    from syncer.pull.job import PullJob
-    from syncer.run.runner import RunContext
-    from syncer.run.stats import RunStats
-
-    path = Path(cfg.manifest.path)
-    with tempfile.TemporaryDirectory(prefix="syncer-dry-") as tmp:
-        manifest = Manifest.open(path, readonly=True) if path.exists() else Manifest.open(Path(tmp) / "m.sqlite")  # noqa: ASYNC240
-        try:
-            async with open_client(cfg, token, limit=opts.concurrency) as client:
-                ctx = RunContext(cfg, client, manifest, None, RunStats("pull"),  # type: ignore[arg-type]
-                                 client.retry, run_id="dry-run")
-                job = PullJob(ctx, opts)
-                await job.run()
-                if ctx.fatal_error is not None:
-                    raise ctx.fatal_error
-                return job.dry_run_report
-        finally:
-            manifest.close()

@@ -14,20 +14,19 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
+from syncer import exitcodes
 from syncer.api.retry import RetryPolicy
 from syncer.config import Config
-from syncer.errors import AuthError, ConfigError, LocalIOError, SyncerError, error_class
+from syncer.errors import ConfigError, SyncerError, error_class
 from syncer.local.lock import RunLock
-from syncer.logs import event, register_secret, scrub
+from syncer.logs import describe, event, register_secret
 from syncer.manifest import Manifest, Recorder
 from syncer.run.stats import RunStats
 
 log = logging.getLogger("syncer.run")
 
-EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_LOCKED = 0, 1, 2, 3, 75
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 STOP_GRACE = 5.0  # seconds in-flight items get to finish after SIGINT/SIGTERM
 LOOP_ENV = "SYNCER_EVENT_LOOP"
 T = TypeVar("T")
@@ -78,7 +77,7 @@ class RunContext:
         if self.fatal_error is None:
             self.fatal_error = exc
             event(log, "fatal", level=logging.ERROR, error_class=error_class(exc),
-                  message=f"stopping the run: {_describe(exc)}")
+                  message=f"stopping the run: {describe(exc)}")
         self.stop_event.set()
 
     def log_event(self, name: str, *, level: int = logging.INFO, message: str | None = None,
@@ -87,49 +86,20 @@ class RunContext:
               run_id=self.run_id, **fields)
 
 
-def _describe(exc: BaseException) -> str:
-    return scrub(str(exc)) if isinstance(exc, SyncerError) else scrub(f"{type(exc).__name__}: {exc}")
+class Job(Protocol):
+    """What ``execute`` runs: made from the run's context and the job's options, then run once."""
 
+    kind: ClassVar[str]
 
-def exit_code(stats: RunStats, signal_received: int | None) -> int:
-    if stats.outcome == "fatal":
-        return EXIT_FATAL
-    if signal_received is not None:
-        return EXIT_SIGTERM if signal_received == signal.SIGTERM else EXIT_SIGINT
-    if stats.failed or stats.permanent:
-        return EXIT_ITEMS_FAILED
-    return EXIT_OK
+    def __init__(self, ctx: RunContext, opts: Any) -> None: ...
 
-
-Job = Callable[[RunContext], Awaitable[None]]
-
-
-async def drive(ctx: RunContext, produce: Callable[[], Awaitable[None]], queue: asyncio.Queue[Any],
-                workers: list[asyncio.Task[None]]) -> None:
-    """Run the producer, then let each worker drain the queue and stop; errors end the run.
-
-    Cancelled (a second signal, or the grace period ran out): in-flight work is abandoned; items not
-    recorded as done stay pending in the manifest for the next run.
-    """
-    try:
-        await produce()
-        for _ in workers:
-            await queue.put(None)
-        results = await asyncio.gather(*workers, return_exceptions=True)
-    except BaseException:
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        raise
-    for r in results:
-        if isinstance(r, BaseException):
-            ctx.fatal(r)
+    async def run(self) -> None: ...
 
 
 async def execute(
-    kind: str,
+    job_cls: type[Job],
     cfg: Config,
-    job: Job,
+    opts: Any,
     *,
     token: str,
     concurrency: int,
@@ -137,7 +107,8 @@ async def execute(
     on_progress: Callable[[RunStats], Awaitable[None]] | None = None,
     client_factory: Callable[..., Any] | None = None,
 ) -> tuple[RunStats, int]:
-    """Run one job under the manifest's lock; returns the stats and the exit code."""
+    """Run ``job_cls(ctx, opts).run()`` under the manifest's lock; returns the stats and the exit code."""
+    kind = job_cls.kind
     from syncer.api.client import API_CONNECTIONS, FilesClient, make_session
 
     register_secret(token)
@@ -160,7 +131,7 @@ async def execute(
                 ctx = RunContext(cfg, client, manifest, recorder, stats, policy, run_id)
                 try:
                     async with recorder:
-                        await _run_with_signals(ctx, job, on_progress)
+                        await _run_with_signals(ctx, job_cls(ctx, opts), on_progress)
                 except SyncerError as exc:
                     # The recorder could not write (disk full or I/O error under the manifest): the run
                     # is over.  Files finished since its last batch are on disk, unrecorded: the next
@@ -169,7 +140,7 @@ async def execute(
             stats.ended = stats.ended or __import__("time").time()
             if ctx.fatal_error is not None:
                 stats.outcome = "fatal"
-                stats.fatal_error = _describe(ctx.fatal_error)
+                stats.fatal_error = describe(ctx.fatal_error)
             elif ctx.signal_received is not None:
                 stats.outcome = "interrupted"
             elif stats.failed or stats.permanent:
@@ -183,8 +154,8 @@ async def execute(
                     raise
                 # Already stopping for a fatal error (often this very disk): report that one; the
                 # run's row stays 'running' and the next run marks it killed.
-                log.warning("cannot record the end of the run: %s", _describe(exc))
-            return stats, exit_code(stats, ctx.signal_received)
+                log.warning("cannot record the end of the run: %s", describe(exc))
+            return stats, exitcodes.for_run(stats.outcome, ctx.signal_received)
         finally:
             manifest.close()
 
@@ -192,7 +163,7 @@ async def execute(
 async def _run_with_signals(ctx: RunContext, job: Job,
                             on_progress: Callable[[RunStats], Awaitable[None]] | None) -> None:
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(job(ctx), name=f"{ctx.stats.kind}-job")
+    task = asyncio.create_task(job.run(), name=f"{ctx.stats.kind}-job")
     reporter = asyncio.create_task(on_progress(ctx.stats)) if on_progress else None
 
     def on_signal(signum: int) -> None:
@@ -217,8 +188,6 @@ async def _run_with_signals(ctx: RunContext, job: Job,
         except asyncio.CancelledError:
             if ctx.signal_received is None:
                 raise
-        except (AuthError, LocalIOError) as exc:
-            ctx.fatal(exc)
         except SyncerError as exc:
             ctx.fatal(exc)
     finally:

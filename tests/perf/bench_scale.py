@@ -35,7 +35,8 @@ from syncer import config as config_mod
 from syncer.api.client import Listing
 from syncer.manifest import Manifest, Recorder, Update, now_iso
 from syncer.models import PullState, RemoteFile, Target
-from syncer.pull.job import PullJob, PullOptions
+from syncer.pull.job import PullJob
+from syncer.pull.options import PullOptions
 from syncer.pull.plan import plan_and_record
 from syncer.run.runner import execute
 
@@ -123,11 +124,8 @@ def rerun(cfg_path: Path, listings: dict[Target, list[RemoteFile]]) -> dict:
     StubClient.listings = listings
     opts = PullOptions(targets=tuple(listings), dest=Path(cfg.pull.dest), concurrency=cfg.pull.concurrency)
 
-    async def job(ctx) -> None:
-        await PullJob(ctx, opts).run()
-
     t0 = time.perf_counter()
-    stats, code = asyncio.run(execute("pull", cfg, job, token="bench-token", concurrency=cfg.pull.concurrency,
+    stats, code = asyncio.run(execute(PullJob, cfg, opts, token="bench-token", concurrency=cfg.pull.concurrency,
                                       client_factory=StubClient))
     wall = time.perf_counter() - t0
     assert code == 0 and stats.files_total == 0, (code, stats.files_total)

@@ -1,0 +1,61 @@
+"""What a pull is asked to do: ``PullOptions`` (from the config and the flags) and the destination check."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from syncer.config import Config
+from syncer.errors import ConfigError
+from syncer.inputs.targets import parse_shard, select_targets
+from syncer.models import Target
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    targets: tuple[Target, ...]
+    dest: Path
+    categories: tuple[str, ...] = ()
+    include_shared: bool = False
+    concurrency: int = 32
+    dry_run: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, targets: Iterable[str] = (), targets_file: str | None = None,
+                    shard: str | None = None, dry_run: bool = False) -> PullOptions:
+        """The run's options: ``--target``/``--targets-file`` replace the config's targets; ``--shard K/N``
+        keeps this shard's share.  ConfigError (exit 2) for what cannot work, before anything is written."""
+        shard_kn = parse_shard(shard)
+        if targets or targets_file:
+            texts, files = list(targets), [Path(targets_file)] if targets_file else []
+        else:
+            texts = list(cfg.pull.targets)
+            files = [cfg.pull.targets_file] if cfg.pull.targets_file else []
+        chosen = select_targets(texts, files, shard_kn)
+        if not chosen and shard_kn is None:
+            raise ConfigError("no targets: give --target TYPE:ID, --targets-file, or pull.targets in the config")
+        return cls(targets=tuple(chosen), dest=Path(cfg.pull.dest), categories=cfg.pull.categories,
+                   include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency, dry_run=dry_run)
+
+
+def check_dest(dest: Path) -> None:
+    """Before anything is written: ConfigError (exit 2) naming the problem when the destination cannot
+    be a writable folder (it is a file, lies below a file, or sits on a read-only or forbidden place).
+    Writes nothing; the run itself still reports a disk that fails later (exit 3)."""
+    dest = Path(os.path.abspath(dest))
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"pull.dest {dest} is not a folder (it is a file)")
+    existing = dest
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"pull.dest {dest} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        try:  # access() refuses a read-only file system even to root: say which it is
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "Read-only file system" if read_only else "Permission denied"
+        raise ConfigError(f"pull.dest {dest} is not writable: {existing}: {why}")

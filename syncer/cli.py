@@ -14,6 +14,7 @@ import click
 from syncer import __version__, exitcodes
 from syncer import config as config_mod
 from syncer.errors import ConfigError, SyncerError
+from syncer.models import CATEGORIES
 from syncer.run.runner import run_async
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -115,7 +116,7 @@ def _check_metrics_file(metrics_file: str | None) -> None:
               help="A file of targets: one TYPE:ID a line, or CSV with header target_type,target_id.")
 @click.option("--dest", type=click.Path(file_okay=False), help="Where the backup goes (pull.dest).")
 @click.option("--category", "categories", multiple=True,
-              type=click.Choice(["intake_attachment", "user_consent", "user_avatar", "user_document"]),
+              type=click.Choice(CATEGORIES),
               help="Only these categories; repeatable (default: all).")
 @click.option("--include-shared", is_flag=True, default=None,
               help="Also fetch user_documents shared with each user.")
@@ -226,7 +227,7 @@ def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visi
 @main.command("ls", context_settings=CONTEXT)
 @config_option
 @click.argument("target", metavar="TYPE:ID")
-@click.option("--category", type=click.Choice(["intake_attachment", "user_consent", "user_avatar", "user_document"]))
+@click.option("--category", type=click.Choice(CATEGORIES))
 @click.option("--include-shared", is_flag=True, help="Also list user_documents shared with the user.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @handle_errors

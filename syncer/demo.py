@@ -9,14 +9,13 @@ a ``syncer.toml`` so that ``syncer status -c <workdir>/syncer.toml`` works after
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
-from syncer.local.storage import make_dirs
+from syncer.local.storage import make_dirs, write_private_bytes, write_private_text
 from syncer.models import Target
 from syncer.run.stats import RunStats
 
@@ -59,9 +58,7 @@ def _write_config_file(cfg: Config, path: Path) -> None:
         f'[pull]\ndest = "{cfg.pull.dest.name}"\n'
         f'[push]\nsource = "{cfg.push.source.name}"\ntokens_file = "{cfg.push.tokens_file.name}"\n'
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_private_text(path, text)
 
 
 def _make_upload_tree(srv: FakeServer, cfg: Config, users: list[str]) -> dict[tuple[str, str], bytes]:
@@ -74,16 +71,11 @@ def _make_upload_tree(srv: FakeServer, cfg: Config, users: list[str]) -> dict[tu
             data = hashlib.sha256(f"{user}/{i}".encode()).digest() * (50 + 400 * i)
             path = source / user / name
             make_dirs(path.parent, cfg.pull.dest.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            write_private_bytes(path, data)
             made[(user, path.name)] = data
     assert cfg.push.tokens_file is not None
-    fd = os.open(cfg.push.tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("user_id,token\n")
-        for user in users:
-            f.write(f"{user},{srv.token_for(user)}\n")
+    write_private_text(cfg.push.tokens_file,
+                       "user_id,token\n" + "".join(f"{user},{srv.token_for(user)}\n" for user in users))
     return made
 
 

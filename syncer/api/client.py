@@ -58,6 +58,7 @@ CHUNK_SIZE = 256 * 1024
 MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits; an endless body does not
 THREAD_PARSE_ITEMS = 2000           # and big listings' items
 API_CONNECTIONS = 8                 # the pool for metadata calls (listings, fresh links), apart from transfers
+LINK_REFRESHES = 3                  # fresh fullpaths fetched for one file within one attempt (pull and push)
 
 # 5xx answers to an upload after which the file may well be stored: the origin failed while answering
 # (500) or a gateway lost the origin's answer (502, 504).  503 and 429 are refusals made before any work.

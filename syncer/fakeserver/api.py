@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from syncer.fakeserver import seed as seedlib
-from syncer.fakeserver.http import CHUNK, ApiError, ok_response, reset_connection
+from syncer.fakeserver.http import CHUNK, ApiRefusal, ok_response, reset_connection
 from syncer.fakeserver.store import CACHE_FILE_MAX, FileRec
 
 _UPLOAD_FLUSH = 1 << 20
@@ -32,10 +32,10 @@ class ApiMixin:
         """The user a token belongs to, or None for the account API key; 401 otherwise."""
         code = request.headers.get("X-AccountCode")
         if code is not None and code != self.account_code:
-            raise ApiError(401, "unknown account code")
+            raise ApiRefusal(401, "unknown account code")
         token = request.headers.get("X-ApiToken")
         if not token:
-            raise ApiError(401, "missing X-ApiToken")
+            raise ApiRefusal(401, "missing X-ApiToken")
         if token == self.api_key:  # a test server: constant-time comparison buys nothing here
             return None
         user = self._token_users.get(token)
@@ -43,16 +43,16 @@ class ApiMixin:
             # Someone may have edited user_tokens directly: look there before refusing.
             user = next((u for u, t in self.user_tokens.items() if t == token), None)
             if user is None:
-                raise ApiError(401, "invalid token")
+                raise ApiRefusal(401, "invalid token")
         return user
 
     def _file_for(self, request: web.Request, caller: str | None, *, reading: bool = False) -> FileRec:
         rec = self._files.get(request.match_info["id"])
         if rec is None:
-            raise ApiError(404, "file not found")
+            raise ApiRefusal(404, "file not found")
         if caller is not None and caller != rec.owner and not (rec.target_type == "user" and rec.target_id == caller):
             if not (reading and caller in rec.shared_with):
-                raise ApiError(403, "not your file")
+                raise ApiRefusal(403, "not your file")
         return rec
 
     def _hostile_get(self) -> web.Response | None:
@@ -84,11 +84,11 @@ class ApiMixin:
         q = request.query
         ttype, tid, category = q.get("target_type"), q.get("target_id"), q.get("category")
         if ttype not in ("user", "visit") or not tid:
-            raise ApiError(400, "target_type (user|visit) and target_id are required")
+            raise ApiRefusal(400, "target_type (user|visit) and target_id are required")
         if category is not None and category not in seedlib.CATEGORIES:
-            raise ApiError(400, "unknown category")
+            raise ApiRefusal(400, "unknown category")
         if caller is not None and (ttype != "user" or tid != caller):
-            raise ApiError(403, "a user token may list only its own files")
+            raise ApiRefusal(403, "a user token may list only its own files")
         ids = list(self._by_target.get((ttype, tid), ()))
         shared = q.get("include_shared")
         if ttype == "user" and shared is not None and shared.lower() not in ("0", "false", "no"):
@@ -107,17 +107,17 @@ class ApiMixin:
         try:
             form = await request.post()  # urlencoded or multipart: the vendor's own example mixes them
         except ValueError as exc:
-            raise ApiError(400, "unreadable form") from exc
+            raise ApiRefusal(400, "unreadable form") from exc
         name = form.get("name")
         if not isinstance(name, str) or not name:
-            raise ApiError(400, "form field 'name' is required")
+            raise ApiRefusal(400, "form field 'name' is required")
         self.rename_file(rec.id, name)
         return ok_response(self._file_obj(rec))
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
         rec = self._file_for(request, self._caller(request))
         if not rec.deletable:
-            raise ApiError(403, "file is not deletable")
+            raise ApiRefusal(403, "file is not deletable")
         self._forget(rec.id)
         await asyncio.to_thread(rec.path.unlink, True)
         return ok_response(True)
@@ -125,9 +125,9 @@ class ApiMixin:
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         caller = self._caller(request)
         if caller is None:
-            raise ApiError(403, "only a user token can upload")
+            raise ApiRefusal(403, "only a user token can upload")
         if not request.content_type.startswith("multipart/"):
-            raise ApiError(400, "multipart/form-data expected")
+            raise ApiRefusal(400, "multipart/form-data expected")
         category: str | None = None
         got: tuple[Path, str, int, str, bytes | None] | None = None
         try:
@@ -142,13 +142,13 @@ class ApiMixin:
         except (ValueError, AssertionError) as exc:  # malformed multipart
             if got is not None:
                 await asyncio.to_thread(got[0].unlink, True)
-            raise ApiError(400, "malformed multipart body") from exc
+            raise ApiRefusal(400, "malformed multipart body") from exc
         if got is None:
-            raise ApiError(400, "form field 'file' is required")
+            raise ApiRefusal(400, "form field 'file' is required")
         tmp, name, size, sha, data = got
         if category not in seedlib.CATEGORIES:
             await asyncio.to_thread(tmp.unlink, True)
-            raise ApiError(400, "meta.category must be one of " + ", ".join(seedlib.CATEGORIES))
+            raise ApiRefusal(400, "meta.category must be one of " + ", ".join(seedlib.CATEGORIES))
         file_id = seedlib.new_uuid(self._rng)
         path = self.data_dir / file_id
         await asyncio.to_thread(os.replace, tmp, path)
@@ -177,7 +177,7 @@ class ApiMixin:
                 size += len(chunk)
                 if size > self.max_upload_bytes:
                     # Named, as real servers often do: the client must keep the name out of its logs.
-                    raise ApiError(413, f"{name}: file larger than {self.max_upload_bytes} bytes")
+                    raise ApiRefusal(413, f"{name}: file larger than {self.max_upload_bytes} bytes")
                 h.update(chunk)
                 pending += chunk
                 if size <= CACHE_FILE_MAX:

@@ -17,7 +17,7 @@ from aiohttp import web
 CHUNK = 256 * 1024  # bodies are read and written in pieces of this size
 
 
-class ApiError(Exception):
+class ApiRefusal(Exception):
     """Raised by a handler to answer `status` with a JSON error body carrying `message`."""
 
     def __init__(self, status: int, message: str) -> None:

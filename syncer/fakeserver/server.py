@@ -45,7 +45,7 @@ from aiohttp import web
 
 from syncer.fakeserver import seed as seedlib
 from syncer.fakeserver.api import ApiMixin
-from syncer.fakeserver.http import ApiError, error_response
+from syncer.fakeserver.http import ApiRefusal, error_response
 from syncer.fakeserver.store import FileRec, StoreMixin
 from syncer.fakeserver.view import ViewMixin
 
@@ -273,7 +273,7 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
         return None
 
     def _endpoint(self, kind: str, method: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """Count the request, add latency, inject general faults, map ApiError to a JSON error.
+        """Count the request, add latency, inject general faults, map ApiRefusal to a JSON error.
 
         The handler is looked up by name on each request, so a test may replace e.g. `srv._view`
         on a running server to script one odd answer.
@@ -287,7 +287,7 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
             if resp is None:
                 try:
                     resp = await getattr(self, method)(request)
-                except ApiError as exc:
+                except ApiRefusal as exc:
                     resp = error_response(exc.status, exc.message)
             if resp.status != 200:
                 self.counters[f"{kind}_{resp.status}"] += 1

@@ -14,7 +14,7 @@ import re
 from aiohttp import web
 
 from syncer.fakeserver import seed as seedlib
-from syncer.fakeserver.http import CHUNK, ApiError, error_response, reset_connection
+from syncer.fakeserver.http import CHUNK, ApiRefusal, error_response, reset_connection
 from syncer.fakeserver.store import FileRec
 
 _ENDLESS_MAX = 2**30  # an "endless" body still stops after 1 GiB
@@ -31,15 +31,15 @@ class ViewMixin:
         q = request.query
         stamp = q.get("time", "")
         if not _TIME_RE.fullmatch(stamp):  # int() would also take "1_7e9" or " +17": not the link we made
-            raise ApiError(403, "invalid link")
+            raise ApiRefusal(403, "invalid link")
         issued = int(stamp)
         if self._sign(file_id, issued) != q.get("auth_code"):
-            raise ApiError(403, "invalid link")
+            raise ApiRefusal(403, "invalid link")
         if self.clock() - (issued + 1) > self.link_ttl:
-            raise ApiError(403, "link expired")
+            raise ApiRefusal(403, "link expired")
         rec = self._files.get(file_id)
         if rec is None:
-            raise ApiError(404, "file not found")
+            raise ApiRefusal(404, "file not found")
         if self._draw("redirect_other_host"):
             return web.Response(status=302, headers={"Location": f"http://127.0.0.2:{self.port}{request.path_qs}"})
         size_param = q.get("size")

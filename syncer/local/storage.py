@@ -189,11 +189,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[int, str]:
 
 def write_private_text(path: Path, text: str) -> None:
     """Replace ``path`` atomically with ``text`` (UTF-8), mode 0600, durable on return.  Blocking."""
+    write_private_bytes(path, text.encode("utf-8"))
+
+
+def write_private_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``, mode 0600, durable on return.  Blocking."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".syncer-tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
-        _write_all(fd, [text.encode("utf-8")])
+        _write_all(fd, [data])
         os.fsync(fd)
         os.close(fd)
         fd = -1

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from syncer.api.client import LINK_REFRESHES
 from syncer.errors import (
     ApiError,
     AuthError,
@@ -42,7 +43,6 @@ from syncer.run.runner import RunContext
 
 log = logging.getLogger("syncer.pull")
 
-LINK_REFRESHES = 3          # fresh fullpaths fetched for one file within one attempt
 LIST_CONCURRENCY = 8        # targets listed at once (each answer can hold thousands of files)
 
 

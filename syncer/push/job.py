@@ -37,6 +37,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from syncer.api.client import LINK_REFRESHES
 from syncer.errors import (
     ApiError,
     AuthError,
@@ -410,7 +411,7 @@ class PushJob:
 
         async def once() -> str:
             url = f.fullpath
-            for _ in range(3):
+            for _ in range(LINK_REFRESHES + 1):
                 if not url:
                     url = (await ctx.client.file_info(f.id)).fullpath
                 h = hashlib.sha256()

@@ -1,8 +1,9 @@
 """The one exception tree of syncer.
 
 Every failure that crosses a module boundary is one of these; foreign exceptions (aiohttp, OSError,
-sqlite3) are translated in one place each (``client._translate`` for the wire, ``storage`` for the
-disk, ``manifest`` for SQLite) and re-raised ``from`` the original.  No message here ever carries a
+sqlite3) are translated in one place each (``syncer.api.translate`` for the wire, ``syncer.local.storage``
+and ``syncer.local.writer`` for the disk, ``syncer.manifest.store`` for SQLite) and re-raised ``from`` the
+original.  No message here ever carries a
 token or a signed view link: callers pass URLs through :func:`redact_url` first.
 
 ::

@@ -1,5 +1,5 @@
-"""FilesClient: the six endpoints of the Files API (v3), and the one place that turns aiohttp errors and
-HTTP statuses into :mod:`syncer.errors`.
+"""FilesClient: the six endpoints of the Files API (v3) over two aiohttp sessions (transfers; metadata).
+Turning aiohttp errors and HTTP statuses into :mod:`syncer.errors` is :mod:`syncer.api.translate`'s job.
 
 The contract is ``shared/vsee-files-api.md``.  What this module promises its callers:
 

@@ -1,8 +1,8 @@
 """The download pipeline: list targets → plan against the manifest → N downloaders → the recorder.
 
-Stages are joined by a bounded queue, so memory stays flat however many targets and files there
-are.  Every worker reports through one funnel (:meth:`PullJob._finish`) that classifies the outcome:
-done, failed (retried next run), permanent, or fatal (the run stops).
+Stages are joined by the run's worker pool (a bounded queue), so memory stays flat however many targets
+and files there are.  Every download ends in :meth:`PullJob._fetch`, which records it done or hands the
+error to :func:`syncer.errors.classify`: failed (retried next run), permanent, or fatal (the run stops).
 """
 
 from __future__ import annotations
@@ -122,9 +122,9 @@ class PullJob:
             ctx.log_event("bad_item", target=str(target), level=logging.WARNING, message=bad)
             ctx.stats.failed += 1
         ctx.stats.targets += 1
-        # Planning is mostly Python (GIL-bound) plus a stat per known file: on the manifest's own
-        # thread, one step per target (see plan_and_record), never spread over the default pool where
-        # eight listers' plans fought over the GIL (a do-nothing rerun of 200,000 files: 6.9 s -> 4.0 s).
+        # Planning is mostly Python (GIL-bound) plus a stat per known file: it runs on the manifest's own
+        # thread, one step per target (see plan_and_record), so listers never fight over the GIL in the
+        # default pool (the measurements are in tests/perf/README.md).
         plan = await ctx.manifest.call(
             plan_and_record, ctx.manifest, None if self.opts.dry_run else ctx.run_id, target, files,
             dest=self.dest, categories=self.opts.categories,

@@ -33,8 +33,8 @@ T = TypeVar("T")
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on a new event loop: uvloop's where it is installed (a dependency on Linux and macOS:
-    about 10 % less CPU per small file than asyncio's, see tests/perf/README.md), else asyncio's own.
+    """Run ``main`` on a new event loop: uvloop's where it is installed (a dependency on Linux and macOS;
+    why: tests/perf/README.md), else asyncio's own.
     ``SYNCER_EVENT_LOOP=asyncio`` forces asyncio's loop, to rule the loop out when chasing a problem;
     ``uvloop`` insists on uvloop.  Anything else is a ConfigError (exit 2)."""
     choice = os.environ.get(LOOP_ENV, "").strip().lower()

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from syncer.errors import ConfigError, SyncerError, error_class
 from syncer.local.lock import RunLock
 from syncer.logs import describe, event, register_secret
 from syncer.manifest import Manifest, Recorder
+from syncer.run.signals import on_stop_signals
 from syncer.run.stats import RunStats
 
 log = logging.getLogger("syncer.run")
@@ -137,7 +139,7 @@ async def execute(
                     # is over.  Files finished since its last batch are on disk, unrecorded: the next
                     # run adopts them.
                     ctx.fatal(exc)
-            stats.ended = stats.ended or __import__("time").time()
+            stats.ended = stats.ended or time.time()
             if ctx.fatal_error is not None:
                 stats.outcome = "fatal"
                 stats.fatal_error = describe(ctx.fatal_error)
@@ -177,24 +179,18 @@ async def _run_with_signals(ctx: RunContext, job: Job,
         ctx.stop_event.set()
         loop.call_later(STOP_GRACE, task.cancel)
 
-    installed = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, on_signal, signum)
-            installed.append(signum)
     try:
-        try:
-            await task
-        except asyncio.CancelledError:
-            if ctx.signal_received is None:
-                raise
-        except SyncerError as exc:
-            ctx.fatal(exc)
+        with on_stop_signals(on_signal):
+            try:
+                await task
+            except asyncio.CancelledError:
+                if ctx.signal_received is None:
+                    raise
+            except SyncerError as exc:
+                ctx.fatal(exc)
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
         if reporter is not None:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-        ctx.stats.ended = __import__("time").time()
+        ctx.stats.ended = time.time()

@@ -224,7 +224,9 @@ async def test_not_found_is_permanent_and_failed_counts_attempts(tmp_path):
         assert rows[victim["id"]]["error_class"] == "NotFoundError"
         assert rows[victim["id"]]["attempts"] == 1
         assert stats.permanent == 1 and stats.files_done == 2
-        # A permanent failure is not retried by the next run.
+        # The next run tries it once more (the server may serve it again) and is red again while it fails.
         views = srv.counters["view"]
         stats, code = await run_pull(srv, cfg)
-        assert srv.counters["view"] == views
+        assert srv.counters["view"] == views + 1
+        assert code == 1 and stats.permanent == 1 and stats.skipped == 2
+        assert {r["file_id"]: r for r in manifest_rows(cfg)}[victim["id"]]["attempts"] == 2

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The oldest schema a read-only reader (status, verify, dry runs) can use as it is, without upgrading:
 # migrations since then only add indexes.  Raise it when a migration changes what readers query.
 READABLE_FROM = 1
@@ -74,4 +74,37 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS push_state_size ON push_items(state, size)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _schema_v1, 1: _schema_v2}
+# Failures of a whole scope (a pull target whose listing failed or listed nothing, a push user), one row
+# per scope: written when seen, removed when a later run finds the scope sound again.
+SCOPE_KEY = ("kind", "scope", "scope_id")
+
+
+def _schema_v3(db: sqlite_utils.Database) -> None:
+    """v2 -> v3: failures that stay visible.
+
+    - ``scope_failures``: a target (or user) that could not be listed or listed nothing, with who
+      acknowledged it, if anyone.
+    - ``acked_by``/``acked_at``/``ack_reason`` on the item tables: an operator's acknowledgement of a
+      permanent failure (``syncer ack``); cleared when the item changes or is done.
+    - ``listed_own`` on ``pull_items``: 1 once the file was seen in a listing without ``include_shared``
+      (it is the target's own file).  A later listing without ``include_shared`` proves the absence only
+      of such files: a shared document it does not show is not deleted remotely, just not asked for.
+
+    Readers of an older manifest see none of it (``Manifest.summary`` checks the version)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS scope_failures (kind TEXT NOT NULL, scope TEXT NOT NULL, scope_id TEXT NOT NULL,"
+        " reason TEXT NOT NULL, error_class TEXT, detail TEXT, first_seen TEXT, last_seen TEXT, run_id TEXT,"
+        " acked_by TEXT, acked_at TEXT, PRIMARY KEY (kind, scope, scope_id))")
+    for table in ("pull_items", "push_items"):
+        have = {c[1] for c in db.execute(f"PRAGMA table_info({table})").fetchall()}
+        for col in ("acked_by", "acked_at", "ack_reason"):
+            if col not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {col} TEXT")
+    have = {c[1] for c in db.execute("PRAGMA table_info(pull_items)").fetchall()}
+    if "listed_own" not in have:
+        # No rows rewritten (ALTER ... ADD COLUMN is instant on a million rows): only a user's
+        # user_documents can be someone else's, so the planner reads NULL as "own" for every other row.
+        db.execute("ALTER TABLE pull_items ADD COLUMN listed_own INTEGER")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _schema_v1, 1: _schema_v2, 2: _schema_v3}

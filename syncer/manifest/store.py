@@ -305,8 +305,9 @@ class Manifest:
     # -- pull ----------------------------------------------------------------------------------
     def pull_rows_for_target(self, target_type: str, target_id: str) -> list[dict[str, Any]]:
         cur = self.conn.execute(
-            "SELECT file_id, remote_name, size, state, local_path, path_key, sha256, category, created,"
-            " modified FROM pull_items WHERE target_type = ? AND target_id = ?", (target_type, target_id))
+            f"SELECT file_id, remote_name, size, state, local_path, path_key, sha256, category, created,"
+            f" modified{', acked_at, listed_own' if self.version >= 3 else ''}"
+            " FROM pull_items WHERE target_type = ? AND target_id = ?", (target_type, target_id))
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur]
 
@@ -344,6 +345,79 @@ class Manifest:
             if deleted:
                 self.apply([Update("pull_items", key, {"state": "remote_deleted"}, event="remote_deleted")
                             for key in deleted], run_id)
+
+    # -- acknowledgements ----------------------------------------------------------------------
+    def acknowledge_pull(self, target_type: str, target_id: str, file_ids: list[str] | None, *, by: str,
+                         reason: str) -> list[str]:
+        """Record that ``by`` acknowledged the permanent failure of these files of one target (every
+        unacknowledged permanent one when ``file_ids`` is None), with an ``acknowledged`` event each.
+
+        Raises ManifestError naming a file that is unknown or not failed permanently: only a failure the
+        server says will not change can be accepted; anything else is retried and must stay red.
+        Returns the file ids acknowledged."""
+        if self.version < 3:
+            raise ManifestError(f"{self.path} has an older schema ({self.version}); run any pull to upgrade it")
+        rows = dict(self.conn.execute(
+            "SELECT file_id, state FROM pull_items WHERE target_type = ? AND target_id = ?"
+            + ("" if file_ids is not None else " AND state = 'permanent' AND acked_at IS NULL"),
+            (target_type, target_id)).fetchall())
+        wanted = list(dict.fromkeys(file_ids)) if file_ids is not None else sorted(rows)
+        for fid in wanted:
+            if fid not in rows:
+                raise ManifestError(f"{target_type}:{target_id} has no file {fid!r} in the manifest")
+            if rows[fid] != "permanent":
+                raise ManifestError(f"{target_type}:{target_id}/{fid} is {rows[fid]}, not failed permanently:"
+                                    " only a permanent failure can be acknowledged")
+        at = now_iso()
+        with self._tx():
+            self.conn.executemany(
+                "UPDATE pull_items SET acked_by = ?, acked_at = ?, ack_reason = ? WHERE target_type = ?"
+                " AND target_id = ? AND file_id = ?",
+                [(by, at, reason, target_type, target_id, fid) for fid in wanted])
+            self.conn.executemany(
+                "INSERT INTO events (at, run_id, kind, item, event, detail) VALUES (?, NULL, 'pull', ?,"
+                " 'acknowledged', ?)",
+                [(at, f"{target_type}/{target_id}/{fid}", f"by {by}: {reason}"[:500]) for fid in wanted])
+        return wanted
+
+    # -- failures of a whole scope (a target, a user) ------------------------------------------
+    def open_scope_failures(self, kind: str, scope: str) -> dict[str, str]:
+        """``scope_id -> reason`` of the scope failures recorded for ``kind``/``scope``."""
+        if self.version < 3:
+            return {}
+        return dict(self.conn.execute(
+            "SELECT scope_id, reason FROM scope_failures WHERE kind = ? AND scope = ?", (kind, scope)).fetchall())
+
+    def record_scope_failure(self, kind: str, scope: str, scope_id: str, *, reason: str, run_id: str | None,
+                             error_class: str | None = None, detail: str | None = None) -> None:
+        """A whole scope failed (``kind`` pull/push, ``scope`` target/user, ``reason`` e.g. list_failed,
+        listed_nothing, no_token): one row per scope, ``first_seen`` kept while the reason stays the same,
+        an acknowledgement kept likewise; plus a ``scope_failed`` event in the audit trail."""
+        at = now_iso()
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO scope_failures (kind, scope, scope_id, reason, error_class, detail, first_seen,"
+                " last_seen, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, scope, scope_id) DO"
+                " UPDATE SET first_seen = CASE WHEN reason = excluded.reason THEN first_seen ELSE excluded.first_seen"
+                " END, acked_by = CASE WHEN reason = excluded.reason THEN acked_by END,"
+                " acked_at = CASE WHEN reason = excluded.reason THEN acked_at END, reason = excluded.reason,"
+                " error_class = excluded.error_class, detail = excluded.detail, last_seen = excluded.last_seen,"
+                " run_id = excluded.run_id",
+                (kind, scope, scope_id, reason, error_class, detail, at, at, run_id))
+            self.conn.execute(
+                "INSERT INTO events (at, run_id, kind, item, event, error_class, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (at, run_id, kind, f"{scope}/{scope_id}", f"{scope}_{reason}", error_class, detail))
+
+    def clear_scope_failure(self, kind: str, scope: str, scope_id: str, *, run_id: str | None) -> None:
+        """The scope is sound again (its listing succeeded with files, the user has a token): forget its
+        failure, with a ``scope_cleared`` event."""
+        with self._tx():
+            cur = self.conn.execute("DELETE FROM scope_failures WHERE kind = ? AND scope = ? AND scope_id = ?",
+                                    (kind, scope, scope_id))
+            if cur.rowcount:
+                self.conn.execute(
+                    "INSERT INTO events (at, run_id, kind, item, event) VALUES (?, ?, ?, ?, ?)",
+                    (now_iso(), run_id, kind, f"{scope}/{scope_id}", f"{scope}_cleared"))
 
     def pull_done_rows(self) -> list[dict[str, Any]]:
         cur = self.conn.execute(
@@ -412,12 +486,20 @@ class Manifest:
                     f"SELECT state, count(*), sum({size_col}) FROM {table} GROUP BY state")
             }
             if kind == "pull":
+                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
                 failed = self.conn.execute(
                     "SELECT target_type || ':' || target_id, file_id, state, attempts, error_class, last_error,"
-                    " updated_at FROM pull_items WHERE state IN ('failed', 'permanent')"
+                    f" updated_at{acks} FROM pull_items WHERE state IN ('failed', 'permanent')"
                     " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
                 items = [dict(zip(("target", "file_id", "state", "attempts", "error_class", "last_error",
-                                   "updated_at"), r, strict=True)) for r in failed]
+                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
+                         for r in failed]
+                acked = {"count": 0, "bytes": 0}
+                if self.version >= 3:
+                    n, b = self.conn.execute(
+                        "SELECT count(*), sum(size) FROM pull_items WHERE state = 'permanent'"
+                        " AND acked_at IS NOT NULL").fetchone()
+                    acked = {"count": n, "bytes": b or 0}
             else:
                 failed = self.conn.execute(
                     "SELECT user_id, rel_path, state, attempts, error_class, last_error, updated_at"
@@ -425,12 +507,20 @@ class Manifest:
                     " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
                 items = [dict(zip(("user_id", "rel_path", "state", "attempts", "error_class", "last_error",
                                    "updated_at"), r, strict=True)) for r in failed]
-            out[kind] = {"states": states, "failed": items}
+                acked = {"count": 0, "bytes": 0}
+            out[kind] = {"states": states, "failed": items, "acknowledged": acked}
         cur = self.conn.execute(
             "SELECT id, kind, started, ended, outcome, files_done, bytes_done, failed, skipped, pid, host"
             " FROM runs ORDER BY started DESC LIMIT ?", (runs,))
         cols = [d[0] for d in cur.description]
         out["runs"] = [dict(zip(cols, r, strict=True)) for r in cur]
+        out["scope_failures"] = []
+        if self.version >= 3:
+            cur = self.conn.execute(
+                "SELECT kind, scope, scope_id, reason, error_class, first_seen, last_seen, run_id, acked_by, acked_at"
+                " FROM scope_failures ORDER BY kind, scope, reason, scope_id")
+            cols = [d[0] for d in cur.description]
+            out["scope_failures"] = [dict(zip(cols, r, strict=True)) for r in cur]
         return out
 
 

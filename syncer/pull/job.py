@@ -2,7 +2,11 @@
 
 Stages are joined by the run's worker pool (a bounded queue), so memory stays flat however many targets
 and files there are.  Every download ends in :meth:`PullJob._fetch`, which records it done or hands the
-error to :func:`syncer.errors.classify`: failed (retried next run), permanent, or fatal (the run stops).
+error to :func:`syncer.errors.classify`: failed (retried next run), permanent, or fatal (the run stops;
+the item that met it is recorded failed, so ``status`` names it and the next run tries it again).
+
+A target whose listing failed, or that listed no files, is recorded in the manifest's ``scope_failures``
+(``status`` shows it) until a later listing of it succeeds with files.
 """
 
 from __future__ import annotations
@@ -68,11 +72,13 @@ class PullJob:
         self.dry_run_report: list[DryRunTarget] = []
         self.listed_ok = 0
         self.list_unreachable = 0
+        self.scope_open: dict[str, str] = {}  # targets with a failure on record -> its reason
 
     # -- the script ------------------------------------------------------------------------------
     async def run(self) -> None:
         if not self.opts.dry_run:
             await asyncio.to_thread(self._prepare_dest)
+            self.scope_open = await self.ctx.manifest.call(self.ctx.manifest.open_scope_failures, "pull", "target")
         await self.pool.run(self._list_all)
 
     def _prepare_dest(self) -> None:
@@ -112,23 +118,41 @@ class PullJob:
         except ApiError as exc:
             if isinstance(exc, TransientError):
                 self.list_unreachable += 1
-            ctx.stats.failed += 1
+            ctx.stats.targets_failed += 1
             ctx.log_event("list_failed", target=str(target), error_class=error_class(exc), level=logging.WARNING,
                           message=str(exc))
+            await self._scope(target, "list_failed", error_class(exc), scrub(str(exc))[:500])
             return
         self.listed_ok += 1
         files = listing.files
         for bad in listing.bad_items:
             ctx.log_event("bad_item", target=str(target), level=logging.WARNING, message=bad)
-            ctx.stats.failed += 1
+            ctx.stats.count_failure("failed", "ProtocolError")
         ctx.stats.targets += 1
+        if listing.target_missing:
+            # The server does not know the target (404): its files, if it has any, are not backed up.
+            ctx.stats.targets_failed += 1
+            ctx.log_event("target_not_found", target=str(target), level=logging.WARNING,
+                          message=f"target {target}: the server does not know it (404)")
+            await self._scope(target, "not_found", "NotFoundError", None)
+        elif not files and not listing.bad_items:
+            ctx.stats.targets_empty += 1
+            ctx.log_event("listed_nothing", target=str(target), level=logging.WARNING,
+                          message=f"target {target} listed no files (a mistyped id?)")
+            await self._scope(target, "listed_nothing", None, None)
+        elif listing.bad_items:
+            await self._scope(target, "incomplete_listing", "ProtocolError",
+                              f"{len(listing.bad_items)} items of the listing could not be read")
+        else:
+            await self._scope(target, None, None, None)
         # Planning is mostly Python (GIL-bound) plus a stat per known file: it runs on the manifest's own
         # thread, one step per target (see plan_and_record), so listers never fight over the GIL in the
         # default pool (the measurements are in tests/perf/README.md).
         plan = await ctx.manifest.call(
             plan_and_record, ctx.manifest, None if self.opts.dry_run else ctx.run_id, target, files,
             dest=self.dest, categories=self.opts.categories,
-            listing_complete=listing.complete and not listing.target_missing)
+            listing_complete=listing.complete and not listing.target_missing,
+            include_shared=self.opts.include_shared)
         ctx.stats.skipped += plan.up_to_date
         ctx.stats.files_total += len(plan.todo)
         ctx.stats.bytes_total += plan.todo_bytes
@@ -142,6 +166,18 @@ class PullJob:
                 return
             await self.pool.put(item)
 
+    async def _scope(self, target: Target, reason: str | None, err: str | None, detail: str | None) -> None:
+        """Record the target's failure (``reason``), or clear the one on record when ``reason`` is None.
+        Nothing in a dry run; no write for a sound target with nothing on record (the usual case)."""
+        if self.opts.dry_run or (reason is None and str(target) not in self.scope_open):
+            return
+        m = self.ctx.manifest
+        if reason is None:
+            await m.call(m.clear_scope_failure, "pull", "target", str(target), run_id=self.ctx.run_id)
+        else:
+            await m.call(m.record_scope_failure, "pull", "target", str(target), reason=reason,
+                         run_id=self.ctx.run_id, error_class=err, detail=detail)
+
     # -- stage 2: downloading --------------------------------------------------------------------
     async def _fetch(self, item: WorkItem) -> None:
         started = time.monotonic()
@@ -149,39 +185,47 @@ class PullJob:
             nbytes, sha, folder = await self.ctx.policy.call(self._transfer, item)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
-            if classify(exc) is Kind.FATAL:
+        except Exception as exc:  # noqa: BLE001 - every item error is recorded; a fatal one also stops the run
+            kind = classify(exc)
+            if not isinstance(exc, AuthError):  # a rejected token says nothing about the file
+                self._record_failure(item, exc, kind)
+            if kind is Kind.FATAL:
                 self.ctx.fatal(exc)
-            else:
-                self._record_failure(item, exc)
             return
         self.ctx.stats.files_done += 1
         self.ctx.stats.bytes_done += nbytes
         self.ctx.recorder.put(Update(
             "pull_items", item.key,
             {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": now_iso(),
-             "last_error": None, "error_class": None},
+             "last_error": None, "error_class": None, "acked_by": None, "acked_at": None, "ack_reason": None},
             event="done", bump_attempts=True, sync_dir=str(folder)))
         self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
                            bytes=nbytes,
                            duration=round(time.monotonic() - started, 3))
 
-    def _record_failure(self, item: WorkItem, exc: BaseException) -> None:
-        permanent = classify(exc) is Kind.PERMANENT
+    def _record_failure(self, item: WorkItem, exc: BaseException, kind: Kind) -> None:
+        """Record and count one item's failure.  A fatal one (the disk) is recorded as failed: like any
+        cause on our side it is never permanent, and ``status`` names the file it hit."""
+        permanent = kind is Kind.PERMANENT
         state = PullState.PERMANENT if permanent else PullState.FAILED
-        if permanent:
-            self.ctx.stats.permanent += 1
-        else:
-            self.ctx.stats.failed += 1
+        # An acknowledged item failing for good again is not news; failing any other way, it is.
+        counted = "acknowledged" if permanent and item.acked else ("permanent" if permanent else "failed")
+        self.ctx.stats.count_failure(counted, error_class(exc))
         message = scrub(str(exc)) if isinstance(exc, SyncerError) else scrub(f"unexpected error: {exc!r}")
         if item.file_id not in message:
             message = f"file {item.file_id}: {message}"
-        self.ctx.recorder.put(Update(
-            "pull_items", item.key,
-            {"state": state.value, "last_error": message[:500], "error_class": error_class(exc)},
-            event="failed", bump_attempts=True, error_class=error_class(exc), detail=message[:500]))
+        try:
+            self.ctx.recorder.put(Update(
+                "pull_items", item.key,
+                {"state": state.value, "last_error": message[:500], "error_class": error_class(exc)},
+                event="failed", bump_attempts=True, error_class=error_class(exc), detail=message[:500]))
+        except SyncerError:
+            if kind is not Kind.FATAL:
+                raise
+            # The manifest's own disk failed too: the run stops on this error; the row stays as it was.
         self.ctx.log_event("download_failed", file_id=item.file_id, target=str(item.target),
-                           error_class=error_class(exc), level=logging.WARNING, message=message)
+                           error_class=error_class(exc), level=logging.INFO if counted == "acknowledged"
+                           else logging.WARNING, message=message)
 
     async def _transfer(self, item: WorkItem) -> tuple[int, str, Path]:
         """One attempt: stream the file to a hidden temp, check it, make it durable, rename it.

@@ -10,7 +10,13 @@ to insert or change and which files to fetch.  Decisions it encodes:
 - A remote rename updates ``remote_name`` in the manifest; the local file keeps its path, so paths
   stay stable for whatever reads the backup.
 - A file gone from the listing is marked ``remote_deleted`` and kept on disk: a backup never deletes.
+  Only a listing that covers the file proves its absence: a narrower selection (fewer ``--category``,
+  no ``--include-shared`` after a run with it) is not a deletion.
 - A finished file whose size changed remotely, or whose local copy has disappeared, is fetched again.
+- Every file not backed up is tried again, failed permanently or not: one request a run is cheap next
+  to a patient's file that is never fetched once the server (or the operator) has fixed the cause.
+  Only a file that is done, with its local copy present, counts as up to date.
+- An operator's acknowledgement of a permanent failure is void once the remote file changes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from syncer.manifest import Manifest, Update
 from syncer.models import PullState, RemoteFile, Target
 
 UNCATEGORIZED = "uncategorized"
+# Not backed up yet: fetched (again) by every run.
+_TODO_STATES = (PullState.PENDING, PullState.FAILED, PullState.PERMANENT)
 
 
 @dataclass
@@ -40,6 +48,7 @@ class WorkItem:
     fullpath: str | None
     maybe_partial: bool = True  # a partial temp may exist from an earlier run (worth a Range resume)
     tried: bool = False         # an attempt was made in this run (it may have left a partial)
+    acked: bool = False         # an operator acknowledged its permanent failure (syncer ack)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -92,6 +101,7 @@ def plan_and_record(
     dest: Path,
     categories: tuple[str, ...] = (),
     listing_complete: bool = True,
+    include_shared: bool = False,
 ) -> TargetPlan:
     """Plan one target against the whole manifest and record the plan, as one step on the manifest's
     own thread (call it through ``Manifest.call``).
@@ -106,7 +116,7 @@ def plan_and_record(
     # A rerun with nothing new has no candidate paths: no need to ask the manifest.
     elsewhere = manifest.pull_paths_taken(keys) if keys else set()
     plan = plan_target(target, listing, rows, dest=dest, categories=categories,
-                       listing_complete=listing_complete, taken_elsewhere=elsewhere)
+                       listing_complete=listing_complete, taken_elsewhere=elsewhere, include_shared=include_shared)
     if run_id is not None and (plan.inserts or plan.updates or plan.deleted):
         manifest.apply_pull_listing(run_id, plan.inserts, plan.updates, plan.deleted)
     return plan
@@ -122,6 +132,7 @@ def plan_target(
     check_local: bool = True,
     listing_complete: bool = True,
     taken_elsewhere: Iterable[str] = (),
+    include_shared: bool = False,
 ) -> TargetPlan:
     """Compare one target's listing with its manifest rows (see the module docstring).
 
@@ -142,7 +153,7 @@ def plan_target(
         if row is None:
             new_files.append(f)
             continue
-        _plan_known(plan, target, f, row, dest, check_local)
+        _plan_known(plan, target, f, row, dest, check_local, own=not include_shared)
 
     # First seen, first served: the oldest file keeps the plain name in a collision.
     new_files.sort(key=lambda f: (f.created or 0, f.id))
@@ -162,6 +173,8 @@ def plan_target(
             "category": f.category, "remote_name": f.name, "size": f.size, "created": f.created,
             "modified": f.modified, "ext": f.ext, "owner_id": f.owner_id, "local_path": rel,
             "path_key": key, "state": PullState.PENDING.value,
+            # Seen in a listing of the target's own files: a later such listing covers it.
+            "listed_own": None if include_shared else 1,
         })
         plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath))
 
@@ -173,16 +186,29 @@ def plan_target(
             continue
         if categories and row["category"] not in categories:
             continue  # not covered by this listing
+        if not include_shared and not _own(target, row):
+            continue  # maybe a document shared with the user: a listing without include_shared omits it
         plan.deleted.append((target.type, target.id, file_id))
     _mark_partials(plan.todo, dest)
     return plan
 
 
+def _own(target: Target, row: dict[str, Any]) -> bool:
+    """Whether a listing without include_shared covers this row: it was seen in one (``listed_own``), or
+    it cannot be someone else's (only a user's user_documents can be shared with them)."""
+    return bool(row.get("listed_own")) or not (target.type == "user" and row["category"] == "user_document")
+
+
+_ACK_VOID = {"acked_by": None, "acked_at": None, "ack_reason": None}
+
+
 def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, Any], dest: Path,
-                check_local: bool) -> None:
+                check_local: bool, *, own: bool = False) -> None:
     key = (target.type, target.id, f.id)
     changes: dict[str, Any] = {}
     event = None
+    if own and "listed_own" in row and not _own(target, row):
+        changes["listed_own"] = 1  # once: now a listing of own files covers it
     if f.name != row["remote_name"]:
         changes["remote_name"] = f.name
         event = "renamed_remote"
@@ -195,6 +221,10 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
         state = PullState.DONE.value if row["sha256"] else PullState.PENDING.value
         changes["state"] = state
         event = "reappeared"
+    acked = bool(row.get("acked_at"))
+    if acked and event in ("changed_remote", "reappeared"):
+        changes.update(_ACK_VOID)  # acknowledged was the file as it was, not this one
+        acked = False
     if state == PullState.DONE and check_local:
         try:
             st = os.stat(dest / row["local_path"])
@@ -205,21 +235,23 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
             changes.update(state=PullState.PENDING.value)
             event = "local_missing"
             state = PullState.PENDING.value
-    if state in (PullState.PENDING, PullState.FAILED) and check_local and "size" not in changes:
+    if state in _TODO_STATES and check_local and "size" not in changes:
         # Killed after the rename but before the manifest heard of it: the final path only ever
         # holds a complete file written for this id, so adopt it instead of fetching it again.
         adopted = _adopt_local(dest / row["local_path"], row["size"])
         if adopted is not None:
             changes.update(state=PullState.DONE.value, sha256=adopted, bytes=row["size"],
                            last_error=None, error_class=None)
+            if acked:
+                changes.update(_ACK_VOID)
             event = "adopted_local"
             state = PullState.DONE.value
     if changes:
         plan.updates.append(Update("pull_items", key, changes, event=event))
-    if state in (PullState.PENDING, PullState.FAILED):
+    if state in _TODO_STATES:
         plan.todo.append(WorkItem(target, f.id, f.size if f.size is not None else row["size"],
-                                  row["local_path"], f.fullpath))
-    else:
+                                  row["local_path"], f.fullpath, acked=acked))
+    elif state == PullState.DONE:
         plan.up_to_date += 1
 
 

@@ -145,7 +145,7 @@ async def execute(
                 stats.fatal_error = describe(ctx.fatal_error)
             elif ctx.signal_received is not None:
                 stats.outcome = "interrupted"
-            elif stats.failed or stats.permanent:
+            elif stats.any_failed:
                 stats.outcome = "failed"
             else:
                 stats.outcome = "ok"

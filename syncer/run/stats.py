@@ -22,6 +22,11 @@ class RunStats:
     permanent: int = 0          # failed for good (404, 400, 413, unsafe name)
     skipped: int = 0            # up to date, or not eligible (symlinks, no token)
     adopted: int = 0            # push: uploads found on the server after a lost answer
+    acknowledged: int = 0       # failed permanently again, but an operator acknowledged it: not red
+    targets_failed: int = 0     # pull: targets whose listing failed (their files unknown: red)
+    targets_empty: int = 0      # pull: targets that listed no files (often a mistyped id: reported)
+    # Items failed in this run (failed + permanent), by error class: the metrics' ``reason`` label.
+    failed_reasons: dict[str, int] = field(default_factory=dict)
     outcome: str = "running"    # ok | failed | fatal | interrupted
     fatal_error: str | None = None
 
@@ -34,6 +39,22 @@ class RunStats:
         d["elapsed"] = round(self.elapsed, 3)
         return d
 
+    @property
+    def any_failed(self) -> bool:
+        """Whether anything selected is not backed up (and not acknowledged): the run is red (exit 1)."""
+        return bool(self.failed or self.permanent or self.targets_failed)
+
+    def count_failure(self, kind: str, reason: str) -> None:
+        """One item failed: ``kind`` "failed" (retried next run), "permanent" or "acknowledged"."""
+        if kind == "acknowledged":
+            self.acknowledged += 1
+            return
+        if kind == "permanent":
+            self.permanent += 1
+        else:
+            self.failed += 1
+        self.failed_reasons[reason] = self.failed_reasons.get(reason, 0) + 1
+
     def counts(self) -> dict[str, int]:
         return {"files_done": self.files_done, "bytes_done": self.bytes_done,
-                "failed": self.failed + self.permanent, "skipped": self.skipped}
+                "failed": self.failed + self.permanent + self.targets_failed, "skipped": self.skipped}

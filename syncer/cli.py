@@ -415,3 +415,58 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
         PushJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
         details={"source": str(opts.source), "users": len(opts.users) or None}))
     _finish(stats, code, metrics_file)
+
+
+@main.group("ack", context_settings=CONTEXT)
+def ack_group() -> None:
+    """Acknowledge a permanent failure, so it no longer turns runs red (it stays listed in status).
+
+    The acknowledgement (who, when, why) goes into the manifest's audit trail.  It is void once the
+    file changes on the server or is backed up after all.
+
+    \b
+    Example:
+      syncer status -c syncer.toml        # find the permanent failures
+      syncer ack pull user:2317820300 FILE_ID --reason "removed by the clinic, ticket 4711"
+    """
+
+
+@ack_group.command("pull", context_settings=CONTEXT)
+@config_option
+@click.argument("target", metavar="TYPE:ID")
+@click.argument("file_ids", nargs=-1, metavar="[FILE_ID]...")
+@click.option("--all", "all_permanent", is_flag=True,
+              help="Every unacknowledged permanent failure of TARGET instead of the FILE_IDs given.")
+@click.option("--reason", required=True, help="Why the file cannot be backed up (kept in the audit trail).")
+@click.option("--by", "by", envvar="USER", help="Who acknowledges it (default: $USER).")
+@handle_errors
+def ack_pull(config_path: str | None, target: str, file_ids: tuple[str, ...], all_permanent: bool, reason: str,
+             by: str | None) -> None:
+    """Acknowledge that files of TARGET failed permanently (e.g. the server can no longer serve them).
+
+    Only a permanent failure can be acknowledged (exit 2 otherwise); pulls still try the file each
+    run, and it is backed up as soon as the server serves it again.
+
+    \b
+    Example:
+      syncer ack pull user:2317820300 0f6c1d2e-... --reason "deleted by the clinic, ticket 4711"
+    """
+    import getpass
+
+    from syncer.manifest import Manifest
+    from syncer.models import Target
+
+    if bool(file_ids) == all_permanent:
+        raise click.UsageError("give the FILE_IDs to acknowledge, or --all (not both)")
+    if not reason.strip():
+        raise click.UsageError("--reason must say why")
+    who = (by or "").strip() or getpass.getuser()
+    tgt = Target.parse(target)
+    cfg = _load(config_path, {})
+    manifest = Manifest.open(cfg.manifest.path, create=False)
+    try:
+        done = manifest.acknowledge_pull(tgt.type, tgt.id, list(file_ids) if file_ids else None, by=who,
+                                         reason=reason.strip())
+    finally:
+        manifest.close()
+    click.echo(f"acknowledged {len(done)} permanent failure{'s' if len(done) != 1 else ''} of {tgt} as {who}")

@@ -1,10 +1,17 @@
-"""Which targets a pull covers: flags, config, a targets file, and --shard."""
+"""Which targets a pull covers: flags, config, a targets file, and --shard.
+
+An id with a character no real id has (whitespace inside it, a quote, a bracket or brace, a comma or
+semicolon, a control, format or separator character) is refused (exit 2, naming the file and line or
+the flag): it is a mistake in the list (``user:{'id': 123}``, a pasted CSV row), and would otherwise
+only list nothing, in silence.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,9 +50,32 @@ def parse_targets_file(path: Path) -> list[Target]:
     return targets
 
 
+# Punctuation no id of the Files API has (ids are numbers or UUID-like strings), but a mangled list does.
+_NOT_IN_IDS = frozenset("'\"`{}[]()<>,;|\\=")
+
+
+def bad_id_char(ident: str) -> str | None:
+    """The first character of ``ident`` that no real id has, escaped for a message; None if all are fine."""
+    for ch in ident:
+        if ch in _NOT_IN_IDS or ch.isspace() or unicodedata.category(ch)[0] in "CZ":
+            return ch.encode("unicode_escape").decode("ascii") if not ch.isprintable() or ch.isspace() else ch
+    return None
+
+
+def parse_target(text: str) -> Target:
+    """``Target.parse`` plus the check of the id's characters (see the module docstring)."""
+    target = Target.parse(text)
+    bad = bad_id_char(target.id)
+    if bad is not None:
+        shown = text.strip().encode("unicode_escape").decode("ascii") if not text.isprintable() else text.strip()
+        raise ConfigError(f"target {shown[:80]!r}: the id has a character no id has ({bad!r}); "
+                          "one TYPE:ID a line, e.g. user:2317820300")
+    return target
+
+
 def _parse(text: str, path: Path, lineno: int) -> Target:
     try:
-        return Target.parse(text)
+        return parse_target(text)
     except ConfigError as exc:
         raise ConfigError(f"{path}:{lineno}: {exc}") from exc
 
@@ -74,7 +104,7 @@ def select_targets(texts: Iterable[str], files: Iterable[Path], shard: tuple[int
     """Merge and de-duplicate targets (order kept), then keep this shard's."""
     seen: dict[Target, None] = {}
     for text in texts:
-        seen.setdefault(Target.parse(text), None)
+        seen.setdefault(parse_target(text), None)
     for path in files:
         for t in parse_targets_file(path):
             seen.setdefault(t, None)

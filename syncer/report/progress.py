@@ -35,12 +35,24 @@ def progress_line(stats: RunStats) -> str:
             f"failed {stats.failed + stats.permanent}")
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def summary_text(stats: RunStats) -> str:
     lines = [
         f"{stats.kind} {stats.outcome}: {stats.files_done} files ({human_bytes(stats.bytes_done)}) in "
         f"{stats.elapsed:.1f}s; {stats.skipped} already up to date; "
         f"{stats.failed} failed (retried next run); {stats.permanent} failed permanently",
     ]
+    if stats.acknowledged:
+        lines.append(f"{stats.acknowledged} failed permanently again, acknowledged by an operator (not counted as"
+                     " failed; see syncer status)")
+    if stats.targets_failed:
+        lines.append(f"{_n(stats.targets_failed, 'target')} could not be listed: their files are not backed up"
+                     " (see syncer status)")
+    if stats.targets_empty:
+        lines.append(f"{_n(stats.targets_empty, 'target')} listed no files (see syncer status)")
     if stats.adopted:
         lines.append(f"{stats.adopted} uploads found already stored after a lost answer (not sent again)")
     if stats.fatal_error:

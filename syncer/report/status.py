@@ -14,6 +14,11 @@ Decisions:
   ``failed_total`` says how many there are in all.  Pull lists ``failed`` and ``permanent`` items,
   push also ``uploading`` ones (an upload whose outcome is not known yet).
 - Errors are stored secret-free; they are scrubbed once more anyway and never hold a view link.
+- An acknowledged permanent failure (``syncer ack``) is still listed, with ``acked_by``/``acked_at``/
+  ``ack_reason``; ``acknowledged`` counts them (they are part of ``failed_total``).
+- ``scope_failures``: whole targets (or users) that could not be listed (``list_failed``, ``not_found``,
+  ``incomplete_listing``) or listed nothing (``listed_nothing``), until a later run finds them sound.
+  The server's own text (``detail``) is kept in the manifest only.
 - A ``running`` run gets ``alive``: whether its process still exists (same host only; ``None`` when
   it cannot be told).  ``False`` means it was killed; the next run marks it so.
 """
@@ -69,8 +74,10 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
                       "bytes": sum(v["bytes"] for v in states.values())},
             "states": states,
             "failed_total": sum(states[s]["count"] for s in _FAILING[kind] if s in states),
+            "acknowledged": raw[kind].get("acknowledged", {"count": 0, "bytes": 0}),
             "failed": failed,
         }
+    out["scope_failures"] = [dict(f) for f in raw.get("scope_failures", [])]
     host = socket.gethostname()
     out["runs"] = [dict(r, alive=_alive(r, host) if r["outcome"] == "running" else None) for r in raw["runs"]]
     return out
@@ -92,6 +99,40 @@ def _item_name(kind: str, item: dict[str, Any]) -> str:
     if kind == "pull":
         return f"{item['target']}/{item['file_id']}"
     return f"user:{item['user_id']}/{item['rel_path']}"
+
+
+def _item_state(item: dict[str, Any]) -> str:
+    if not item.get("acked_at"):
+        return str(item["state"])
+    return f"{item['state']}, acknowledged by {_safe(item['acked_by'])} at {item['acked_at']}"
+
+
+# What each reason of a scope failure means, for the human output.
+SCOPE_REASONS = {
+    "list_failed": "could not be listed",
+    "not_found": "are unknown to the server (404)",
+    "incomplete_listing": "listed items that could not be read",
+    "listed_nothing": "listed no files",
+}
+
+
+def _scope_lines(st: dict[str, Any]) -> list[str]:
+    """One header per (kind, scope, reason), then one line per scope: red ones first."""
+    lines: list[str] = []
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for f in st.get("scope_failures", []):
+        groups.setdefault((f["kind"], f["scope"], f["reason"]), []).append(f)
+    order = sorted(groups, key=lambda k: (k[2] == "listed_nothing", k))
+    for kind, scope, reason in order:
+        rows = groups[(kind, scope, reason)]
+        what = SCOPE_REASONS.get(reason, reason)
+        lines.append(f"{kind} {scope}s that {what} ({len(rows)}):" if what != reason
+                     else f"{kind} {scope}s failed: {_safe(reason)} ({len(rows)}):")
+        for f in rows:
+            ack = f", acknowledged by {_safe(f['acked_by'])}" if f.get("acked_at") else ""
+            lines.append(f"  {_safe(f['scope_id'])}  {f['error_class'] or '-'}  since {f['first_seen']}"
+                         f"  last {f['last_seen']}{ack}")
+    return lines
 
 
 def _outcome(run: dict[str, Any]) -> str:
@@ -121,10 +162,13 @@ def render_text(st: dict[str, Any]) -> str:
         sec = st[kind]
         if not sec["failed_total"]:
             continue
-        lines.append(f"failed {kind} items ({len(sec['failed'])} of {sec['failed_total']}, newest first):")
+        acked = sec["acknowledged"]["count"]
+        lines.append(f"failed {kind} items ({len(sec['failed'])} of {sec['failed_total']}"
+                     f"{f', {acked} acknowledged' if acked else ''}, newest first):")
         for item in sec["failed"]:
-            lines.append(f"  {_safe(_item_name(kind, item))}  {item['state']}  attempts {item['attempts'] or 0}  "
+            lines.append(f"  {_safe(_item_name(kind, item))}  {_item_state(item)}  attempts {item['attempts'] or 0}  "
                          f"{item['error_class'] or '-'}  {_safe(item['last_error'] or '')}")
+    lines.extend(_scope_lines(st))
     return "\n".join(lines)
 
 
@@ -171,10 +215,13 @@ def print_rich(st: dict[str, Any], stream: TextIO | None = None, *, console: Any
         for col in ("item", "state", "attempts", "error", "last error"):
             table.add_column(col, overflow="fold")
         for item in sec["failed"]:
-            table.add_row(Text(_safe(_item_name(kind, item))), Text(item["state"], style="red"),
+            table.add_row(Text(_safe(_item_name(kind, item))),
+                          Text(_item_state(item), style="yellow" if item.get("acked_at") else "red"),
                           Text(str(item["attempts"] or 0)), Text(item["error_class"] or "-"),
                           Text(_safe(item["last_error"] or "")))
         console.print(table)
+    for line in _scope_lines(st):
+        console.print(Text(line, style="" if line.startswith("  ") else "bold"))
 
 
 def print_human(st: dict[str, Any], stream: TextIO) -> None:

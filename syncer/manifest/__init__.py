@@ -3,6 +3,8 @@
 - ``schema``: the tables and their migrations (``PRAGMA user_version``).
 - ``store``: ``Manifest``, the one owner of every read and write.
 - ``recorder``: the run's one writer task, batching outcomes into one transaction.
+- ``failures``: acknowledgements of permanent failures and failures of a whole target or user
+  (``scope_failures``): a mixin of ``Manifest``.
 
 The recorder imports the store, never the other way round.  May import: ``syncer.errors``,
 ``syncer.local`` (private files, folder fsyncs).  Imported by: the jobs, ``syncer.run``, ``syncer.report``.

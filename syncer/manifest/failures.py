@@ -1,0 +1,102 @@
+"""What stays failed beyond one item's row: acknowledgements of permanent failures (``syncer ack``) and
+failures of a whole scope (a pull target that could not be listed or listed nothing; a push user).
+
+A mixin of :class:`syncer.manifest.store.Manifest` (it uses the connection, ``_tx`` and ``version`` of
+the manifest); kept apart so the store stays about rows and runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from syncer.errors import ManifestError
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class FailureRecords:
+    path: Path
+    conn: sqlite3.Connection
+    version: int
+
+    def _tx(self) -> contextlib.AbstractContextManager[None]:  # provided by Manifest
+        raise NotImplementedError
+
+    # -- acknowledgements ----------------------------------------------------------------------
+    def acknowledge_pull(self, target_type: str, target_id: str, file_ids: list[str] | None, *, by: str,
+                         reason: str) -> list[str]:
+        """Record that ``by`` acknowledged the permanent failure of these files of one target (every
+        unacknowledged permanent one when ``file_ids`` is None), with an ``acknowledged`` event each.
+
+        Raises ManifestError naming a file that is unknown or not failed permanently: only a failure the
+        server says will not change can be accepted; anything else is retried and must stay red.
+        Returns the file ids acknowledged."""
+        if self.version < 3:
+            raise ManifestError(f"{self.path} has an older schema ({self.version}); run any pull to upgrade it")
+        rows = dict(self.conn.execute(
+            "SELECT file_id, state FROM pull_items WHERE target_type = ? AND target_id = ?"
+            + ("" if file_ids is not None else " AND state = 'permanent' AND acked_at IS NULL"),
+            (target_type, target_id)).fetchall())
+        wanted = list(dict.fromkeys(file_ids)) if file_ids is not None else sorted(rows)
+        for fid in wanted:
+            if fid not in rows:
+                raise ManifestError(f"{target_type}:{target_id} has no file {fid!r} in the manifest")
+            if rows[fid] != "permanent":
+                raise ManifestError(f"{target_type}:{target_id}/{fid} is {rows[fid]}, not failed permanently:"
+                                    " only a permanent failure can be acknowledged")
+        at = now_iso()
+        with self._tx():
+            self.conn.executemany(
+                "UPDATE pull_items SET acked_by = ?, acked_at = ?, ack_reason = ? WHERE target_type = ?"
+                " AND target_id = ? AND file_id = ?",
+                [(by, at, reason, target_type, target_id, fid) for fid in wanted])
+            self.conn.executemany(
+                "INSERT INTO events (at, run_id, kind, item, event, detail) VALUES (?, NULL, 'pull', ?,"
+                " 'acknowledged', ?)",
+                [(at, f"{target_type}/{target_id}/{fid}", f"by {by}: {reason}"[:500]) for fid in wanted])
+        return wanted
+
+    # -- failures of a whole scope (a target, a user) ------------------------------------------
+    def open_scope_failures(self, kind: str, scope: str) -> dict[str, str]:
+        """``scope_id -> reason`` of the scope failures recorded for ``kind``/``scope``."""
+        if self.version < 3:
+            return {}
+        return dict(self.conn.execute(
+            "SELECT scope_id, reason FROM scope_failures WHERE kind = ? AND scope = ?", (kind, scope)).fetchall())
+
+    def record_scope_failure(self, kind: str, scope: str, scope_id: str, *, reason: str, run_id: str | None,
+                             error_class: str | None = None, detail: str | None = None) -> None:
+        """A whole scope failed (``kind`` pull/push, ``scope`` target/user, ``reason`` e.g. list_failed,
+        listed_nothing, no_token): one row per scope, ``first_seen`` kept while the reason stays the same,
+        an acknowledgement kept likewise; plus a ``scope_failed`` event in the audit trail."""
+        at = now_iso()
+        with self._tx():
+            self.conn.execute(
+                "INSERT INTO scope_failures (kind, scope, scope_id, reason, error_class, detail, first_seen,"
+                " last_seen, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, scope, scope_id) DO"
+                " UPDATE SET first_seen = CASE WHEN reason = excluded.reason THEN first_seen ELSE excluded.first_seen"
+                " END, acked_by = CASE WHEN reason = excluded.reason THEN acked_by END,"
+                " acked_at = CASE WHEN reason = excluded.reason THEN acked_at END, reason = excluded.reason,"
+                " error_class = excluded.error_class, detail = excluded.detail, last_seen = excluded.last_seen,"
+                " run_id = excluded.run_id",
+                (kind, scope, scope_id, reason, error_class, detail, at, at, run_id))
+            self.conn.execute(
+                "INSERT INTO events (at, run_id, kind, item, event, error_class, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (at, run_id, kind, f"{scope}/{scope_id}", f"{scope}_{reason}", error_class, detail))
+
+    def clear_scope_failure(self, kind: str, scope: str, scope_id: str, *, run_id: str | None) -> None:
+        """The scope is sound again (its listing succeeded with files, the user has a token): forget its
+        failure, with a ``scope_cleared`` event."""
+        with self._tx():
+            cur = self.conn.execute("DELETE FROM scope_failures WHERE kind = ? AND scope = ? AND scope_id = ?",
+                                    (kind, scope, scope_id))
+            if cur.rowcount:
+                self.conn.execute(
+                    "INSERT INTO events (at, run_id, kind, item, event) VALUES (?, ?, ?, ?, ?)",
+                    (now_iso(), run_id, kind, f"{scope}/{scope_id}", f"{scope}_cleared"))
+

@@ -70,10 +70,14 @@ class FailureRecords:
             "SELECT scope_id, reason FROM scope_failures WHERE kind = ? AND scope = ?", (kind, scope)).fetchall())
 
     def record_scope_failure(self, kind: str, scope: str, scope_id: str, *, reason: str, run_id: str | None,
-                             error_class: str | None = None, detail: str | None = None) -> None:
+                             error_class: str | None = None, detail: str | None = None,
+                             event_detail: str | None = None) -> None:
         """A whole scope failed (``kind`` pull/push, ``scope`` target/user, ``reason`` e.g. list_failed,
         listed_nothing, no_token): one row per scope, ``first_seen`` kept while the reason stays the same,
-        an acknowledgement kept likewise; plus a ``scope_failed`` event in the audit trail."""
+        an acknowledgement kept likewise; plus a ``<scope>_<reason>`` event in the audit trail.
+
+        ``detail`` (shown by ``status``) is our own fixed description, never a name or the server's
+        text; that goes, if anywhere, into ``event_detail`` (the 0600 manifest's audit trail only)."""
         at = now_iso()
         with self._tx():
             self.conn.execute(
@@ -87,7 +91,7 @@ class FailureRecords:
                 (kind, scope, scope_id, reason, error_class, detail, at, at, run_id))
             self.conn.execute(
                 "INSERT INTO events (at, run_id, kind, item, event, error_class, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (at, run_id, kind, f"{scope}/{scope_id}", f"{scope}_{reason}", error_class, detail))
+                (at, run_id, kind, f"{scope}/{scope_id}", f"{scope}_{reason}", error_class, event_detail or detail))
 
     def clear_scope_failure(self, kind: str, scope: str, scope_id: str, *, run_id: str | None) -> None:
         """The scope is sound again (its listing succeeded with files, the user has a token): forget its

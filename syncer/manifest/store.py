@@ -443,8 +443,8 @@ class Manifest(FailureRecords):
         out["scope_failures"] = []
         if self.version >= 3:
             cur = self.conn.execute(
-                "SELECT kind, scope, scope_id, reason, error_class, first_seen, last_seen, run_id, acked_by, acked_at"
-                " FROM scope_failures ORDER BY kind, scope, reason, scope_id")
+                "SELECT kind, scope, scope_id, reason, error_class, detail, first_seen, last_seen, run_id, acked_by,"
+                " acked_at FROM scope_failures ORDER BY kind, scope, reason, scope_id")
             cols = [d[0] for d in cur.description]
             out["scope_failures"] = [dict(zip(cols, r, strict=True)) for r in cur]
         return out

@@ -121,7 +121,8 @@ class PullJob:
             ctx.stats.targets_failed += 1
             ctx.log_event("list_failed", target=str(target), error_class=error_class(exc), level=logging.WARNING,
                           message=str(exc))
-            await self._scope(target, "list_failed", error_class(exc), scrub(str(exc))[:500])
+            await self._scope(target, "list_failed", error_class(exc),
+                              f"the listing failed after retries ({error_class(exc)})", scrub(str(exc))[:500])
             return
         self.listed_ok += 1
         files = listing.files
@@ -134,12 +135,12 @@ class PullJob:
             ctx.stats.targets_failed += 1
             ctx.log_event("target_not_found", target=str(target), level=logging.WARNING,
                           message=f"target {target}: the server does not know it (404)")
-            await self._scope(target, "not_found", "NotFoundError", None)
+            await self._scope(target, "not_found", "NotFoundError", "the server does not know this target (404)")
         elif not files and not listing.bad_items:
             ctx.stats.targets_empty += 1
             ctx.log_event("listed_nothing", target=str(target), level=logging.WARNING,
                           message=f"target {target} listed no files (a mistyped id?)")
-            await self._scope(target, "listed_nothing", None, None)
+            await self._scope(target, "listed_nothing", None, "the listing had no files")
         elif listing.bad_items:
             await self._scope(target, "incomplete_listing", "ProtocolError",
                               f"{len(listing.bad_items)} items of the listing could not be read")
@@ -166,8 +167,10 @@ class PullJob:
                 return
             await self.pool.put(item)
 
-    async def _scope(self, target: Target, reason: str | None, err: str | None, detail: str | None) -> None:
-        """Record the target's failure (``reason``), or clear the one on record when ``reason`` is None.
+    async def _scope(self, target: Target, reason: str | None, err: str | None, detail: str | None,
+                     server_text: str | None = None) -> None:
+        """Record the target's failure (``reason``; ``detail`` a fixed description that status shows,
+        ``server_text`` for the audit trail only), or clear the one on record when ``reason`` is None.
         Nothing in a dry run; no write for a sound target with nothing on record (the usual case)."""
         if self.opts.dry_run or (reason is None and str(target) not in self.scope_open):
             return
@@ -176,7 +179,7 @@ class PullJob:
             await m.call(m.clear_scope_failure, "pull", "target", str(target), run_id=self.ctx.run_id)
         else:
             await m.call(m.record_scope_failure, "pull", "target", str(target), reason=reason,
-                         run_id=self.ctx.run_id, error_class=err, detail=detail)
+                         run_id=self.ctx.run_id, error_class=err, detail=detail, event_detail=server_text)
 
     # -- stage 2: downloading --------------------------------------------------------------------
     async def _fetch(self, item: WorkItem) -> None:

@@ -18,7 +18,7 @@ Decisions:
   ``ack_reason``; ``acknowledged`` counts them (they are part of ``failed_total``).
 - ``scope_failures``: whole targets (or users) that could not be listed (``list_failed``, ``not_found``,
   ``incomplete_listing``) or listed nothing (``listed_nothing``), until a later run finds them sound.
-  The server's own text (``detail``) is kept in the manifest only.
+  ``detail`` is syncer's own description (never the server's text, never a name).
 - A ``running`` run gets ``alive``: whether its process still exists (same host only; ``None`` when
   it cannot be told).  ``False`` means it was killed; the next run marks it so.
 """
@@ -77,7 +77,8 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
             "acknowledged": raw[kind].get("acknowledged", {"count": 0, "bytes": 0}),
             "failed": failed,
         }
-    out["scope_failures"] = [dict(f) for f in raw.get("scope_failures", [])]
+    out["scope_failures"] = [dict(f, detail=scrub(f["detail"]) if f.get("detail") else f.get("detail"))
+                             for f in raw.get("scope_failures", [])]
     host = socket.gethostname()
     out["runs"] = [dict(r, alive=_alive(r, host) if r["outcome"] == "running" else None) for r in raw["runs"]]
     return out
@@ -131,7 +132,7 @@ def _scope_lines(st: dict[str, Any]) -> list[str]:
         for f in rows:
             ack = f", acknowledged by {_safe(f['acked_by'])}" if f.get("acked_at") else ""
             lines.append(f"  {_safe(f['scope_id'])}  {f['error_class'] or '-'}  since {f['first_seen']}"
-                         f"  last {f['last_seen']}{ack}")
+                         f"  last {f['last_seen']}{ack}  {_safe(f.get('detail') or '')}".rstrip())
     return lines
 
 

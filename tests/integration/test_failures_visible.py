@@ -179,7 +179,7 @@ def test_a_target_whose_listing_fails_is_red_and_in_status_until_it_lists(
         if broken["on"] and request.query.get("target_id") == B:
             if answer == "garbage":
                 return web.Response(body=b'{"data": [{"id": "62ce03', content_type="application/json")
-            return error_response(int(answer), "no")
+            return error_response(int(answer), "patient Jane Roe: no access")
         return await orig(request)
 
     srv._list = listing  # type: ignore[method-assign]
@@ -195,7 +195,8 @@ def test_a_target_whose_listing_fails_is_red_and_in_status_until_it_lists(
             [failure] = st["scope_failures"]
             assert (failure["kind"], failure["scope"], failure["scope_id"], failure["reason"], failure["error_class"]) \
                 == ("pull", "target", f"user:{B}", reason, error)
-            assert "detail" not in failure  # the server's own text stays in the manifest
+            assert failure["detail"]  # syncer's own words: the server's text (here a name) stays out of status
+            assert "Jane Roe" not in text and "Jane Roe" not in json.dumps(st)
         first_seen = failure["first_seen"]
         assert failure["last_seen"] > first_seen
         broken["on"] = False

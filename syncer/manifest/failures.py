@@ -104,3 +104,16 @@ class FailureRecords:
                     "INSERT INTO events (at, run_id, kind, item, event) VALUES (?, ?, ?, ?, ?)",
                     (now_iso(), run_id, kind, f"{scope}/{scope_id}", f"{scope}_cleared"))
 
+    def sync_scope_failures(self, kind: str, scope: str, failed: list[dict[str, str | None]], cleared: list[str],
+                            *, run_id: str | None) -> None:
+        """Many :meth:`record_scope_failure` (``failed``: their keyword arguments plus ``scope_id``) and
+        :meth:`clear_scope_failure` (``cleared``: scope ids) in one transaction: one fsync for a run's
+        listings, however many targets listed nothing."""
+        with self._tx():
+            for f in failed:
+                f = dict(f)
+                scope_id = f.pop("scope_id")
+                assert scope_id is not None
+                self.record_scope_failure(kind, scope, scope_id, run_id=run_id, **f)  # type: ignore[arg-type]
+            for scope_id in cleared:
+                self.clear_scope_failure(kind, scope, scope_id, run_id=run_id)

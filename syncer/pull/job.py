@@ -73,6 +73,9 @@ class PullJob:
         self.listed_ok = 0
         self.list_unreachable = 0
         self.scope_open: dict[str, str] = {}  # targets with a failure on record -> its reason
+        # This run's findings about whole targets, written in one step when the listing is over.
+        self.scope_failed: list[dict[str, str | None]] = []
+        self.scope_cleared: list[str] = []
 
     # -- the script ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -101,7 +104,13 @@ class PullJob:
                 await self._list_one(target)
 
         n = min(LIST_CONCURRENCY, max(1, len(self.opts.targets)))
-        await asyncio.gather(*(lister() for _ in range(n)))
+        try:
+            await asyncio.gather(*(lister() for _ in range(n)))
+        finally:
+            if self.scope_failed or self.scope_cleared:
+                m = self.ctx.manifest
+                await m.call(m.sync_scope_failures, "pull", "target", self.scope_failed, self.scope_cleared,
+                             run_id=self.ctx.run_id)
         if self.listed_ok == 0 and self.list_unreachable and not self.ctx.stopping:
             self.ctx.fatal(ConnectionFailed(
                 f"the API is unreachable: listing failed for all {self.list_unreachable} targets after retries"))
@@ -121,7 +130,7 @@ class PullJob:
             ctx.stats.targets_failed += 1
             ctx.log_event("list_failed", target=str(target), error_class=error_class(exc), level=logging.WARNING,
                           message=str(exc))
-            await self._scope(target, "list_failed", error_class(exc),
+            self._scope(target, "list_failed", error_class(exc),
                               f"the listing failed after retries ({error_class(exc)})", scrub(str(exc))[:500])
             return
         self.listed_ok += 1
@@ -135,17 +144,17 @@ class PullJob:
             ctx.stats.targets_failed += 1
             ctx.log_event("target_not_found", target=str(target), level=logging.WARNING,
                           message=f"target {target}: the server does not know it (404)")
-            await self._scope(target, "not_found", "NotFoundError", "the server does not know this target (404)")
+            self._scope(target, "not_found", "NotFoundError", "the server does not know this target (404)")
         elif not files and not listing.bad_items:
             ctx.stats.targets_empty += 1
             ctx.log_event("listed_nothing", target=str(target), level=logging.WARNING,
                           message=f"target {target} listed no files (a mistyped id?)")
-            await self._scope(target, "listed_nothing", None, "the listing had no files")
+            self._scope(target, "listed_nothing", None, "the listing had no files")
         elif listing.bad_items:
-            await self._scope(target, "incomplete_listing", "ProtocolError",
+            self._scope(target, "incomplete_listing", "ProtocolError",
                               f"{len(listing.bad_items)} items of the listing could not be read")
         else:
-            await self._scope(target, None, None, None)
+            self._scope(target, None, None, None)
         # Planning is mostly Python (GIL-bound) plus a stat per known file: it runs on the manifest's own
         # thread, one step per target (see plan_and_record), so listers never fight over the GIL in the
         # default pool (the measurements are in tests/perf/README.md).
@@ -167,19 +176,18 @@ class PullJob:
                 return
             await self.pool.put(item)
 
-    async def _scope(self, target: Target, reason: str | None, err: str | None, detail: str | None,
+    def _scope(self, target: Target, reason: str | None, err: str | None, detail: str | None,
                      server_text: str | None = None) -> None:
-        """Record the target's failure (``reason``; ``detail`` a fixed description that status shows,
-        ``server_text`` for the audit trail only), or clear the one on record when ``reason`` is None.
-        Nothing in a dry run; no write for a sound target with nothing on record (the usual case)."""
+        """Note the target's failure (``reason``; ``detail`` a fixed description that status shows,
+        ``server_text`` for the audit trail only), or that the one on record is cleared (``reason`` None);
+        ``_list_all`` writes them.  Nothing in a dry run, nothing for a sound target with nothing on record."""
         if self.opts.dry_run or (reason is None and str(target) not in self.scope_open):
             return
-        m = self.ctx.manifest
         if reason is None:
-            await m.call(m.clear_scope_failure, "pull", "target", str(target), run_id=self.ctx.run_id)
+            self.scope_cleared.append(str(target))
         else:
-            await m.call(m.record_scope_failure, "pull", "target", str(target), reason=reason,
-                         run_id=self.ctx.run_id, error_class=err, detail=detail, event_detail=server_text)
+            self.scope_failed.append({"scope_id": str(target), "reason": reason, "error_class": err,
+                                      "detail": detail, "event_detail": server_text})
 
     # -- stage 2: downloading --------------------------------------------------------------------
     async def _fetch(self, item: WorkItem) -> None:

@@ -147,7 +147,9 @@ class PullJob:
             self._scope(target, "not_found", "NotFoundError", "the server does not know this target (404)")
         elif not files and not listing.bad_items:
             ctx.stats.targets_empty += 1
-            ctx.log_event("listed_nothing", target=str(target), level=logging.WARNING,
+            # One line each at info: the summary counts them and status names them (a clinic may have
+            # thousands of patients without files; a warning each would bury the real ones).
+            ctx.log_event("listed_nothing", target=str(target), level=logging.INFO,
                           message=f"target {target} listed no files (a mistyped id?)")
             self._scope(target, "listed_nothing", None, "the listing had no files")
         elif listing.bad_items:

@@ -131,7 +131,7 @@ class PullJob:
             ctx.log_event("list_failed", target=str(target), error_class=error_class(exc), level=logging.WARNING,
                           message=str(exc))
             self._scope(target, "list_failed", error_class(exc),
-                              f"the listing failed after retries ({error_class(exc)})", scrub(str(exc))[:500])
+                        f"the listing failed after retries ({error_class(exc)})", scrub(str(exc))[:500])
             return
         self.listed_ok += 1
         files = listing.files
@@ -154,7 +154,7 @@ class PullJob:
             self._scope(target, "listed_nothing", None, "the listing had no files")
         elif listing.bad_items:
             self._scope(target, "incomplete_listing", "ProtocolError",
-                              f"{len(listing.bad_items)} items of the listing could not be read")
+                        f"{len(listing.bad_items)} items of the listing could not be read")
         else:
             self._scope(target, None, None, None)
         # Planning is mostly Python (GIL-bound) plus a stat per known file: it runs on the manifest's own
@@ -179,7 +179,7 @@ class PullJob:
             await self.pool.put(item)
 
     def _scope(self, target: Target, reason: str | None, err: str | None, detail: str | None,
-                     server_text: str | None = None) -> None:
+               server_text: str | None = None) -> None:
         """Note the target's failure (``reason``; ``detail`` a fixed description that status shows,
         ``server_text`` for the audit trail only), or that the one on record is cleared (``reason`` None);
         ``_list_all`` writes them.  Nothing in a dry run, nothing for a sound target with nothing on record."""

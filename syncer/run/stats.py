@@ -19,7 +19,7 @@ class RunStats:
     bytes_done: int = 0         # bytes of finished items
     bytes_moving: int = 0       # bytes transferred so far, finished or not (for the rate)
     failed: int = 0             # failed this run; retried next run
-    permanent: int = 0          # failed for good (404, 400, 413, unsafe name)
+    permanent: int = 0          # the server says it will fail again (404, 400, 413, unsafe name): red
     skipped: int = 0            # up to date, or not eligible (symlinks, no token)
     adopted: int = 0            # push: uploads found on the server after a lost answer
     acknowledged: int = 0       # failed permanently again, but an operator acknowledged it: not red

@@ -13,6 +13,9 @@ The contract is ``shared/vsee-files-api.md``.  What this module promises its cal
 - No message, log line or exception chain carries a token, an ``auth_code`` or a query string.
 - ``/api_v3`` calls never follow redirects (``X-ApiToken`` would go with them to another host); a download
   link does, since it carries no token and may legitimately point elsewhere.
+- A view link, and every hop of its redirects, is checked with ``config.url_refusal`` before anything is
+  sent: plain http to a host that is not a loopback address raises ``InsecureUrlError`` (permanent for
+  that file) without a connection.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -42,15 +45,16 @@ from syncer.api.translate import (
     status_error,
     translate_exc,
 )
-from syncer.config import ApiConfig
+from syncer.config import ApiConfig, url_refusal
 from syncer.errors import (
+    InsecureUrlError,
     NotFoundError,
     ProtocolError,
     TruncatedBody,
     UploadOutcomeUnknown,
-    redact_url,
 )
 from syncer.models import RemoteFile, Target
+from syncer.redact import redact_url
 
 log = logging.getLogger("syncer.client")
 
@@ -59,6 +63,8 @@ MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits;
 THREAD_PARSE_ITEMS = 2000           # and big listings' items
 API_CONNECTIONS = 8                 # the pool for metadata calls (listings, fresh links), apart from transfers
 LINK_REFRESHES = 3                  # fresh fullpaths fetched for one file within one attempt (pull and push)
+MAX_REDIRECTS = 10                  # hops a view link may take (aiohttp's own default)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # 5xx answers to an upload after which the file may well be stored: the origin failed while answering
 # (500) or a gateway lost the origin's answer (502, 504).  503 and 429 are refusals made before any work.
@@ -420,13 +426,41 @@ class FilesClient:
             raise
 
     async def _get_view(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """GET a view link, following its redirects one hop at a time so that each hop's URL is checked
+        (``url_refusal``) before anything is sent to it."""
+        for hop in range(MAX_REDIRECTS + 1):
+            _check_link(url, redirected=hop > 0)
+            try:
+                resp = await self._session.get(url, headers=headers, allow_redirects=False)
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                raise translate_exc(exc, url) from safe_cause(exc)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("GET %s -> %d", redact_url(url), resp.status)
+            location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+            if not location:
+                return resp
+            resp.close()
+            try:
+                nxt = URL(location)
+                url = str(nxt if nxt.is_absolute() else URL(url).join(nxt))
+            except (ValueError, TypeError):
+                raise ProtocolError("the view link redirects to an unusable URL", url=url) from None
+        raise ProtocolError("too many redirects", url=url)
+
+
+def _check_link(url: str, *, redirected: bool) -> None:
+    """Before any connection, for a link syncer must not follow (see ``url_refusal``): InsecureUrlError for
+    plain http to a host that is not a loopback address (permanent), ProtocolError for a link that is not
+    a usable http(s) URL at all (a bad answer, tried again next run)."""
+    refusal = url_refusal(url)
+    if refusal:
+        what = f"the view link redirects to {redact_url(url)}, which" if redirected else "the view link"
         try:
-            resp = await self._session.get(url, headers=headers, allow_redirects=True)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise translate_exc(exc, url) from safe_cause(exc)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("GET %s -> %d", redact_url(url), resp.status)
-        return resp
+            parts = urlsplit(url)
+            plain_http = parts.scheme.lower() == "http" and bool(parts.hostname)
+        except ValueError:
+            plain_http = False
+        raise (InsecureUrlError if plain_http else ProtocolError)(f"{what} {refusal}; nothing was fetched")
 
 
 def _parse_listing(items: list[Any], target: Target) -> Listing:

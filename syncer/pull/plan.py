@@ -40,6 +40,7 @@ class WorkItem:
     fullpath: str | None
     maybe_partial: bool = True  # a partial temp may exist from an earlier run (worth a Range resume)
     tried: bool = False         # an attempt was made in this run (it may have left a partial)
+    name: str = field(default="", repr=False)  # the remote name: only to take it out of a server's error text
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -163,7 +164,7 @@ def plan_target(
             "modified": f.modified, "ext": f.ext, "owner_id": f.owner_id, "local_path": rel,
             "path_key": key, "state": PullState.PENDING.value,
         })
-        plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath))
+        plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath, name=f.name))
 
     if not listing_complete:
         _mark_partials(plan.todo, dest)
@@ -218,7 +219,7 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
         plan.updates.append(Update("pull_items", key, changes, event=event))
     if state in (PullState.PENDING, PullState.FAILED):
         plan.todo.append(WorkItem(target, f.id, f.size if f.size is not None else row["size"],
-                                  row["local_path"], f.fullpath))
+                                  row["local_path"], f.fullpath, name=f.name))
     else:
         plan.up_to_date += 1
 

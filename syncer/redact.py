@@ -89,6 +89,20 @@ def redact_url(url: object) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
+def redact_link(url: object) -> str:
+    """A server-given link (a view link, a redirect's target) as ``scheme://host[:port]/…``: its query is
+    a signature and its path may name the file (an object store's key), so only where it points is kept."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.netloc.rpartition("@")[2]
+    if not parts.scheme or not host:
+        return "<unusable url>"
+    return f"{parts.scheme}://{host}/…"
+
+
 # -- server-supplied text --------------------------------------------------------------------------------
 
 def _escape_char(m: re.Match[str]) -> str:
@@ -139,4 +153,4 @@ def without_name(text: str, *names: str | None) -> str:
 
 
 __all__ = ["NAME_PLACEHOLDER", "REDACTED", "SECRET_KEYS", "escape", "is_terminal_safe", "json_text",
-           "redact_url", "register_secret", "scrub", "without_name"]
+           "redact_link", "redact_url", "register_secret", "scrub", "without_name"]

@@ -318,7 +318,8 @@ async def test_expired_and_altered_links_are_link_expired(client):
         assert srv.counters["view"] == 3  # a download is tried once
     for exc in (altered.value, expired.value):
         assert exc.status == 403 and not is_retryable(exc)
-        assert "auth_code" not in str(exc) and "/files/view/" in str(exc)
+        # Where the link points, never its path (it may name the file) nor its signature.
+        assert "auth_code" not in str(exc) and "/files/view/" not in str(exc) and srv.origin + "/…" in str(exc)
 
 
 async def test_download_of_a_deleted_file_is_not_found(client, server):
@@ -670,7 +671,7 @@ async def test_error_bodies(mock_client, status, body, ctype, error, text, detai
 async def test_api_redirects_are_not_followed(mock_client):
     with aioresponses() as m:
         m.get(f"{MOCK_BASE}/files/abc", status=302, headers={"Location": "https://evil.example/steal?x=1"})
-        with pytest.raises(ProtocolError, match="unexpected redirect to https://evil.example/steal") as info:
+        with pytest.raises(ProtocolError, match="unexpected redirect to https://evil.example/…") as info:
             await mock_client.file_info("abc")
     assert "x=1" not in str(info.value)
 

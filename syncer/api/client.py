@@ -54,7 +54,7 @@ from syncer.errors import (
     UploadOutcomeUnknown,
 )
 from syncer.models import RemoteFile, Target
-from syncer.redact import redact_url
+from syncer.redact import redact_link, redact_url
 
 log = logging.getLogger("syncer.client")
 
@@ -130,7 +130,7 @@ class Download:
     def __init__(self, resp: aiohttp.ClientResponse, url: str, *, offset: int, total_size: int | None,
                  length: int | None) -> None:
         self._resp = resp
-        self._url = url
+        self._url = redact_link(url)  # for errors only: where the link points, not its path or signature
         self.status = resp.status
         self.offset = offset
         self.total_size = total_size
@@ -139,7 +139,7 @@ class Download:
         self.bytes_read = 0
 
     def __repr__(self) -> str:
-        return (f"<Download {redact_url(self._url)} status={self.status} offset={self.offset} "
+        return (f"<Download {self._url} status={self.status} offset={self.offset} "
                 f"total_size={self.total_size} bytes_read={self.bytes_read}>")
 
     async def iter_chunks(self, chunk_size: int = CHUNK_SIZE, *, limit: int | None = None) -> AsyncIterator[bytes]:
@@ -405,7 +405,7 @@ class FilesClient:
                 if resp.status == 416 or served is None or served[0] != offset:
                     # Not the range asked for: take the whole file instead.
                     log.debug("GET %s: range %d not served as asked (%d); fetching it whole",
-                              redact_url(url), offset, resp.status)
+                              redact_link(url), offset, resp.status)
                     resp.close()
                     del headers["Range"]
                     offset = 0
@@ -420,7 +420,7 @@ class FilesClient:
                 return Download(resp, url, offset=start, total_size=total, length=length)
             if resp.status in (200, 203):
                 return Download(resp, url, offset=0, total_size=clen, length=clen)
-            raise await status_error(resp, url, view=True, secrets=(self._token,))
+            raise await status_error(resp, redact_link(url), view=True, secrets=(self._token,))
         except BaseException:
             resp.close()
             raise
@@ -433,9 +433,9 @@ class FilesClient:
             try:
                 resp = await self._session.get(url, headers=headers, allow_redirects=False)
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-                raise translate_exc(exc, url) from safe_cause(exc)
+                raise translate_exc(exc, redact_link(url)) from safe_cause(exc)
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("GET %s -> %d", redact_url(url), resp.status)
+                log.debug("GET %s -> %d", redact_link(url), resp.status)
             location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
             if not location:
                 return resp
@@ -444,8 +444,8 @@ class FilesClient:
                 nxt = URL(location)
                 url = str(nxt if nxt.is_absolute() else URL(url).join(nxt))
             except (ValueError, TypeError):
-                raise ProtocolError("the view link redirects to an unusable URL", url=url) from None
-        raise ProtocolError("too many redirects", url=url)
+                raise ProtocolError("the view link redirects to an unusable URL", url=redact_link(url)) from None
+        raise ProtocolError("too many redirects", url=redact_link(url))
 
 
 def _check_link(url: str, *, redirected: bool) -> None:
@@ -454,7 +454,7 @@ def _check_link(url: str, *, redirected: bool) -> None:
     a usable http(s) URL at all (a bad answer, tried again next run)."""
     refusal = url_refusal(url)
     if refusal:
-        what = f"the view link redirects to {redact_url(url)}, which" if redirected else "the view link"
+        what = f"the view link redirects to {redact_link(url)}, which" if redirected else "the view link"
         try:
             parts = urlsplit(url)
             plain_http = parts.scheme.lower() == "http" and bool(parts.hostname)

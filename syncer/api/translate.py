@@ -34,7 +34,7 @@ from syncer.errors import (
     TruncatedBody,
     UploadOutcomeUnknown,
 )
-from syncer.redact import REDACTED, escape, redact_url, scrub
+from syncer.redact import REDACTED, escape, redact_link, redact_url, scrub
 
 log = logging.getLogger("syncer.client")
 
@@ -151,7 +151,7 @@ async def status_error(resp: aiohttp.ClientResponse, url: str, *, view: bool = F
     err: ApiError
     if 300 <= status < 400:
         location = resp.headers.get("Location")
-        where = f" to {redact_url(location)}" if location else ""
+        where = f" to {redact_link(location)}" if location else ""  # its path may name a file
         err = ProtocolError(f"HTTP {status}: unexpected redirect{where}", status=status, **kw)
     elif view and status in (401, 403):
         err = LinkExpiredError(message, status=status, **kw)

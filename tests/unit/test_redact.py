@@ -11,7 +11,16 @@ import pytest
 
 from syncer import logs
 from syncer.config import url_refusal
-from syncer.redact import escape, is_terminal_safe, json_text, redact_url, register_secret, scrub, without_name
+from syncer.redact import (
+    escape,
+    is_terminal_safe,
+    json_text,
+    redact_link,
+    redact_url,
+    register_secret,
+    scrub,
+    without_name,
+)
 
 # -- escaping --------------------------------------------------------------------------------------------
 
@@ -80,6 +89,13 @@ def test_scrub_takes_linear_time_on_long_words(text: str) -> None:
 def test_redact_url_keeps_host_and_path_only() -> None:
     assert redact_url("https://u:p@h.example:8443/files/view/9?auth_code=x#f") == "https://h.example:8443/files/view/9"
     assert redact_url("http://[::1") == "<unparseable url>"
+
+
+def test_redact_link_keeps_only_where_a_server_given_link_points() -> None:
+    link = "https://bucket.s3.example/clinic/Mary%20Major%20staging.pdf?X-Amz-Signature=abc"
+    assert redact_link(link) == "https://bucket.s3.example/…"
+    assert redact_link("http://u:p@127.0.0.1:8080/files/view/9?auth_code=x") == "http://127.0.0.1:8080/…"
+    assert redact_link("/relative/only") == "<unusable url>"
 
 
 def test_without_name_takes_every_form_of_the_name_out() -> None:

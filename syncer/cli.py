@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,16 +14,17 @@ from syncer import __version__, exitcodes
 from syncer import config as config_mod
 from syncer.errors import ConfigError, SyncerError
 from syncer.models import CATEGORIES
+from syncer.redact import escape, json_text
 from syncer.run.runner import run_async
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class Exit(click.ClickException):
-    """A message for the operator and an exit code."""
+    """A message for the operator and an exit code; escaped, since it may quote what a server sent."""
 
     def __init__(self, message: str, code: int):
-        super().__init__(message)
+        super().__init__(escape(message))
         self.exit_code = code
 
 
@@ -150,8 +150,7 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
     })
     opts = PullOptions.from_config(cfg, targets=targets, targets_file=targets_file, shard=shard, dry_run=dry_run)
-    if not cfg.api.base_url:
-        raise ConfigError("api.base_url is not set in the config")
+    cfg.api_base_url()
     token = cfg.api_token()
     check_dest(opts.dest)
     _check_metrics_file(metrics_file)
@@ -243,11 +242,10 @@ def ls_cmd(config_path: str | None, target: str, category: str | None, include_s
     cfg = _load(config_path, {})
     rows = run_async(list_target(cfg, target, category=category, include_shared=include_shared))
     if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        click.echo(json_text(rows, indent=2))
         return
-    for r in rows:
-        name = r["name"].encode("unicode_escape").decode("ascii") if not r["name"].isprintable() else r["name"]
-        click.echo(f"{r['id']}\t{r['size']}\t{r['category']}\t{r['created']}\t{name}")
+    for r in rows:  # every cell came from the server
+        click.echo("\t".join(escape(r[k]) for k in ("id", "size", "category", "created", "name")))
     click.echo(f"{len(rows)} files", err=True)
 
 
@@ -296,8 +294,10 @@ def demo(workdir: str | None, quiet: bool) -> None:
 @click.option("--failed", "failures", type=click.IntRange(min=0), default=50, show_default=True, metavar="N",
               help="Failed items listed per kind, newest first; 0 lists them all.")
 @click.option("--runs", type=click.IntRange(min=0), default=10, show_default=True, help="Last runs listed.")
+@click.option("--details", is_flag=True,
+              help="Also show what the server said about each failure (may name a patient; kept out of logs).")
 @handle_errors
-def status_cmd(config_path: str | None, as_json: bool, failures: int, runs: int) -> None:
+def status_cmd(config_path: str | None, as_json: bool, failures: int, runs: int, details: bool) -> None:
     """Show what the manifest records: items and bytes by state, the last runs, the failed items.
 
     Reads the manifest only (safe while a run is going on); never contacts the server.  Exit 0 when
@@ -311,9 +311,9 @@ def status_cmd(config_path: str | None, as_json: bool, failures: int, runs: int)
     from syncer.report import status as status_mod
 
     cfg = _load(config_path, {})
-    st = status_mod.collect(cfg.manifest.path, runs=runs, failures=failures)
+    st = status_mod.collect(cfg.manifest.path, runs=runs, failures=failures, details=details)
     if as_json:
-        click.echo(json.dumps(st, indent=2, ensure_ascii=False))
+        click.echo(json_text(st, indent=2))
     else:
         status_mod.print_human(st, sys.stdout)
 
@@ -353,7 +353,7 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
     finally:
         progress.close()
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+        click.echo(json_text(report.as_dict(), indent=2))
     else:
         click.echo(verify_mod.render_text(report))
     sys.exit(exitcodes.OK if report.passed else exitcodes.ITEMS_FAILED)
@@ -398,15 +398,14 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
     if dry_run:
         report, problems = plan_dry(opts, Path(cfg.manifest.path))
         for problem in problems:
-            click.echo(problem, err=True)
+            click.echo(escape(problem), err=True)
         for row in report:
             note = f"\t({row.note})" if row.note else ""
             click.echo(f"user:{row.user_id}\t{row.files} files\t{human_bytes(row.bytes)}{note}")
         click.echo(f"total: {len(report)} users, {sum(r.files for r in report)} files, "
                    f"{human_bytes(sum(r.bytes for r in report))} would be uploaded (dry run: nothing sent)")
         return
-    if not cfg.api.base_url:
-        raise ConfigError("api.base_url is not set in the config")
+    cfg.api_base_url()
     token = cfg.api_token()
     _setup_logs(cfg, quiet)
 

@@ -91,6 +91,13 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     source_path: Path | None = None       # the TOML file this came from, if any
 
+    def api_base_url(self) -> str:
+        """``api.base_url``, checked when the config was loaded; a ConfigError when it is not set.  The one
+        check every command that talks to the API makes (pull, push, ls, the dry runs)."""
+        if not self.api.base_url:
+            raise ConfigError("api.base_url is not set in the config")
+        return self.api.base_url
+
     def api_token(self, env: Mapping[str, str] | None = None) -> str:
         """The account API key from the environment; a clear ConfigError when it is not set."""
         env = os.environ if env is None else env
@@ -206,11 +213,10 @@ def _convert(section: str, key: str, value: Any, base_dir: Path, where: str) -> 
 def _validate(cfg: Config) -> None:
     api = cfg.api
     if api.base_url:
+        refusal = url_refusal(api.base_url)
+        if refusal:
+            raise ConfigError(f"api.base_url {api.base_url!r} {refusal}")
         parts = urlsplit(api.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"api.base_url {api.base_url!r} is not an http(s) URL")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ConfigError("api.base_url: plain http is allowed only to this machine (127.0.0.1); use https")
         if parts.query or parts.username or parts.password:
             raise ConfigError("api.base_url must not carry a query string or credentials")
     if not api.token_env.replace("_", "").isalnum():
@@ -240,9 +246,29 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("log.progress_interval must be greater than 0")
 
 
+def url_refusal(url: str) -> str | None:
+    """Why syncer will not send a request to ``url`` (a predicate: "uses plain http to ..."), or None when
+    it may.  The one rule for the API's
+    ``base_url`` (checked at load: exit 2), every view link and every redirect (checked by the client
+    before it connects: the item fails permanently): https to any host; plain http only to a loopback
+    address, 127.0.0.0/8 or ::1.  Not to a name, not even ``localhost``: a name can resolve elsewhere,
+    and a view link carries its ``auth_code`` and the bytes are patient data."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "is not a valid URL"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        return "is not an http(s) URL"
+    if scheme == "http" and not _is_loopback(host):
+        return (f"uses plain http to {host}, which would travel in clear: use https (plain http is allowed"
+                " only to a loopback address, 127.0.0.0/8 or ::1)")
+    return None
+
+
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    """A literal loopback address (127.0.0.0/8, ::1); never a name."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

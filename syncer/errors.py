@@ -3,8 +3,11 @@
 Every failure that crosses a module boundary is one of these; foreign exceptions (aiohttp, OSError,
 sqlite3) are translated in one place each (``syncer.api.translate`` for the wire, ``syncer.local.storage``
 and ``syncer.local.writer`` for the disk, ``syncer.manifest.store`` for SQLite) and re-raised ``from`` the
-original.  No message here ever carries a
-token or a signed view link: callers pass URLs through :func:`redact_url` first.
+original.  No message here ever carries a token or a signed view link (URLs pass through
+:func:`syncer.redact.redact_url`), nor the server's own words: an ``ApiError``'s message is the status,
+the class and a fixed description, and whatever text the server sent is kept apart in ``detail`` (it may
+name a patient or a file: never logged; recorded only in the manifest's event detail, the file's name
+taken out).
 
 ::
 
@@ -24,6 +27,7 @@ token or a signed view link: callers pass URLs through :func:`redact_url` first.
         │   ├── ForbiddenError      403 on an /api_v3 call
         │   ├── NotFoundError       404
         │   ├── TooLargeError       413
+        │   ├── InsecureUrlError    a link or redirect in plain http to a host other than this machine
         │   └── ProtocolError       the answer is not what the contract says (bad JSON, missing field)
         ├── LinkExpiredError        403 on a view link: fetch a fresh ``fullpath`` and go on
         ├── TransientError          may work if tried again: retried with backoff
@@ -47,12 +51,16 @@ What an error means for the run is decided in one place, :func:`classify`:
 from __future__ import annotations
 
 import enum
-import re
-from urllib.parse import urlsplit, urlunsplit
+
+from syncer.redact import redact_url
 
 
 class SyncerError(Exception):
     """Base of every syncer error."""
+
+    # The server's own text about the failure (an error body's message), apart from the message: it
+    # may hold patient data, so it is never logged, only recorded in the 0600 manifest's events.
+    detail: str | None = None
 
 
 class ConfigError(SyncerError):
@@ -102,12 +110,14 @@ class ApiError(SyncerError):
     status: int | None = None
     permanent = False
 
-    def __init__(self, message: str, *, status: int | None = None, url: str | None = None):
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None,
+                 detail: str | None = None):
         super().__init__(message)
         if status is not None:
             self.status = status
         # Only ever a redacted URL (no query string): safe to log.
         self.url = redact_url(url) if url else None
+        self.detail = detail
 
     def __str__(self) -> str:
         base = super().__str__()
@@ -136,6 +146,11 @@ class NotFoundError(PermanentError):
 
 class TooLargeError(PermanentError):
     status = 413
+
+
+class InsecureUrlError(PermanentError):
+    """A view link or a redirect would send a signed link and patient data in clear over the network
+    (plain http to a host that is not a loopback address): refused before anything is sent."""
 
 
 class ProtocolError(PermanentError):
@@ -213,27 +228,19 @@ def is_retryable(exc: BaseException) -> bool:
     return classify(exc) is Kind.RETRY
 
 
-def redact_url(url: object) -> str:
-    """The URL without its query string and fragment: a view link's ``auth_code`` never survives."""
-    text = str(url)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return "<unparseable url>"
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
 def error_class(exc: BaseException) -> str:
     """A short, secret-free name for logs and the manifest."""
     return type(exc).__name__.rstrip("_")
 
 
-_URL_WITH_QUERY = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'"<>]*)[?#][^\s'"<>]*""")
-_SECRET_PARAM = re.compile(r"""\b(auth_code|token|api_?key|apitoken)=[^\s&'"<>]*""", re.IGNORECASE)
-
-
-def redact_text(text: str) -> str:
-    """Free text (e.g. a foreign exception's message) with every URL's query string and fragment cut off,
-    and any stray ``auth_code=...``-like parameter blanked: safe to log."""
-    text = _URL_WITH_QUERY.sub(r"\1", text)
-    return _SECRET_PARAM.sub(r"\1=<redacted>", text)
+def detail_of(exc: BaseException) -> str | None:
+    """The server's own text about ``exc`` or an error it was raised from (see ``SyncerError.detail``)."""
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None:
+            break
+        detail = getattr(e, "detail", None)
+        if detail:
+            return detail
+        e = e.__cause__
+    return None

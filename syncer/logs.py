@@ -1,44 +1,25 @@
-"""Logging setup (text or JSON lines) and the redaction of secrets.
+"""Logging setup (text or JSON lines), with every record passed through :mod:`syncer.redact`.
 
 Every record passes through :class:`RedactingFilter`: a signed link's query (``auth_code=…``) and any
-token registered with :func:`register_secret` are replaced before a handler sees the text.  Patient
-file names are never put in info-level records by syncer's own code; ids are.
+token registered with :func:`syncer.redact.register_secret` are replaced before a handler sees the
+text.  The formatters then make server-supplied text safe for a terminal: the text format escapes
+control, bidi and separator characters (:func:`syncer.redact.escape`), the JSON format is pure ASCII.
+Patient file names are never put in info-level records by syncer's own code; ids are.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import sys
-import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from syncer.errors import SyncerError
+from syncer.redact import escape, json_text, register_secret, scrub
 
-_SECRETS: set[str] = set()
-_LOCK = threading.Lock()
-_QUERY = re.compile(r"(auth_code|token|api_?key)=[^&\s'\"<>]*", re.IGNORECASE)
-_HEADER = re.compile(r"(X-ApiToken['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.IGNORECASE)
-
-
-def register_secret(value: str | None) -> None:
-    """Mask this value wherever it would appear in a log record or a scrubbed message."""
-    # Shorter values would mask ordinary words in messages; real tokens are far longer.
-    if value and len(value) >= 8:
-        with _LOCK:
-            _SECRETS.add(value)
-
-
-def scrub(text: str) -> str:
-    """Remove signed-link queries, token headers and registered secrets from ``text``."""
-    text = _QUERY.sub(lambda m: f"{m.group(1)}=<redacted>", text)
-    text = _HEADER.sub(lambda m: f"{m.group(1)}<redacted>", text)
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "<redacted>")
-    return text
+# ``register_secret`` and ``scrub`` live in syncer.redact; named here too for older callers.
+__all__ = ["JsonFormatter", "RedactingFilter", "TextFormatter", "describe", "event", "register_secret", "scrub",
+           "setup"]
 
 
 def describe(exc: BaseException) -> str:
@@ -73,14 +54,16 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key.startswith("ev_"):
                 out[key[3:]] = value
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return json_text(out)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k[3:]}={v}" for k, v in vars(record).items() if k.startswith("ev_") and k != "ev_event")
+        # Ids and messages can come from the server: one record is one line, with nothing a terminal acts on.
+        extras = " ".join(f"{k[3:]}={escape(v)}" for k, v in vars(record).items()
+                          if k.startswith("ev_") and k != "ev_event")
         ts = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S")
-        msg = record.getMessage()
+        msg = escape(record.getMessage())
         return f"{ts} {record.levelname:<7} {msg}" + (f" {extras}" if extras else "")
 
 

@@ -216,7 +216,9 @@ async def test_info_gives_a_fresh_fullpath(client, server):
 async def test_info_404_is_not_found_and_not_retried(client, server):
     with pytest.raises(NotFoundError) as info:
         await client.file_info("no-such-file")
-    assert info.value.status == 404 and "file not found" in str(info.value)
+    # Our words in the message; the server's only in the detail (it may name a patient).
+    assert info.value.status == 404 and str(info.value).startswith("HTTP 404: not found")
+    assert info.value.detail == "file not found" and "file not found" not in str(info.value)
     assert server.counters["info"] == 1
 
 
@@ -316,7 +318,8 @@ async def test_expired_and_altered_links_are_link_expired(client):
         assert srv.counters["view"] == 3  # a download is tried once
     for exc in (altered.value, expired.value):
         assert exc.status == 403 and not is_retryable(exc)
-        assert "auth_code" not in str(exc) and "/files/view/" in str(exc)
+        # Where the link points, never its path (it may name the file) nor its signature.
+        assert "auth_code" not in str(exc) and "/files/view/" not in str(exc) and srv.origin + "/…" in str(exc)
 
 
 async def test_download_of_a_deleted_file_is_not_found(client, server):
@@ -556,7 +559,8 @@ async def test_forbidden_and_bad_request(client, server, http_session):
                           account_code=server.account_code, retry=client.retry)
     with pytest.raises(ForbiddenError) as info:
         await as_user.list_files(user(server, 1))
-    assert "only its own files" in str(info.value) and isinstance(info.value, PermanentError)
+    assert "only its own files" in info.value.detail and isinstance(info.value, PermanentError)
+    assert "only its own files" not in str(info.value)
     with pytest.raises(BadRequestError):
         await client.list_files(user(server), category="bogus")
     assert server.counters["list"] == 2
@@ -610,7 +614,8 @@ async def test_500_gives_up_after_all_attempts(client, server):
     server.set_faults(error_500=1.0)
     with pytest.raises(ServerError) as info:
         await client.list_files(user(server))
-    assert info.value.status == 500 and "internal server error" in str(info.value)
+    assert info.value.status == 500 and "internal server error" in info.value.detail
+    assert str(info.value).startswith("HTTP 500: server error (")
     assert server.counters["list"] == 6
 
 
@@ -618,7 +623,7 @@ async def test_503_html_body_is_tolerated(client, server):
     server.set_faults(error_503_html=1.0)
     with pytest.raises(ServerError) as info:
         await client.file_info("x")
-    assert str(info.value).startswith("HTTP 503: (non-JSON body)")
+    assert str(info.value).startswith("HTTP 503: server error (non-JSON body)")
     assert "<html" not in str(info.value)
 
 
@@ -631,18 +636,24 @@ async def test_non_json_200_is_a_protocol_error_not_retried(client, server, faul
     assert server.counters["list"] == 1
 
 
-@pytest.mark.parametrize(("status", "body", "ctype", "error", "text"), [
-    (502, "", "text/plain", ServerError, "HTTP 502: (empty body)"),
-    (404, "<html><body>Not Found</body></html>", "text/html", NotFoundError, "HTTP 404: (non-JSON body)"),
-    (418, '{"error": {"code": 418, "message": "teapot"}}', "application/json", PermanentError, "HTTP 418: teapot"),
-    (400, '{"error": "flat message"}', "application/json", BadRequestError, "HTTP 400: flat message"),
-    (413, '{"message": "too big"}', "application/json", TooLargeError, "HTTP 413: too big"),
-    (408, "", "text/plain", TimeoutError_, "HTTP 408"),
-    (500, '{"error": {"message": "bad token ' + MOCK_TOKEN + ' at https://h/x?auth_code=1\\n"}}',
-     "application/json", ServerError, "HTTP 500: bad token <redacted> at https://h/x"),
-    (503, '{"error": {"message": "' + "x" * 5000 + '"}}', "application/json", ServerError, "HTTP 503: xxx"),
+@pytest.mark.parametrize(("status", "body", "ctype", "error", "text", "detail"), [
+    (502, "", "text/plain", ServerError, "HTTP 502: server error (empty body)", None),
+    (404, "<html><body>Not Found</body></html>", "text/html", NotFoundError, "HTTP 404: not found (non-JSON body)",
+     None),
+    (418, '{"error": {"code": 418, "message": "teapot"}}', "application/json", PermanentError,
+     "HTTP 418: unexpected answer", "teapot"),
+    (400, '{"error": "flat message"}', "application/json", BadRequestError,
+     "HTTP 400: the server refused the request as invalid", "flat message"),
+    (413, '{"message": "too big"}', "application/json", TooLargeError, "HTTP 413: the file is too large", "too big"),
+    (408, "", "text/plain", TimeoutError_, "HTTP 408", None),
+    (500, '{"error": {"message": "bad token ' + MOCK_TOKEN + ' at https://h/x?auth_code=1\\n\\u001b[2J"}}',
+     "application/json", ServerError, "HTTP 500: server error", "bad token <redacted> at https://h/x\\n\\x1b[2J"),
+    (503, '{"error": {"message": "' + "x" * 5000 + '"}}', "application/json", ServerError, "HTTP 503: server error",
+     "x" * 200 + "..."),
 ])
-async def test_error_bodies(mock_client, status, body, ctype, error, text):
+async def test_error_bodies(mock_client, status, body, ctype, error, text, detail):
+    """The message is ours (status, class, fixed words); the server's message only in ``detail``: scrubbed,
+    escaped, bounded."""
     mock_client.retry = RetryPolicy(attempts=1)
     with aioresponses() as m:
         m.get(f"{MOCK_BASE}/files/abc", status=status, body=body, content_type=ctype)
@@ -652,12 +663,15 @@ async def test_error_bodies(mock_client, status, body, ctype, error, text):
     assert msg.startswith(text) and msg.endswith(f"({MOCK_BASE}/files/abc)")
     assert MOCK_TOKEN not in msg and "auth_code" not in msg and "\n" not in msg
     assert len(msg) < 400
+    assert info.value.detail == detail
+    if detail:
+        assert detail[:20] not in msg
 
 
 async def test_api_redirects_are_not_followed(mock_client):
     with aioresponses() as m:
         m.get(f"{MOCK_BASE}/files/abc", status=302, headers={"Location": "https://evil.example/steal?x=1"})
-        with pytest.raises(ProtocolError, match="unexpected redirect to https://evil.example/steal") as info:
+        with pytest.raises(ProtocolError, match="unexpected redirect to https://evil.example/…") as info:
             await mock_client.file_info("abc")
     assert "x=1" not in str(info.value)
 

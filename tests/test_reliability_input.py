@@ -279,7 +279,7 @@ def test_a_rejected_token_is_exit_3_and_the_run_is_recorded_fatal(tmp_path: Path
         result = CliRunner().invoke(cli_main, ["pull", "-c", str(cfg), "-q"],
                                     env={"VSEE_API_TOKEN": "wrong-key-" + "x" * 20, "SYNCER_CONFIG": None})
         assert result.exit_code == 3, result.output
-        assert "stopped:" in result.output and "401" in result.output and "invalid token" in result.output
+        assert "stopped:" in result.output and "401" in result.output and "the token was rejected" in result.output
         assert "wrong-key" not in result.output
         assert srv.counters["view"] == 0
         conn = sqlite3.connect(tmp_path / "manifest.sqlite")

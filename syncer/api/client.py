@@ -13,6 +13,9 @@ The contract is ``shared/vsee-files-api.md``.  What this module promises its cal
 - No message, log line or exception chain carries a token, an ``auth_code`` or a query string.
 - ``/api_v3`` calls never follow redirects (``X-ApiToken`` would go with them to another host); a download
   link does, since it carries no token and may legitimately point elsewhere.
+- A view link, and every hop of its redirects, is checked with ``config.url_refusal`` before anything is
+  sent: plain http to a host that is not a loopback address raises ``InsecureUrlError`` (permanent for
+  that file) without a connection.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -42,15 +45,16 @@ from syncer.api.translate import (
     status_error,
     translate_exc,
 )
-from syncer.config import ApiConfig
+from syncer.config import ApiConfig, url_refusal
 from syncer.errors import (
+    InsecureUrlError,
     NotFoundError,
     ProtocolError,
     TruncatedBody,
     UploadOutcomeUnknown,
-    redact_url,
 )
 from syncer.models import RemoteFile, Target
+from syncer.redact import redact_link, redact_url
 
 log = logging.getLogger("syncer.client")
 
@@ -59,6 +63,8 @@ MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits;
 THREAD_PARSE_ITEMS = 2000           # and big listings' items
 API_CONNECTIONS = 8                 # the pool for metadata calls (listings, fresh links), apart from transfers
 LINK_REFRESHES = 3                  # fresh fullpaths fetched for one file within one attempt (pull and push)
+MAX_REDIRECTS = 10                  # hops a view link may take (aiohttp's own default)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # 5xx answers to an upload after which the file may well be stored: the origin failed while answering
 # (500) or a gateway lost the origin's answer (502, 504).  503 and 429 are refusals made before any work.
@@ -124,7 +130,7 @@ class Download:
     def __init__(self, resp: aiohttp.ClientResponse, url: str, *, offset: int, total_size: int | None,
                  length: int | None) -> None:
         self._resp = resp
-        self._url = url
+        self._url = redact_link(url)  # for errors only: where the link points, not its path or signature
         self.status = resp.status
         self.offset = offset
         self.total_size = total_size
@@ -133,7 +139,7 @@ class Download:
         self.bytes_read = 0
 
     def __repr__(self) -> str:
-        return (f"<Download {redact_url(self._url)} status={self.status} offset={self.offset} "
+        return (f"<Download {self._url} status={self.status} offset={self.offset} "
                 f"total_size={self.total_size} bytes_read={self.bytes_read}>")
 
     async def iter_chunks(self, chunk_size: int = CHUNK_SIZE, *, limit: int | None = None) -> AsyncIterator[bytes]:
@@ -399,7 +405,7 @@ class FilesClient:
                 if resp.status == 416 or served is None or served[0] != offset:
                     # Not the range asked for: take the whole file instead.
                     log.debug("GET %s: range %d not served as asked (%d); fetching it whole",
-                              redact_url(url), offset, resp.status)
+                              redact_link(url), offset, resp.status)
                     resp.close()
                     del headers["Range"]
                     offset = 0
@@ -414,19 +420,47 @@ class FilesClient:
                 return Download(resp, url, offset=start, total_size=total, length=length)
             if resp.status in (200, 203):
                 return Download(resp, url, offset=0, total_size=clen, length=clen)
-            raise await status_error(resp, url, view=True, secrets=(self._token,))
+            raise await status_error(resp, redact_link(url), view=True, secrets=(self._token,))
         except BaseException:
             resp.close()
             raise
 
     async def _get_view(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """GET a view link, following its redirects one hop at a time so that each hop's URL is checked
+        (``url_refusal``) before anything is sent to it."""
+        for hop in range(MAX_REDIRECTS + 1):
+            _check_link(url, redirected=hop > 0)
+            try:
+                resp = await self._session.get(url, headers=headers, allow_redirects=False)
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                raise translate_exc(exc, redact_link(url)) from safe_cause(exc)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("GET %s -> %d", redact_link(url), resp.status)
+            location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+            if not location:
+                return resp
+            resp.close()
+            try:
+                nxt = URL(location)
+                url = str(nxt if nxt.is_absolute() else URL(url).join(nxt))
+            except (ValueError, TypeError):
+                raise ProtocolError("the view link redirects to an unusable URL", url=redact_link(url)) from None
+        raise ProtocolError("too many redirects", url=redact_link(url))
+
+
+def _check_link(url: str, *, redirected: bool) -> None:
+    """Before any connection, for a link syncer must not follow (see ``url_refusal``): InsecureUrlError for
+    plain http to a host that is not a loopback address (permanent), ProtocolError for a link that is not
+    a usable http(s) URL at all (a bad answer, tried again next run)."""
+    refusal = url_refusal(url)
+    if refusal:
+        what = f"the view link redirects to {redact_link(url)}, which" if redirected else "the view link"
         try:
-            resp = await self._session.get(url, headers=headers, allow_redirects=True)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise translate_exc(exc, url) from safe_cause(exc)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("GET %s -> %d", redact_url(url), resp.status)
-        return resp
+            parts = urlsplit(url)
+            plain_http = parts.scheme.lower() == "http" and bool(parts.hostname)
+        except ValueError:
+            plain_http = False
+        raise (InsecureUrlError if plain_http else ProtocolError)(f"{what} {refusal}; nothing was fetched")
 
 
 def _parse_listing(items: list[Any], target: Target) -> Listing:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import tenacity
 
-from syncer.errors import SyncerError, error_class, is_retryable, redact_text
+from syncer.errors import SyncerError, error_class, is_retryable
+from syncer.redact import scrub
 
 if TYPE_CHECKING:
     from syncer.config import RetryConfig
@@ -129,8 +130,8 @@ class RetryPolicy:
 
     def _note(self, exc: BaseException, attempt: int, wait: float) -> None:
         # Never the raw exception: a foreign one can hold a signed URL.  Ours are redacted when
-        # built, and redact_text is a second belt for anything that slipped through.
-        text = redact_text(str(exc)) if isinstance(exc, SyncerError) else "(details withheld)"
+        # built, and scrub is a second belt for anything that slipped through.
+        text = scrub(str(exc)) if isinstance(exc, SyncerError) else "(details withheld)"
         level = logging.DEBUG if attempt == 1 else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "try %d/%d failed: %s: %s; retrying in %.2fs",

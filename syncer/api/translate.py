@@ -1,8 +1,10 @@
 """Translation: the one place that turns aiohttp's exceptions and the API's error statuses into
 ``syncer.errors``, and reads answer bodies within bounds.  ``syncer.api.client`` is its only caller.
 
-No text built here carries a token or a signed link: URLs pass through ``redact_url`` and the
-server's own messages are scrubbed of secrets and control characters.
+No text built here carries a token or a signed link: URLs pass through ``redact_url``.  An error
+status becomes a message of its own words only (``HTTP 404: the server refused the view link``): the
+server's text may name a patient or a file, so it goes apart into the error's ``detail``, scrubbed of
+secrets, its control characters escaped and its length bounded (see ``syncer.errors``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from typing import Any
 
 import aiohttp
@@ -32,17 +33,26 @@ from syncer.errors import (
     TooLargeError,
     TruncatedBody,
     UploadOutcomeUnknown,
-    redact_text,
-    redact_url,
 )
+from syncer.redact import REDACTED, escape, redact_link, redact_url, scrub
 
 log = logging.getLogger("syncer.client")
 
 MAX_ERROR_BODY = 64 * 1024          # an error answer is read this far, no further
 THREAD_PARSE_ABOVE = 2 * 1024 * 1024  # parse big JSON bodies off the event loop
-MAX_SERVER_MESSAGE = 200            # characters of the server's error message kept in ours
+MAX_SERVER_MESSAGE = 200            # characters of the server's error message kept (in ``detail``)
 _UPLOAD_UNKNOWN_STATUSES = frozenset({500, 502, 504})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+# Our own words for each status: the message of the error, the same whatever the server wrote.
+_DESCRIPTIONS = {
+    400: "the server refused the request as invalid",
+    401: "the token was rejected",
+    403: "the server refused access",
+    404: "not found",
+    408: "the server timed out waiting for the request",
+    410: "gone",
+    413: "the file is too large for the server",
+    429: "too many requests",
+}
 
 
 def translate_exc(exc: BaseException, url: str, *, upload: bool = False, in_body: bool = False) -> ApiError:
@@ -52,7 +62,7 @@ def translate_exc(exc: BaseException, url: str, *, upload: bool = False, in_body
     if isinstance(exc, aiohttp.ClientConnectorError):  # DNS, refused, TLS handshake: nothing was sent
         os_err = getattr(exc, "os_error", None)
         reason = getattr(os_err, "strerror", None) or type(os_err or exc).__name__
-        return ConnectionFailed(f"cannot connect to {exc.host}:{exc.port}: {redact_text(str(reason))}", url=where)
+        return ConnectionFailed(f"cannot connect to {exc.host}:{exc.port}: {scrub(str(reason))}", url=where)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no connection within sock_connect: nothing sent
         return TimeoutError_("timed out connecting", url=where)
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError)) and not in_body:
@@ -92,7 +102,7 @@ def _describe_foreign(exc: BaseException) -> str:
     """A short, secret-free description of a foreign exception."""
     if isinstance(exc, aiohttp.ClientResponseError):  # its str() carries the full URL
         return type(exc).__name__
-    text = redact_text(str(exc)).strip()
+    text = escape(scrub(str(exc))).strip()
     if len(text) > MAX_SERVER_MESSAGE:
         text = text[:MAX_SERVER_MESSAGE] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -108,7 +118,7 @@ def safe_cause(exc: BaseException) -> BaseException:
     seen = 0
     e: BaseException | None = exc
     while e is not None and seen < 8:
-        if isinstance(e, aiohttp.ClientResponseError) or redact_text(str(e)) != str(e):
+        if isinstance(e, aiohttp.ClientResponseError) or scrub(str(e)) != str(e):
             break
         e = e.__cause__ or e.__context__
         seen += 1
@@ -120,57 +130,71 @@ def safe_cause(exc: BaseException) -> BaseException:
     return stand_in
 
 
+def describe_status(status: int, *, view: bool = False) -> str:
+    """``HTTP 404: not found``: the status and our fixed description of it, never the server's words."""
+    if view:
+        what = "server error on the view link" if status >= 500 else "the server refused the view link"
+    else:
+        what = _DESCRIPTIONS.get(status) or ("server error" if status >= 500 else "unexpected answer")
+    return f"HTTP {status}: {what}"
+
+
 async def status_error(resp: aiohttp.ClientResponse, url: str, *, view: bool = False, upload: bool = False,
                         secrets: tuple[str, ...] = ()) -> ApiError:
-    """Our error for a non-2xx answer, its body read (bounded) for the server's message."""
+    """Our error for a non-2xx answer.  Its message is :func:`describe_status` (plus what kind of body came
+    when it held no message); the server's own message, read from a bounded body, goes into ``detail``."""
     status = resp.status
-    message = f"HTTP {status}: {await _server_message(resp, secrets)}"
+    detail, body_kind = await _server_message(resp, secrets)
+    message = describe_status(status, view=view) + (f" {body_kind}" if body_kind else "")
     retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
+    kw: dict[str, Any] = {"url": url, "detail": detail}
     err: ApiError
     if 300 <= status < 400:
         location = resp.headers.get("Location")
-        where = f" to {redact_url(location)}" if location else ""
-        err = ProtocolError(f"HTTP {status}: unexpected redirect{where}", status=status, url=url)
+        where = f" to {redact_link(location)}" if location else ""  # its path may name a file
+        err = ProtocolError(f"HTTP {status}: unexpected redirect{where}", status=status, **kw)
     elif view and status in (401, 403):
-        err = LinkExpiredError(message, status=status, url=url)
+        err = LinkExpiredError(message, status=status, **kw)
     elif status == 400:
-        err = BadRequestError(message, url=url)
+        err = BadRequestError(message, **kw)
     elif status == 401:
-        err = AuthError(message, url=url)
+        err = AuthError(message, **kw)
     elif status == 403:
-        err = ForbiddenError(message, url=url)
+        err = ForbiddenError(message, **kw)
     elif status in (404, 410):
-        err = NotFoundError(message, status=status, url=url)
+        err = NotFoundError(message, status=status, **kw)
     elif status == 408:
-        err = TimeoutError_(message, status=status, url=url)
+        err = TimeoutError_(message, status=status, **kw)
     elif status == 413:
-        err = TooLargeError(message, url=url)
+        err = TooLargeError(message, **kw)
     elif status == 429:
-        err = RateLimitedError(message, retry_after=retry_after, url=url)
+        err = RateLimitedError(message, retry_after=retry_after, **kw)
     elif upload and (status in _UPLOAD_UNKNOWN_STATUSES or (status >= 500 and status != 503)):
-        err = UploadOutcomeUnknown(f"{message}: the upload may have been stored", status=status, url=url)
+        err = UploadOutcomeUnknown(f"{message}: the upload may have been stored", status=status, **kw)
     elif status >= 500:
-        err = ServerError(message, status=status, url=url)
+        err = ServerError(message, status=status, **kw)
         err.retry_after = retry_after
     else:
-        err = PermanentError(message, status=status, url=url)
+        err = PermanentError(message, status=status, **kw)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("%s %s", type(err).__name__, err)
+        log.debug("%s %s", type(err).__name__, err)  # the message only: the detail may name a patient
     return err
 
 
-async def _server_message(resp: aiohttp.ClientResponse, secrets: tuple[str, ...]) -> str:
-    """The server's own message from ``{"error": {"message": ...}}``, tolerating HTML and empty bodies."""
+async def _server_message(resp: aiohttp.ClientResponse, secrets: tuple[str, ...]) -> tuple[str | None, str]:
+    """(the server's own message from ``{"error": {"message": ...}}`` or None, and what kind of body came
+    when there was no message: "(empty body)", "(non-JSON body)", ...).  HTML and empty bodies are fine.
+    The message is scrubbed of secrets, its control characters escaped, its length bounded."""
     try:
         body = await _read_prefix(resp, MAX_ERROR_BODY)
     except (TimeoutError, aiohttp.ClientError, OSError):
-        return "(body unreadable)"
+        return None, "(body unreadable)"
     if not body.strip():
-        return "(empty body)"
+        return None, "(empty body)"
     try:
         doc = json.loads(body)
     except ValueError:
-        return "(non-JSON body)"
+        return None, "(non-JSON body)"
     msg: Any = None
     if isinstance(doc, dict):
         err = doc.get("error")
@@ -178,12 +202,13 @@ async def _server_message(resp: aiohttp.ClientResponse, secrets: tuple[str, ...]
         if msg is None:
             msg = doc.get("message")
     if not isinstance(msg, str) or not msg.strip():
-        return "(no message)"
-    text = _CONTROL.sub(" ", redact_text(msg)).strip()
+        return None, "(no message)"
+    text = scrub(msg)
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "<redacted>")
-    return text[:MAX_SERVER_MESSAGE] + ("..." if len(text) > MAX_SERVER_MESSAGE else "")
+            text = text.replace(secret, REDACTED)
+    text = escape(text).strip()
+    return text[:MAX_SERVER_MESSAGE] + ("..." if len(text) > MAX_SERVER_MESSAGE else ""), ""
 
 
 async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -36,6 +36,7 @@ import random
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,9 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
         """A freshly signed download link (`fullpath`)."""
         issued = int(self.clock())
         code = self._sign(file_id, issued)
-        return f"{self.origin}{self.prefix}/files/view/{file_id}?auth_code={code}&time={issued}"
+        # Quoted: a test may give a file an id no real server would (control characters, a slash).
+        path_id = urllib.parse.quote(file_id, safe="")
+        return f"{self.origin}{self.prefix}/files/view/{path_id}?auth_code={code}&time={issued}"
 
     # ---- lifecycle -----------------------------------------------------------------------------
 

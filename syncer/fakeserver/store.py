@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,14 +142,20 @@ class StoreMixin:
         created: int | None = None,
         owner: str | None = None,
         deletable: bool = True,
+        file_id: str | None = None,
     ) -> dict[str, Any]:
         """Store a file and return its record. `data=` writes those bytes; `size=` writes that many
-        deterministic pseudo-random bytes, in chunks (GB sizes work). Unknown targets are registered."""
+        deterministic pseudo-random bytes, in chunks (GB sizes work). Unknown targets are registered.
+        `file_id=` gives the file that id instead of a new UUID: any string, even one no real server
+        would send (control characters, bidi overrides), to test what a client does with it."""
         if data is not None and size is not None and size != len(data):
             raise ValueError("give data= or size=, not both")
         if data is None and size is None:
             data = b""
-        return self._add(target_type, target_id, name, data, size, category, created, owner, deletable, None).as_dict()
+        if file_id is not None and (not file_id or file_id in self._files):
+            raise ValueError(f"file id {file_id!r} is empty or taken")
+        return self._add(target_type, target_id, name, data, size, category, created, owner, deletable, None,
+                         file_id).as_dict()
 
     def _add(
         self,
@@ -162,6 +169,7 @@ class StoreMixin:
         owner: str | None,
         deletable: bool,
         content_seed: int | None,
+        file_id: str | None = None,
     ) -> FileRec:
         if target_type == "user":
             self.add_user(target_id)
@@ -174,8 +182,11 @@ class StoreMixin:
         category = category or ("user_document" if target_type == "user" else "intake_attachment")
         if category not in seedlib.CATEGORIES:
             raise ValueError(f"unknown category {category!r}")
-        file_id = seedlib.new_uuid(self._rng)
-        path = self.data_dir / file_id
+        if file_id is None:
+            file_id = seedlib.new_uuid(self._rng)
+            path = self.data_dir / file_id
+        else:  # a given id may hold anything: the bytes go under a name derived from it
+            path = self.data_dir / hashlib.sha256(file_id.encode("utf-8", "surrogatepass")).hexdigest()
         if data is None:
             seed = content_seed if content_seed is not None else seedlib.content_seed_for(file_id)
             chunks = seedlib.iter_content(seed, size or 0)

@@ -3,7 +3,7 @@
 A CSV file with the header ``user_id,token``, one user a line; blank lines and lines starting with ``#``
 are ignored.  It holds secrets, so it must be private (mode 0600, like an ssh key): a file that group or
 others can read is refused before it is read.  No message raised here ever carries a token value, and
-every token is registered with :func:`syncer.logs.register_secret`, so log lines mask it.
+every token is registered with :func:`syncer.redact.register_secret`, so log lines mask it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from syncer.errors import ConfigError
 from syncer.local.storage import LoosePermissionsError, check_private_file
-from syncer.logs import register_secret
+from syncer.redact import register_secret
 
 HEADER = ("user_id", "token")
 # User ids are folder names under the push source and go into URLs: ASCII letters, digits, '-', '_'.

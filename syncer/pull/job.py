@@ -33,15 +33,16 @@ from syncer.errors import (
     TransientError,
     UnsafeNameError,
     classify,
+    detail_of,
     error_class,
 )
 from syncer.local.storage import make_dirs
 from syncer.local.writer import AtomicWriter, SizeMismatchError
-from syncer.logs import scrub
 from syncer.manifest import Update, now_iso
 from syncer.models import PullState, Target
 from syncer.pull.options import PullOptions
 from syncer.pull.plan import WorkItem, plan_and_record
+from syncer.redact import scrub, without_name
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
 
@@ -227,11 +228,15 @@ class PullJob:
         message = scrub(str(exc)) if isinstance(exc, SyncerError) else scrub(f"unexpected error: {exc!r}")
         if item.file_id not in message:
             message = f"file {item.file_id}: {message}"
+        # The server's own words (they may name the patient or the file) go only into the event's detail,
+        # the file's name taken out; the row, the log and the summary keep our message.
+        detail = detail_of(exc)
+        detail = without_name(detail, item.name) if detail else message
         try:
             self.ctx.recorder.put(Update(
                 "pull_items", item.key,
                 {"state": state.value, "last_error": message[:500], "error_class": error_class(exc)},
-                event="failed", bump_attempts=True, error_class=error_class(exc), detail=message[:500]))
+                event="failed", bump_attempts=True, error_class=error_class(exc), detail=detail[:500]))
         except SyncerError:
             if kind is not Kind.FATAL:
                 raise

@@ -49,6 +49,7 @@ class WorkItem:
     maybe_partial: bool = True  # a partial temp may exist from an earlier run (worth a Range resume)
     tried: bool = False         # an attempt was made in this run (it may have left a partial)
     acked: bool = False         # an operator acknowledged its permanent failure (syncer ack)
+    name: str = field(default="", repr=False)  # the remote name: only to take it out of a server's error text
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -176,7 +177,7 @@ def plan_target(
             # Seen in a listing of the target's own files: a later such listing covers it.
             "listed_own": None if include_shared else 1,
         })
-        plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath))
+        plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath, name=f.name))
 
     if not listing_complete:
         _mark_partials(plan.todo, dest)
@@ -250,7 +251,7 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
         plan.updates.append(Update("pull_items", key, changes, event=event))
     if state in _TODO_STATES:
         plan.todo.append(WorkItem(target, f.id, f.size if f.size is not None else row["size"],
-                                  row["local_path"], f.fullpath, acked=acked))
+                                  row["local_path"], f.fullpath, acked=acked, name=f.name))
     elif state == PullState.DONE:
         plan.up_to_date += 1
 

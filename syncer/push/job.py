@@ -52,9 +52,9 @@ from syncer.errors import (
     TransientError,
     UploadOutcomeUnknown,
     classify,
+    detail_of,
     error_class,
 )
-from syncer.logs import scrub
 from syncer.manifest import Manifest, Update
 from syncer.models import PushState, RemoteFile, Target
 from syncer.push.plan import (
@@ -70,6 +70,7 @@ from syncer.push.plan import (
     take_snapshot,
     user_folders,
 )
+from syncer.redact import scrub, without_name
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
 
@@ -102,16 +103,6 @@ def _nfc(text: str) -> str:
 def _form_name(name: str) -> str:
     # What the client puts in the multipart header (CR, LF, NUL percent-encoded): the server stores that.
     return name.replace("\r", "%0D").replace("\n", "%0A").replace("\0", "%00")
-
-
-def _without_name(message: str, name: str) -> str:
-    """``message`` with the file's name taken out: a server's error text may echo the name it was sent
-    (a patient's document title), and failures are logged.  Names shorter than 3 characters are left
-    (they would cut words apart); the manifest row still says which file it was."""
-    forms = {name, _nfc(name), _form_name(name), _nfc(_form_name(name))}
-    for form in sorted((f for f in forms if len(f) >= 3), key=len, reverse=True):
-        message = message.replace(form, "<file name>")
-    return message
 
 
 class PushJob:
@@ -453,7 +444,10 @@ class PushJob:
             message = str(exc)
         else:
             message = f"unexpected error: {type(exc).__name__}: {exc}"
-        message = _without_name(scrub(message), item.name)[:500]
+        message = without_name(scrub(message), item.name, _form_name(item.name))[:500]
+        # The server's own words go only into the event's detail (0600 manifest), the name taken out.
+        detail = detail_of(exc)
+        detail = without_name(detail, item.name, _form_name(item.name))[:500] if detail else message
         fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
         if permanent:
             ctx.stats.permanent += 1
@@ -464,7 +458,7 @@ class PushJob:
                 fields["state"] = PushState.FAILED.value
             # else: stays 'uploading': the next run looks for the document before sending anything
         ctx.recorder.put(Update("push_items", item.key, fields, event="failed", error_class=error_class(exc),
-                                detail=message))
+                                detail=detail))
         ctx.log_event("upload_failed", level=logging.WARNING, user=item.user_id, item=item_id(item.rel_path),
                       error_class=error_class(exc), message=f"user {item.user_id}: {message}")
 

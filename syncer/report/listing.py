@@ -8,20 +8,18 @@ from typing import Any
 
 from syncer.api.retry import RetryPolicy
 from syncer.config import Config
-from syncer.errors import ConfigError
-from syncer.logs import register_secret
 from syncer.models import Target
+from syncer.redact import register_secret
 
 
 @contextlib.asynccontextmanager
 async def open_client(cfg: Config, token: str, *, limit: int = 8) -> AsyncIterator[Any]:
     from syncer.api.client import FilesClient, make_session
 
-    if not cfg.api.base_url:
-        raise ConfigError("api.base_url is not set in the config")
+    base_url = cfg.api_base_url()
     register_secret(token)
     async with make_session(cfg.api, limit=limit) as session:
-        yield FilesClient(session, base_url=cfg.api.base_url, token=token, account_code=cfg.api.account_code,
+        yield FilesClient(session, base_url=base_url, token=token, account_code=cfg.api.account_code,
                           retry=RetryPolicy.from_config(cfg.retry))
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
+from syncer.redact import escape
 from syncer.run.stats import RunStats
 
 
@@ -56,7 +57,7 @@ def summary_text(stats: RunStats) -> str:
     if stats.adopted:
         lines.append(f"{stats.adopted} uploads found already stored after a lost answer (not sent again)")
     if stats.fatal_error:
-        lines.append(f"stopped: {stats.fatal_error}")
+        lines.append(f"stopped: {escape(stats.fatal_error)}")
     lines.append(f"run id {stats.run_id}")
     return "\n".join(lines)
 

@@ -19,6 +19,10 @@ Decisions:
 - ``scope_failures``: whole targets (or users) that could not be listed (``list_failed``, ``not_found``,
   ``incomplete_listing``) or listed nothing (``listed_nothing``), until a later run finds them sound.
   ``detail`` is syncer's own description (never the server's text, never a name).
+  ``last_error`` holds our own words only; what the server said about a failure (which may name a
+  patient) is in the failure's event ``detail``, the file's name taken out, and is shown only with
+  ``details=True`` (``syncer status --details``), as each failed item's ``detail``.
+- Text output escapes every server-supplied string (``syncer.redact.escape``); JSON is pure ASCII.
 - A ``running`` run gets ``alive``: whether its process still exists (same host only; ``None`` when
   it cannot be told).  ``False`` means it was killed; the next run marks it so.
 """
@@ -31,9 +35,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from syncer.local.lock import pid_alive
-from syncer.logs import scrub
 from syncer.manifest import Manifest, now_iso
 from syncer.models import PullState, PushState
+from syncer.redact import escape as _safe
+from syncer.redact import scrub
 from syncer.report.progress import human_bytes
 
 PULL_STATES = tuple(s.value for s in PullState)
@@ -44,18 +49,44 @@ _FAILING = {"pull": ("failed", "permanent"), "push": ("failed", "permanent", "up
 
 
 def collect(manifest_path: str | os.PathLike, *, runs: int = DEFAULT_RUNS,
-            failures: int = DEFAULT_FAILURES) -> dict[str, Any]:
+            failures: int = DEFAULT_FAILURES, details: bool = False) -> dict[str, Any]:
     """The status document (see the module docstring); ManifestError when there is no manifest."""
     manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
     try:
         manifest.conn.execute("BEGIN")  # one snapshot for every query below
         try:
             raw = manifest.summary(runs=runs, failures=failures if failures > 0 else -1)
+            if details:
+                _add_details(manifest, raw)
         finally:
             manifest.conn.execute("ROLLBACK")
     finally:
         manifest.close()
     return _shape(raw)
+
+
+def _add_details(manifest: Manifest, raw: dict[str, Any]) -> None:
+    """Each failed item's ``detail``: the detail of its newest ``failed`` event (None when there is none).
+    One pass over the failure events of each kind: they are keyed by item, which has no index."""
+    for kind in ("pull", "push"):
+        wanted = {_event_item(kind, item): item for item in raw[kind]["failed"]}
+        if not wanted:
+            continue
+        found: dict[str, str | None] = {}
+        for item_key, detail in manifest.conn.execute(
+                "SELECT item, detail FROM events WHERE kind = ? AND event = 'failed' ORDER BY id", (kind,)):
+            if item_key in wanted:
+                found[item_key] = detail
+        for item_key, item in wanted.items():
+            item["detail"] = found.get(item_key)
+
+
+def _event_item(kind: str, item: dict[str, Any]) -> str:
+    """The ``events.item`` of a failed item: its manifest key joined by '/'."""
+    if kind == "pull":
+        ttype, _, tid = item["target"].partition(":")
+        return f"{ttype}/{tid}/{item['file_id']}"
+    return f"{item['user_id']}/{item['rel_path']}"
 
 
 def _shape(raw: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +99,8 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
         for item in raw[kind]["failed"]:
             item = dict(item)
             item["last_error"] = scrub(item["last_error"]) if item.get("last_error") else item.get("last_error")
+            if item.get("detail"):
+                item["detail"] = scrub(item["detail"])
             failed.append(item)
         out[kind] = {
             "total": {"count": sum(v["count"] for v in states.values()),
@@ -90,10 +123,10 @@ def _alive(run: dict[str, Any], host: str) -> bool | None:
 
 
 # -- human output --------------------------------------------------------------------------------
-def _safe(text: object) -> str:
-    """Printable text for a terminal: control characters (a newline in an error, ESC) escaped."""
-    s = "" if text is None else str(text)
-    return s if s.isprintable() else s.encode("unicode_escape").decode("ascii")
+def _detail(item: dict[str, Any]) -> str | None:
+    """What the server said about a failed item, when ``--details`` asked for it and it says more."""
+    detail = item.get("detail")
+    return detail if detail and detail != item.get("last_error") else None
 
 
 def _item_name(kind: str, item: dict[str, Any]) -> str:
@@ -169,6 +202,8 @@ def render_text(st: dict[str, Any]) -> str:
         for item in sec["failed"]:
             lines.append(f"  {_safe(_item_name(kind, item))}  {_item_state(item)}  attempts {item['attempts'] or 0}  "
                          f"{item['error_class'] or '-'}  {_safe(item['last_error'] or '')}")
+            if _detail(item):
+                lines.append(f"    server said: {_safe(_detail(item))}")
     lines.extend(_scope_lines(st))
     return "\n".join(lines)
 
@@ -219,7 +254,8 @@ def print_rich(st: dict[str, Any], stream: TextIO | None = None, *, console: Any
             table.add_row(Text(_safe(_item_name(kind, item))),
                           Text(_item_state(item), style="yellow" if item.get("acked_at") else "red"),
                           Text(str(item["attempts"] or 0)), Text(item["error_class"] or "-"),
-                          Text(_safe(item["last_error"] or "")))
+                          Text(_safe(item["last_error"] or "")
+                               + (f"; server said: {_safe(_detail(item))}" if _detail(item) else "")))
         console.print(table)
     for line in _scope_lines(st):
         console.print(Text(line, style="" if line.startswith("  ") else "bold"))

@@ -40,6 +40,7 @@ from typing import Any, TextIO
 
 from syncer.local.storage import UnsafePathError, ensure_inside, sha256_file
 from syncer.manifest import Manifest
+from syncer.redact import escape as _safe
 from syncer.report.progress import human_bytes
 
 DEFAULT_SAMPLE = 100
@@ -187,11 +188,6 @@ def _check_all(dest: Path, rows: Iterable[dict[str, Any]], report: VerifyReport,
 
 
 # -- output --------------------------------------------------------------------------------------
-def _safe(text: object) -> str:
-    s = "" if text is None else str(text)
-    return s if s.isprintable() else s.encode("unicode_escape").decode("ascii")
-
-
 def render_text(report: VerifyReport) -> str:
     scope = "all" if report.mode == "all" or report.checked >= report.eligible else "a random sample"
     lines = [
@@ -203,7 +199,8 @@ def render_text(report: VerifyReport) -> str:
     if report.eligible == 0:
         lines.append("nothing to verify: the manifest records no backed-up file yet")
     for p in report.problems:
-        lines.append(f"{p.kind:<10}  {p.target}/{p.file_id}  {_safe(p.local_path)}  ({_safe(p.detail)})")
+        # Target and file ids came from the server: escaped like the path and the detail.
+        lines.append(f"{p.kind:<10}  {_safe(p.target)}/{_safe(p.file_id)}  {_safe(p.local_path)}  ({_safe(p.detail)})")
     return "\n".join(lines)
 
 

@@ -22,8 +22,9 @@ from syncer.api.retry import RetryPolicy
 from syncer.config import Config
 from syncer.errors import ConfigError, SyncerError, error_class
 from syncer.local.lock import RunLock
-from syncer.logs import describe, event, register_secret
+from syncer.logs import describe, event
 from syncer.manifest import Manifest, Recorder
+from syncer.redact import register_secret
 from syncer.run.signals import on_stop_signals
 from syncer.run.stats import RunStats
 
@@ -127,7 +128,7 @@ async def execute(
             async with make_session(cfg.api, limit=concurrency) as session, \
                     make_session(cfg.api, limit=API_CONNECTIONS) as api_session:
                 client = (client_factory or FilesClient)(
-                    session, base_url=cfg.api.base_url, token=token, account_code=cfg.api.account_code,
+                    session, base_url=cfg.api_base_url(), token=token, account_code=cfg.api.account_code,
                     retry=policy, api_session=api_session)
                 recorder = Recorder(manifest, run_id)
                 ctx = RunContext(cfg, client, manifest, recorder, stats, policy, run_id)

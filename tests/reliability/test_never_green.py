@@ -302,7 +302,6 @@ def test_a_missing_file_is_never_green_and_the_fixed_cause_is(world: World, case
 
 # Not on main yet when this was written: helper redact's refusal of plain-http view links (issue 12 item 7).
 # Until then the link's host simply does not answer (a failed item, retried); the case above is red either way.
-@pytest.mark.xfail(strict=False, reason="needs the refusal of plain-http view links (helper redact, issue 12 item 7)")
 def test_a_plain_http_link_is_refused_as_a_permanent_item_error(world: World) -> None:
     w = world
     plain_http_link(w)

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from syncer.local.lock import pid_alive
 from syncer.logs import scrub
 from syncer.manifest import Manifest, now_iso
+from syncer.manifest.restore_rows import restore_summary
 from syncer.models import PullState, PushState
 from syncer.report.progress import human_bytes
 
@@ -46,6 +47,7 @@ def collect(manifest_path: str | os.PathLike, *, runs: int = DEFAULT_RUNS,
         manifest.conn.execute("BEGIN")  # one snapshot for every query below
         try:
             raw = manifest.summary(runs=runs, failures=failures if failures > 0 else -1)
+            raw["restore"] = restore_summary(manifest, failures=failures if failures > 0 else -1)
         finally:
             manifest.conn.execute("ROLLBACK")
     finally:
@@ -71,9 +73,24 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
             "failed_total": sum(states[s]["count"] for s in _FAILING[kind] if s in states),
             "failed": failed,
         }
+    out["restore"] = _shape_restore(raw.get("restore"))
     host = socket.gethostname()
     out["runs"] = [dict(r, alive=_alive(r, host) if r["outcome"] == "running" else None) for r in raw["runs"]]
     return out
+
+
+def _shape_restore(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The restore section (``syncer restore``): counts by state, failed items and the old -> new id
+    mapping (the ``--mapping-out`` rows); None for a manifest from before restores (schema < 3)."""
+    if raw is None:
+        return None
+    states = raw["states"]
+    failed = [dict(i, last_error=scrub(i["last_error"]) if i.get("last_error") else i.get("last_error"))
+              for i in raw["failed"]]
+    return {"total": {"count": sum(v["count"] for v in states.values()),
+                      "bytes": sum(v["bytes"] for v in states.values())},
+            "states": states, "failed_total": sum(v["count"] for k, v in states.items() if k in _FAILING["push"]),
+            "failed": failed, "mapping": raw["mapping"]}
 
 
 def _alive(run: dict[str, Any], host: str) -> bool | None:
@@ -112,6 +129,9 @@ def render_text(st: dict[str, Any]) -> str:
         sec = st[kind]
         lines.append(f"{kind}: {sec['total']['count']} items ({human_bytes(sec['total']['bytes'])}): "
                      f"{_states_line(sec)}")
+    if st.get("restore") and st["restore"]["total"]["count"]:
+        lines.append(f"restore: {st['restore']['total']['count']} items: {_states_line(st['restore'])}"
+                     f" ({len(st['restore']['mapping'])} restored, see --json for the id mapping)")
     lines.append(f"last runs ({len(st['runs'])}):" if st["runs"] else "no runs yet")
     for r in st["runs"]:
         lines.append(f"  {r['id']}  {r['kind']:<4}  {r['started']} -> {r['ended'] or '-'}  {_outcome(r)}  "

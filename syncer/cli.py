@@ -485,18 +485,11 @@ def restore(config_path: str | None, backup_path: str | None, tokens_file: str |
     _setup_logs(cfg, quiet)
     from syncer.restore.job import RestoreJob
 
-    holder: dict[str, RestoreJob] = {}
-
-    async def job(ctx: Any) -> None:
-        holder["job"] = RestoreJob(ctx, opts)
-        await holder["job"].run()
-
     reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
     stats, code = run_async(execute(
-        "restore", cfg, job, token=token, concurrency=opts.concurrency, on_progress=reporter,
+        RestoreJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
         details={"backup": str(opts.backup_manifest), "same_account": opts.same_account,
                  "users": len(opts.users) or None}))
-    if "job" in holder:
-        for line in holder["job"].notes.lines():
-            click.echo(line)
+    for line in opts.notes:
+        click.echo(line)
     _finish(stats, code, metrics_file)

@@ -30,12 +30,13 @@ from syncer.errors import (
     ApiError,
     AuthError,
     BadRequestError,
+    Kind,
     LocalIOError,
-    ManifestError,
     NotFoundError,
     SyncerError,
     TooLargeError,
     UploadOutcomeUnknown,
+    classify,
     error_class,
 )
 from syncer.local.storage import write_private_text
@@ -63,7 +64,8 @@ from syncer.push.upload import (
 from syncer.restore.options import RestoreOptions
 from syncer.restore.plan import NOT_RESTORABLE, BackupFile, RestoreItem, Selection, plan_user, select
 from syncer.restore.reader import BackupReader, PlainBackup
-from syncer.run.runner import RunContext, drive
+from syncer.run.pool import WorkerPool
+from syncer.run.runner import RunContext
 
 log = logging.getLogger("syncer.restore")
 
@@ -106,12 +108,14 @@ def mapping_csv(rows: list[dict[str, Any]]) -> str:
 
 
 class RestoreJob:
+    kind = "restore"
+
     def __init__(self, ctx: RunContext, opts: RestoreOptions, *, reader: BackupReader | None = None):
         self.ctx = ctx
         self.opts = opts
         self.reader = reader or PlainBackup(opts.backup_dest)
-        self.queue: asyncio.Queue[tuple[RestoreItem, str] | None] = asyncio.Queue(
-            maxsize=max(16, opts.concurrency * 4))
+        self.pool: WorkerPool[tuple[RestoreItem, str]] = WorkerPool(
+            ctx, self._one, workers=opts.concurrency, queue_size=max(16, opts.concurrency * 4), name="restore")
         self.claimed: dict[str, set[str]] = {}    # destination user -> documents some file owns
         self.rejected: set[str] = set()
         self.inflight = InFlight()
@@ -130,9 +134,8 @@ class RestoreJob:
             await asyncio.to_thread(backup.close)
         sel = select(rows, users=self.opts.users, categories=self.opts.categories, dest_for=self.opts.dest_for)
         self._note_selection(sel)
-        workers = [asyncio.create_task(self._worker(), name=f"restore-{i}") for i in range(self.opts.concurrency)]
         try:
-            await drive(self.ctx, lambda: self._plan_all(sel), self.queue, workers)
+            await self.pool.run(lambda: self._plan_all(sel))
         finally:
             if self.opts.mapping_out is not None:
                 await self._write_mapping()
@@ -144,6 +147,7 @@ class RestoreJob:
         n.unmapped = dict(sel.unmapped)
         n.skipped = dict(sel.skipped)
         ctx.stats.skipped += sel.not_restorable + sum(sel.unmapped.values()) + sum(sel.skipped.values())
+        self.opts.notes[:] = n.lines()  # for the command's summary
         for line in n.lines():
             ctx.log_event("not_restored", message=line)
         for user in self.opts.users:
@@ -210,25 +214,12 @@ class RestoreJob:
         for item in plan.items:
             if ctx.stopping:
                 return
-            await self.queue.put((item, token))
+            await self.pool.put((item, token))
 
     # -- the uploaders -------------------------------------------------------------------------
-    async def _worker(self) -> None:
-        while True:
-            job = await self.queue.get()
-            if job is None:
-                return
-            if self.ctx.stopping:
-                continue  # drain: the manifest keeps the item as it is for the next run
-            try:
-                await self._one(*job)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. the recorder died: stop, but keep draining
-                self.ctx.fatal(exc)
-
-    async def _one(self, item: RestoreItem, token: str) -> None:
+    async def _one(self, job: tuple[RestoreItem, str]) -> None:
         """The one failure funnel: every outcome of an item is classified and recorded here."""
+        item, token = job
         ctx = self.ctx
         started = time.monotonic()
         if item.dest_user in self.rejected:
@@ -244,10 +235,12 @@ class RestoreJob:
             except UserRejected:
                 self._reject_user(item.dest_user)
                 self._record_failure(item, AuthError(f"the token for user {item.dest_user} was rejected (401)"))
-            except (LocalIOError, ManifestError, EndpointMissing, AuthError) as exc:
-                ctx.fatal(exc)
             except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
-                self._record_failure(item, exc)
+                # AuthError here is the account API key's (listing, a link): fatal like a disk error.
+                if isinstance(exc, EndpointMissing) or classify(exc, upload=True) is Kind.FATAL:
+                    ctx.fatal(exc)
+                else:
+                    self._record_failure(item, exc)
             else:
                 ctx.log_event("restored", level=logging.DEBUG, user=item.dest_user, item=label(item),
                               file_id=item.source.file_id, duration=round(time.monotonic() - started, 3))
@@ -328,7 +321,7 @@ class RestoreJob:
 
     def _record_failure(self, item: RestoreItem, exc: BaseException) -> None:
         ctx = self.ctx
-        permanent = isinstance(exc, (BadRequestError, TooLargeError))
+        permanent = classify(exc, upload=True) is Kind.PERMANENT
         if isinstance(exc, TooLargeError):
             message = f"the server refused the file as too large (413); not retried while it is unchanged: {exc}"
         elif isinstance(exc, BadRequestError):

@@ -32,6 +32,7 @@ class RestoreOptions:
     mapping_out: Path | None = None
     link_pull: bool = False                  # same account, same manifest: the next pull relinks
     dest_account: str = ""                   # base_url#account_code of the destination (no secret)
+    notes: list[str] = field(default_factory=list, compare=False)  # filled by the job: what was left out, why
 
     def dest_for(self, source_user: str) -> str | None:
         """The destination user of a backed-up user, or None when the map leaves it out."""

@@ -33,8 +33,9 @@ import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from syncer.api.client import form_filename
+from syncer.api.client import LINK_REFRESHES, form_filename
 from syncer.errors import (
     ApiError,
     AuthError,
@@ -115,6 +116,7 @@ class InFlight:
 
 
 Claimed = Callable[[str], Awaitable[set[str]]]
+_SAME: Any = object()   # reconcile(): "as the upload says"
 
 
 class Uploader:
@@ -198,13 +200,13 @@ class Uploader:
             detail = f"the stored copy {remote.id} could not be deleted ({error_class(exc)}): delete it by hand"
         raise ItemError(f"the file changed while it was being uploaded; {detail}; it will be uploaded next run")
 
-    async def reconcile(self, up: Upload, since: float | None, *, size: int | None = None,
-                        sha256: str | None = None) -> RemoteFile | None:
+    async def reconcile(self, up: Upload, since: float | None, *, size: Any = _SAME,
+                        sha256: Any = _SAME) -> RemoteFile | None:
         """The user's document that an earlier POST of this file stored, or None if there is none.
-        ``size``/``sha256`` override the upload's (what the earlier attempt sent, when it differs)."""
+        ``size``/``sha256`` override the upload's: what the earlier attempt sent (None: not known)."""
         ctx = self.ctx
-        size = up.size if size is None else size
-        sha = up.sha256 if sha256 is None else sha256
+        size = up.size if size is _SAME else size
+        sha = up.sha256 if sha256 is _SAME else sha256
         try:
             listing = await ctx.client.list_files(Target("user", up.user_id), category=up.category,
                                                   token=up.token)
@@ -244,7 +246,7 @@ class Uploader:
 
         async def once() -> str:
             url = f.fullpath
-            for _ in range(3):
+            for _ in range(LINK_REFRESHES + 1):
                 if not url:
                     url = (await ctx.client.file_info(f.id)).fullpath
                 h = hashlib.sha256()

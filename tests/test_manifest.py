@@ -93,9 +93,10 @@ def test_a_new_manifest_is_created_at_the_current_schema_and_private(tmp_path: P
     finally:
         os.umask(old)
     m.close()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert user_version(path) == SCHEMA_VERSION
     assert V2_INDEXES <= indexes(path) and {"pull_todo", "pull_path", "push_todo"} <= indexes(path)
+    assert {"restore_dest", "restore_state"} <= indexes(path)  # v3: restore_items
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     m = Manifest.open(path)  # opening again changes nothing
     m.close()
@@ -115,7 +116,7 @@ def test_a_v1_manifest_upgrades_to_v2_keeping_every_row(tmp_path: Path) -> None:
         assert m.summary()["pull"]["states"]["done"]["count"] == 33
     finally:
         m.close()
-    assert user_version(path) == 2 and V2_INDEXES <= indexes(path)
+    assert user_version(path) == SCHEMA_VERSION and V2_INDEXES <= indexes(path)
     assert dump(path) == before
 
 
@@ -126,9 +127,10 @@ def test_the_v1_to_v2_step_is_idempotent(tmp_path: Path) -> None:
     conn.execute("CREATE INDEX pull_state_size ON pull_items(state, size)")  # half done by hand, say
     conn.close()
     m = Manifest.open(path)
-    MIGRATIONS[1](m.db)  # and once more on a v2 manifest
+    MIGRATIONS[1](m.db)  # and once more on an upgraded manifest
+    MIGRATIONS[2](m.db)  # (v2 -> v3 too)
     m.close()
-    assert user_version(path) == 2 and V2_INDEXES <= indexes(path)
+    assert user_version(path) == SCHEMA_VERSION and V2_INDEXES <= indexes(path)
 
 
 def test_read_only_readers_use_a_v1_manifest_as_it_is(tmp_path: Path) -> None:
@@ -160,7 +162,7 @@ def test_a_failing_migration_leaves_the_last_complete_version(tmp_path: Path, mo
     assert dump(path) == before
     monkeypatch.undo()
     Manifest.open(path).close()
-    assert user_version(path) == 2
+    assert user_version(path) == SCHEMA_VERSION
 
 
 def test_an_empty_file_becomes_a_manifest(tmp_path: Path) -> None:

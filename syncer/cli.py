@@ -284,6 +284,10 @@ def demo(workdir: str | None, quiet: bool) -> None:
         click.echo(summary_text(result.push))
         click.echo(f"verified: {result.push_verified} uploaded documents byte-identical on the server"
                    + (f"; MISMATCHES: {len(result.push_mismatches)}" if result.push_mismatches else ""))
+    if result.restore is not None:
+        click.echo(summary_text(result.restore))
+        click.echo(f"verified: {result.restore_verified} deleted documents restored, byte-identical, once"
+                   + (f"; MISMATCHES: {len(result.restore_mismatches)}" if result.restore_mismatches else ""))
     click.echo(f"backup:   {where / 'backup'}")
     click.echo(f"manifest: {where / 'syncer-manifest.sqlite'}")
     click.echo(f"next:     syncer status -c {where / 'syncer.toml'}")

@@ -55,9 +55,6 @@ async def dry_run(cfg: Config, opts: RestoreOptions, token: str) -> DryRunReport
                 assert dest is not None
                 row = DryRunUser(source_user, dest)
                 report.users.append(row)
-                if dest not in opts.tokens:
-                    row.notes.append(f"no token: {len(files)} files would fail")
-                    continue
                 try:
                     listing = await client.list_files(Target("user", dest))
                 except ApiError as exc:
@@ -70,6 +67,8 @@ async def dry_run(cfg: Config, opts: RestoreOptions, token: str) -> DryRunReport
                 same_ids = opts.same_account and dest == source_user
                 plan = plan_user(source_user, dest, files, listing.files, done, same_ids=same_ids, claimed=claimed)
                 row.files, row.bytes = len(plan.items), plan.todo_bytes
+                if plan.items and dest not in opts.tokens:
+                    row.notes.append(f"no token: these {len(plan.items)} files would fail")
                 for n, what in ((plan.present, "still on the server"), (plan.restored, "restored before"),
                                 (plan.adoptable, "may be already there (same name and size: hashed in a real run)"),
                                 (plan.held_permanent, "refused for good before"),

@@ -166,14 +166,6 @@ class RestoreJob:
         opts = self.opts
         dest = opts.dest_for(source_user)
         assert dest is not None  # select() left out users the map does not name
-        token = opts.tokens.get(dest)
-        if token is None:
-            # Not restored is not done: the run exits 1 so a cron mail or an alert shows it.
-            ctx.stats.failed += len(files)
-            ctx.log_event("no_token", level=logging.WARNING, user=dest,
-                          message=f"user {dest} has no token in the tokens file: the {len(files)} backed-up files"
-                                  f" of user {source_user} are not restored")
-            return
         try:
             listing = await ctx.client.list_files(Target("user", dest))
         except AuthError as exc:
@@ -199,10 +191,18 @@ class RestoreJob:
         same_ids = opts.same_account and dest == source_user
         plan = plan_user(source_user, dest, files, listing.files, rows, same_ids=same_ids, claimed=claimed,
                          dest_account=opts.dest_account, link_pull=opts.link_pull and same_ids)
+        ctx.stats.skipped += plan.present + plan.restored + plan.held_permanent
+        token = opts.tokens.get(dest)
+        if token is None:
+            if plan.items:  # not restored is not done: the run exits 1 so a cron mail or an alert shows it
+                ctx.stats.failed += len(plan.items)
+                ctx.log_event("no_token", level=logging.WARNING, user=dest,
+                              message=f"user {dest} has no token in the tokens file: {len(plan.items)} backed-up"
+                                      f" files of user {source_user} to restore are not restored")
+            return
         if plan.inserts:
             await ctx.manifest.call(upsert_restore_items, ctx.manifest, ctx.run_id, plan.inserts)
         ctx.stats.targets += 1
-        ctx.stats.skipped += plan.present + plan.restored + plan.held_permanent
         ctx.stats.files_total += len(plan.items)
         ctx.stats.bytes_total += plan.todo_bytes
         if plan.held_permanent:

@@ -250,3 +250,14 @@ def test_visit_category_is_refused(tmp_path: Path, flag: str) -> None:
         assert cli(["pull", "-c", str(cfg)], token=srv.api_key).exit_code == 0
         res = cli(["restore", "-c", str(cfg), flag], token=srv.api_key)
         assert res.exit_code == 2 and NOT_RESTORABLE in res.output
+
+
+async def test_the_demo_restores_two_deleted_documents(tmp_path: Path) -> None:
+    from syncer.demo import run_demo
+
+    result = await run_demo(tmp_path / "demo")
+    assert result.ok, (result.restore_mismatches, result.pull_mismatches, result.push_mismatches)
+    assert result.restore is not None and result.restore_code == 0
+    assert result.restore_verified == 2 == result.restore.files_done
+    mapping = (tmp_path / "demo" / "restored-ids.csv").read_text(encoding="utf-8").splitlines()
+    assert len(mapping) == 3 and mapping[0].startswith("source_target,source_file_id,dest_user_id,dest_file_id")

@@ -19,6 +19,7 @@ Logs at info level name users and file ids, never file names.
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import io
 import logging
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncer.api.client import Listing
 from syncer.errors import (
     ApiError,
     AuthError,
@@ -68,6 +70,8 @@ from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
 
 log = logging.getLogger("syncer.restore")
+
+LIST_AHEAD = 8      # destination users listed ahead of the planning (the API pool has 8 connections)
 
 
 @dataclass
@@ -156,18 +160,31 @@ class RestoreJob:
                               message=f"user {user}: no restorable file of this user in the backup")
 
     async def _plan_all(self, sel: Selection) -> None:
-        for source_user, files in sel.by_user.items():
-            if self.ctx.stopping:
-                return
-            await self._plan_user(source_user, files, sel)
+        # Listings run up to LIST_AHEAD users ahead of the planning (their own connection pool), so the
+        # uploaders are not kept waiting one listing's round trip per user; planning stays in order.
+        users = list(sel.by_user.items())
+        ahead: collections.deque[asyncio.Task[Listing]] = collections.deque()
+        try:
+            for i, (source_user, files) in enumerate(users):
+                while len(ahead) < LIST_AHEAD and i + len(ahead) < len(users):
+                    dest = self.opts.dest_for(users[i + len(ahead)][0])
+                    ahead.append(asyncio.create_task(self.ctx.client.list_files(Target("user", dest))))
+                if self.ctx.stopping:
+                    return
+                await self._plan_user(source_user, files, sel, ahead.popleft())
+        finally:
+            for task in ahead:
+                task.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
 
-    async def _plan_user(self, source_user: str, files: list[BackupFile], sel: Selection) -> None:
+    async def _plan_user(self, source_user: str, files: list[BackupFile], sel: Selection,
+                         listing_task: asyncio.Task[Listing]) -> None:
         ctx = self.ctx
         opts = self.opts
         dest = opts.dest_for(source_user)
         assert dest is not None  # select() left out users the map does not name
         try:
-            listing = await ctx.client.list_files(Target("user", dest))
+            listing = await listing_task
         except AuthError as exc:
             ctx.fatal(exc)
             return

@@ -261,3 +261,22 @@ async def test_the_demo_restores_two_deleted_documents(tmp_path: Path) -> None:
     assert result.restore_verified == 2 == result.restore.files_done
     mapping = (tmp_path / "demo" / "restored-ids.csv").read_text(encoding="utf-8").splitlines()
     assert len(mapping) == 3 and mapping[0].startswith("source_target,source_file_id,dest_user_id,dest_file_id")
+
+
+def test_logs_and_metrics_name_no_file_and_no_token(tmp_path: Path) -> None:
+    src, dst = two_accounts(tmp_path, users=2, files_per_user=4)
+    with src.run_in_thread(), dst.run_in_thread():
+        cfg_a, cfg_b, pairs = setup_migration(tmp_path, src, dst)
+        metrics = tmp_path / "restore.prom"
+        res = cli(["restore", "-c", str(cfg_b), "--backup", str(cfg_a), "--user-map", str(tmp_path / "users.csv"),
+                   "--log-format", "json", "--log-level", "info", "--metrics-file", str(metrics)],
+                  token=dst.api_key)
+        assert res.exit_code == 0, res.output
+        text = res.output + (res.stderr if res.stderr_bytes is not None else "")
+        names = {f["name"] for f in src.files() if len(f["name"]) >= 6}
+        assert "not_restored" in text and "restore ok" in text   # the logs and the summary are there
+        assert names and not [n for n in names if n in text]
+        for secret in [dst.api_key, *(dst.token_for(d) for d in pairs.values())]:
+            assert secret not in text
+        assert 'syncer_files_done{kind="restore"}' in metrics.read_text()
+        assert (metrics.stat().st_mode & 0o777) == 0o600

@@ -285,7 +285,8 @@ class RestoreJob:
                 up, intent=lambda since: self._intent(item, since),
                 unchanged=lambda: asyncio.to_thread(plain.unchanged))
         finally:
-            await asyncio.to_thread(plain.close)
+            if plain.cleanup is not None:  # a decrypted temporary copy (none for a plain backup)
+                await asyncio.to_thread(plain.close)
         await self._record_done(item, remote, adopted=adopted)
 
     async def _already_there(self, item: RestoreItem) -> RemoteFile | None:

@@ -9,7 +9,7 @@ uses: intent before POST, reconciliation of lost answers) -> the recorder (``res
 - ``plan``: which files go where under which name, and which are skipped and why (no I/O).
 - ``reader``: the backup's bytes for one row, checked against the manifest's sha256 (the seam where
   decryption plugs in).
-- ``job``: ``RestoreJob``, which does it; ``dry_run``: the same plan, reported, nothing sent or written.
+- ``job``: ``RestoreJob``, which does it; ``dryrun``: the same plan, reported, nothing sent or written.
 
 May import: ``syncer.run``, ``syncer.manifest``, ``syncer.local``, ``syncer.inputs``, ``syncer.push.upload``,
 ``syncer.api`` (a client for the dry run), ``config``, ``models``, ``errors``, ``logs``.

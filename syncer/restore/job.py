@@ -25,6 +25,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from syncer.api.client import Listing
@@ -265,8 +266,9 @@ class RestoreJob:
     async def _process(self, item: RestoreItem, token: str) -> None:
         src = item.source
         assert src.sha256 is not None
-        up = Upload(item.dest_user, token, src.local_path, item.sent_name, item.category, src.size, src.sha256,
-                    label(item))  # type: ignore[arg-type] - the path is set once the bytes are checked
+        # The path is set once the backed-up bytes are checked (reconciling reads none).
+        up = Upload(item.dest_user, token, Path(src.local_path), item.sent_name, item.category, src.size,
+                    src.sha256, label(item))
         row = item.row or {}
         if item.reconcile:
             found = await self.uploader.reconcile(up, row.get("intent_at"), size=row.get("size"),

@@ -65,7 +65,15 @@ from syncer.push.upload import (
     without_name,
 )
 from syncer.restore.options import RestoreOptions
-from syncer.restore.plan import NOT_RESTORABLE, BackupFile, RestoreItem, Selection, plan_user, select
+from syncer.restore.plan import (
+    NOT_RESTORABLE,
+    BackupFile,
+    RestoreItem,
+    Selection,
+    maybe_ours,
+    plan_user,
+    select,
+)
 from syncer.restore.reader import BackupReader, PlainBackup
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
@@ -122,13 +130,15 @@ class RestoreJob:
         self.pool: WorkerPool[tuple[RestoreItem, str]] = WorkerPool(
             ctx, self._one, workers=opts.concurrency, queue_size=max(16, opts.concurrency * 4), name="restore")
         self.claimed: dict[str, set[str]] = {}    # destination user -> documents some file owns
+        self.maybe_ours: dict[str, set[str]] = {}  # backed-up documents that may be an interrupted upload
         self.rejected: set[str] = set()
         self.inflight = InFlight()
         self.uploader = Uploader(ctx, self._claimed)
         self.notes = RestoreNotes()
 
     async def _claimed(self, user_id: str) -> set[str]:
-        return self.claimed.setdefault(user_id, set())
+        """What reconciling an earlier POST must not adopt (see ``plan.maybe_ours`` for the exception)."""
+        return self.claimed.setdefault(user_id, set()) - self.maybe_ours.get(user_id, set())
 
     # -- the script ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -206,6 +216,7 @@ class RestoreJob:
         claimed |= await ctx.manifest.call(restore_claimed, ctx.manifest, dest)
         if opts.same_account:  # the destination user's own backed-up documents are nobody's copy
             claimed |= sel.ids_by_user.get(dest, set())
+            self.maybe_ours[dest] = maybe_ours(sel, dest, rows)
         same_ids = opts.same_account and dest == source_user
         plan = plan_user(source_user, dest, files, listing.files, rows, same_ids=same_ids, claimed=claimed,
                          dest_account=opts.dest_account, link_pull=opts.link_pull and same_ids)

@@ -76,6 +76,7 @@ class Selection:
 
     by_user: dict[str, list[BackupFile]] = field(default_factory=dict)
     ids_by_user: dict[str, set[str]] = field(default_factory=dict)   # every backed-up id of a user target
+    content: dict[str, tuple[str | None, int]] = field(default_factory=dict)  # file id -> (sha256, size)
     not_restorable: int = 0          # visit files and categories an upload cannot carry
     not_restorable_bytes: int = 0
     skipped: Counter[str] = field(default_factory=Counter)           # reason -> files
@@ -92,6 +93,7 @@ def select(rows: Iterable[dict[str, Any]], *, users: tuple[str, ...] = (), categ
     for f in files:
         if f.target_type == "user":
             sel.ids_by_user.setdefault(f.target_id, set()).add(f.file_id)
+            sel.content[f.file_id] = (f.sha256, f.size)
     wanted = set(users)
     for f in files:
         if f.target_type != "user" and wanted:
@@ -115,6 +117,19 @@ def select(rows: Iterable[dict[str, Any]], *, users: tuple[str, ...] = (), categ
             continue
         sel.by_user.setdefault(f.target_id, []).append(f)
     return sel
+
+
+def maybe_ours(sel: Selection, dest_user: str, rows: dict[tuple[str, str], dict[str, Any]]) -> set[str]:
+    """Backed-up documents of ``dest_user`` (same account) that may be an interrupted upload of ours: a
+    pull that ran between a killed restore and this run backs up that upload like any new document.
+    They hold the bytes of a row whose POST may have been stored; reconciling it (hash-proven, created
+    since its intent) may adopt them, so they are not claimed for that.  Look-alike adoption still
+    never takes them."""
+    pending = {(r["sha256"], r["size"]) for r in rows.values()
+               if r["state"] in ("uploading", "failed") and r.get("intent_at")}
+    if not pending:
+        return set()
+    return {fid for fid in sel.ids_by_user.get(dest_user, set()) if sel.content.get(fid) in pending}
 
 
 @dataclass

@@ -280,3 +280,29 @@ def test_logs_and_metrics_name_no_file_and_no_token(tmp_path: Path) -> None:
             assert secret not in text
         assert 'syncer_files_done{kind="restore"}' in metrics.read_text()
         assert (metrics.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_pull_between_an_interrupted_restore_and_its_rerun_duplicates_nothing(tmp_path: Path) -> None:
+    srv = FakeServer(seed=12, users=2, files_per_user=5, sizes=(10, 2_000))
+    with srv.run_in_thread():
+        cfg = config(tmp_path, srv)
+        db = tmp_path / "manifest.sqlite"
+        write_tokens(tmp_path / "tokens.csv", {u: srv.token_for(u) for u in srv.users})
+        assert cli(["pull", "-c", str(cfg)], token=srv.api_key).exit_code == 0
+        gone = [f for f in srv.files() if f["category"] == "user_document"][:2]
+        for f in gone:
+            srv.delete_file(f["id"])
+        assert cli(["restore", "-c", str(cfg)], token=srv.api_key).exit_code == 0
+        # As if killed after both POSTs were stored and before they were recorded; then a nightly pull
+        # backs the two restored documents up as new ones (nothing links them to the old ids yet).
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("UPDATE restore_items SET state = 'uploading', dest_file_id = NULL, restored_at = NULL")
+        conn.close()
+        assert cli(["pull", "-c", str(cfg)], token=srv.api_key).exit_code == 0
+        assert last_pull_done(db) == 2
+        count = len(srv.files())
+        res = cli(["restore", "-c", str(cfg)], token=srv.api_key)
+        assert res.exit_code == 0, res.output
+        assert len(srv.files()) == count                      # the stored uploads were found, not sent again
+        assert query(db, "SELECT count(*), sum(adopted) FROM restore_items WHERE state = 'done'")[0] == (2, 2)

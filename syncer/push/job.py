@@ -63,7 +63,6 @@ from syncer.push.upload import (
     Upload,
     Uploader,
     UserRejected,
-    nfc,
     without_name,
 )
 from syncer.run.pool import WorkerPool
@@ -73,11 +72,6 @@ __all__ = ["CLOCK_SLACK", "DryRunUser", "PushItem", "PushJob", "PushOptions", "U
            "plan_dry", "plan_user", "user_folders"]
 
 log = logging.getLogger("syncer.push")
-
-# Shared with restore (syncer.push.upload): the uploader, its reconciliation, and its errors.
-_UserRejected, _EndpointMissing, _Stopping = UserRejected, EndpointMissing, Stopping
-_nfc, _without_name = nfc, without_name
-
 
 class PushJob:
     kind = "push"
@@ -182,14 +176,14 @@ class PushJob:
             await self._process(item)
         except asyncio.CancelledError:
             raise
-        except _Stopping:
+        except Stopping:
             return
-        except _UserRejected:
+        except UserRejected:
             self._reject_user(item.user_id)
             self._record_failure(item, _rejected_error(item.user_id))
         except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
             # AuthError here is the account API key's (a link, a torn copy's delete): fatal like a disk error.
-            if isinstance(exc, _EndpointMissing) or classify(exc, upload=True) is Kind.FATAL:
+            if isinstance(exc, EndpointMissing) or classify(exc, upload=True) is Kind.FATAL:
                 ctx.fatal(exc)
             else:
                 self._record_failure(item, exc)
@@ -310,7 +304,7 @@ class PushJob:
             message = str(exc)
         else:
             message = f"unexpected error: {type(exc).__name__}: {exc}"
-        message = _without_name(scrub(message), item.name)[:500]
+        message = without_name(scrub(message), item.name)[:500]
         fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
         if permanent:
             ctx.stats.permanent += 1

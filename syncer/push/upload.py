@@ -121,7 +121,7 @@ _SAME: Any = object()   # reconcile(): "as the upload says"
 
 class Uploader:
     """Sends :class:`Upload`s for a job.  ``claimed(user_id)``: the user's documents that already
-    belong to some file (never adopted for another); ``kind``: the logger's name (push, restore)."""
+    belong to some file (never adopted for another by a reconcile)."""
 
     def __init__(self, ctx: RunContext, claimed: Claimed):
         self.ctx = ctx

@@ -282,6 +282,10 @@ def demo(workdir: str | None, quiet: bool) -> None:
         click.echo(summary_text(result.push))
         click.echo(f"verified: {result.push_verified} uploaded documents byte-identical on the server"
                    + (f"; MISMATCHES: {len(result.push_mismatches)}" if result.push_mismatches else ""))
+    if result.restore is not None:
+        click.echo(summary_text(result.restore))
+        click.echo(f"verified: {result.restore_verified} deleted documents restored, byte-identical, once"
+                   + (f"; MISMATCHES: {len(result.restore_mismatches)}" if result.restore_mismatches else ""))
     click.echo(f"backup:   {where / 'backup'}")
     click.echo(f"manifest: {where / 'syncer-manifest.sqlite'}")
     click.echo(f"next:     syncer status -c {where / 'syncer.toml'}")
@@ -469,3 +473,81 @@ def ack_pull(config_path: str | None, target: str, file_ids: tuple[str, ...], al
     finally:
         manifest.close()
     click.echo(f"acknowledged {len(done)} permanent failure{'s' if len(done) != 1 else ''} of {tgt} as {who}")
+
+
+@main.command(context_settings=CONTEXT)
+@config_option
+@click.option("--backup", "backup_path", type=click.Path(dir_okay=False),
+              help="The config of the pull whose backup is restored (default: the same config).")
+@click.option("--tokens-file", type=click.Path(dir_okay=False),
+              help="CSV with header user_id,token of the destination users, mode 0600 (push.tokens_file).")
+@click.option("--user-map", type=click.Path(dir_okay=False),
+              help="CSV with header source_user_id,dest_user_id; required when the accounts differ.")
+@click.option("--target", "targets", multiple=True, metavar="user:ID",
+              help="Only this backed-up user; repeatable (visit files cannot be restored).")
+@click.option("--category", "categories", multiple=True,
+              type=click.Choice(["intake_attachment", "user_consent", "user_avatar", "user_document"]),
+              help="Only these categories; repeatable (default: every one an upload can carry).")
+@click.option("--mapping-out", type=click.Path(dir_okay=False),
+              help="Write every restored pair (old id -> new id) here as CSV (0600) at the end of the run.")
+@click.option("--concurrency", type=int, help="Uploads at once (default: push.concurrency, 16).")
+@click.option("--dry-run", is_flag=True, help="Plan only: per user, what would be uploaded; send and write nothing.")
+@run_options
+@handle_errors
+def restore(config_path: str | None, backup_path: str | None, tokens_file: str | None, user_map: str | None,
+            targets: tuple[str, ...], categories: tuple[str, ...], mapping_out: str | None, concurrency: int | None,
+            dry_run: bool, log_format: str | None, log_level: str | None, quiet: bool,
+            progress_interval: float | None, metrics_file: str | None) -> None:
+    """Put a backup back: into the account it came from, or into another one with a user map.
+
+    Each backed-up user document, consent and avatar goes up once, as the (mapped) user, with its
+    original name and category. Into the same account only what is gone from the server is sent;
+    into another account every file, except ones already there. Visit files stay in the backup.
+
+    \b
+    Example:
+      syncer restore -c syncer.toml                          # put deleted documents back
+      syncer restore -c new.toml --backup old.toml --user-map users.csv --mapping-out ids.csv
+    """
+    from syncer.report.progress import human_bytes, make_reporter
+    from syncer.restore.options import options_from_config
+    from syncer.run.runner import execute
+
+    cfg = _load(config_path, {
+        "push": {"tokens_file": tokens_file, "concurrency": concurrency},
+        "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
+    })
+    backup_cfg = _load(backup_path, {}) if backup_path else cfg
+    opts = options_from_config(cfg, backup_cfg, user_map=user_map, targets=targets, categories=categories,
+                               mapping_out=mapping_out)
+    if not cfg.api.base_url:
+        raise ConfigError("api.base_url is not set in the config")
+    _check_metrics_file(metrics_file)
+    if mapping_out and not Path(mapping_out).resolve().parent.is_dir():
+        raise ConfigError(f"--mapping-out {mapping_out}: its folder does not exist")
+    token = cfg.api_token()
+    if dry_run:
+        from syncer.restore.dryrun import dry_run as restore_dry_run
+
+        report = run_async(restore_dry_run(cfg, opts, token))
+        for row in report.users:
+            note = f"\t({'; '.join(row.notes)})" if row.notes else ""
+            click.echo(f"user:{row.source_user} -> user:{row.dest_user}\t{row.files} files\t"
+                       f"{human_bytes(row.bytes)}{note}")
+        for line in report.lines:
+            click.echo(line)
+        click.echo(f"total: {len(report.users)} users, {sum(r.files for r in report.users)} files, "
+                   f"{human_bytes(sum(r.bytes for r in report.users))} would be uploaded "
+                   "(dry run: nothing sent or written)")
+        return
+    _setup_logs(cfg, quiet)
+    from syncer.restore.job import RestoreJob
+
+    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
+    stats, code = run_async(execute(
+        RestoreJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
+        details={"backup": str(opts.backup_manifest), "same_account": opts.same_account,
+                 "users": len(opts.users) or None}))
+    for line in opts.notes:
+        click.echo(line)
+    _finish(stats, code, metrics_file)

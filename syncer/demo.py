@@ -2,8 +2,9 @@
 
 It starts :class:`~syncer.fakeserver.FakeServer` in-process with seeded patients and visits (varied
 sizes, a few hostile names), pulls everything into ``<workdir>/backup``, checks the copy byte for
-byte against the server, uploads a small folder per patient with push, checks those too, and leaves
-a ``syncer.toml`` so that ``syncer status -c <workdir>/syncer.toml`` works afterwards.
+byte against the server, uploads a small folder per patient with push, checks those too, deletes two
+backed-up documents on the server and puts them back with restore, and leaves a ``syncer.toml`` so
+that ``syncer status -c <workdir>/syncer.toml`` works afterwards.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ class DemoResult:
     push_code: int | None = None
     push_verified: int = 0
     push_mismatches: list[str] = field(default_factory=list)
+    restore: RunStats | None = None
+    restore_code: int | None = None
+    restore_verified: int = 0
+    restore_mismatches: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (self.pull_code == 0 and not self.pull_mismatches
-                and self.push_code in (0, None) and not self.push_mismatches)
+                and self.push_code in (0, None) and not self.push_mismatches
+                and self.restore_code in (0, None) and not self.restore_mismatches)
 
 
 def demo_config(srv: FakeServer, workdir: Path) -> Config:
@@ -100,6 +106,7 @@ async def run_demo(workdir: Path, *, on_progress: Any = None) -> DemoResult:
         result = DemoResult(workdir, stats, code)
         await asyncio.to_thread(_check_pull, srv, cfg, result)
         await _demo_push(srv, cfg, result, on_progress)
+        await _demo_restore(srv, cfg, result, on_progress)
         return result
 
 
@@ -140,3 +147,34 @@ async def _demo_push(srv: FakeServer, cfg: Config, result: DemoResult, on_progre
             result.push_verified += 1
         else:
             result.push_mismatches.append(f"{user}/{name}")
+
+
+async def _demo_restore(srv: FakeServer, cfg: Config, result: DemoResult, on_progress: Any) -> None:
+    """The third act: two backed-up documents are deleted on the server; ``restore`` puts exactly those
+    back (same name, bytes and category, new ids), and the mapping old id -> new id is written."""
+    import asyncio
+
+    from syncer.restore.job import RestoreJob
+    from syncer.restore.options import options_from_config
+    from syncer.run.runner import execute
+
+    with_token = set(srv.users[:3])  # the act before wrote their tokens
+    gone = [f for f in srv.files() if f["target_type"] == "user" and f["target_id"] in with_token
+            and f["category"] == "user_document" and f["name"].isprintable()][:2]
+    for f in gone:
+        srv.delete_file(f["id"])
+    before = {f["id"] for f in srv.files()}
+    opts = await asyncio.to_thread(options_from_config, cfg, cfg, mapping_out=result.workdir / "restored-ids.csv")
+    result.restore, result.restore_code = await execute(
+        RestoreJob, cfg, opts, token=srv.api_key, concurrency=opts.concurrency, on_progress=on_progress,
+        details={"demo": True})
+    new = [f for f in srv.files() if f["id"] not in before]
+    for f in gone:
+        back = [n for n in new if (n["target_id"], n["name"], n["sha256"], n["category"])
+                == (f["target_id"], f["name"], f["sha256"], f["category"])]
+        if len(back) == 1:
+            result.restore_verified += 1
+        else:
+            result.restore_mismatches.append(f["id"])
+    if len(new) != len(gone):
+        result.restore_mismatches.append(f"{len(new)} documents uploaded for {len(gone)} deleted")

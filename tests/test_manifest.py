@@ -93,9 +93,10 @@ def test_a_new_manifest_is_created_at_the_current_schema_and_private(tmp_path: P
     finally:
         os.umask(old)
     m.close()
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     assert user_version(path) == SCHEMA_VERSION
     assert V2_INDEXES <= indexes(path) and {"pull_todo", "pull_path", "push_todo"} <= indexes(path)
+    assert {"restore_dest", "restore_state"} <= indexes(path)  # v3: restore_items
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     m = Manifest.open(path)  # opening again changes nothing
     m.close()
@@ -142,6 +143,7 @@ def test_the_v1_to_v2_step_is_idempotent(tmp_path: Path) -> None:
     m = Manifest.open(path)
     MIGRATIONS[1](m.db)  # and once more on a v2 manifest
     MIGRATIONS[2](m.db)  # the v2 -> v3 step too
+    MIGRATIONS[3](m.db)  # and v3 -> v4
     m.close()
     assert user_version(path) == SCHEMA_VERSION and V2_INDEXES <= indexes(path)
 

@@ -500,6 +500,10 @@ def _form_filename(name: str) -> str:
     return name.replace("\r", "%0D").replace("\n", "%0A").replace("\0", "%00")
 
 
+# Public for the uploader (syncer.push.upload), whose reconcile looks for a name in the form it was sent.
+form_filename = _form_filename
+
+
 def _content_range(value: str) -> tuple[int, int, int | None] | None:
     """``bytes START-END/TOTAL`` as (start, end, total or None); None when it does not parse."""
     m = _CONTENT_RANGE.match(value)

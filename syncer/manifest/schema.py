@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The oldest schema a read-only reader (status, verify, dry runs) can use as it is, without upgrading:
 # migrations since then only add indexes.  Raise it when a migration changes what readers query.
 READABLE_FROM = 1
 PULL_KEY = ("target_type", "target_id", "file_id")
 PUSH_KEY = ("user_id", "rel_path")
-TABLE_KEYS = {"pull_items": PULL_KEY, "push_items": PUSH_KEY}
+RESTORE_KEY = ("source_target", "source_file_id", "dest_user_id")
+TABLE_KEYS = {"pull_items": PULL_KEY, "push_items": PUSH_KEY, "restore_items": RESTORE_KEY}
 INSERTABLE = frozenset({"push_uploads"})
 
 
@@ -107,4 +108,24 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE pull_items ADD COLUMN listed_own INTEGER")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {0: _schema_v1, 1: _schema_v2, 2: _schema_v3}
+def _schema_v4(db: sqlite_utils.Database) -> None:
+    """v3 -> v4: ``restore_items``, one row per backed-up file a restore puts into a destination user
+    (``syncer restore``): the intent before its POST, the new document's id (the old id -> new id
+    mapping), the name as sent when it had to be made sendable.  ``link_pull`` = 1 marks a same-account
+    restore recorded in the backup's own manifest: the next pull moves the backed-up row to the new id
+    instead of fetching the document again.  New readers check that the table exists (status on v3 or older)."""
+    db.execute("""
+        CREATE TABLE IF NOT EXISTS restore_items (
+            source_target TEXT NOT NULL, source_file_id TEXT NOT NULL, dest_user_id TEXT NOT NULL,
+            dest_account TEXT, category TEXT, name TEXT, sent_name TEXT, size INTEGER, sha256 TEXT,
+            state TEXT NOT NULL, dest_file_id TEXT, intent_at REAL, attempts INTEGER DEFAULT 0,
+            last_error TEXT, error_class TEXT, adopted INTEGER, link_pull INTEGER DEFAULT 0,
+            restored_at TEXT, updated_at TEXT, run_id TEXT,
+            PRIMARY KEY (source_target, source_file_id, dest_user_id))""")
+    db.execute("CREATE INDEX IF NOT EXISTS restore_dest ON restore_items(dest_user_id, dest_file_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS restore_state ON restore_items(state)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    0: _schema_v1, 1: _schema_v2, 2: _schema_v3, 3: _schema_v4,
+}

@@ -30,6 +30,7 @@ from typing import Any
 from syncer.local.names import casefold_key, disambiguate, safe_name
 from syncer.local.storage import TEMP_SUFFIX, sha256_file, temp_name
 from syncer.manifest import Manifest, Update
+from syncer.manifest.restore_rows import relink_pull_rows, restore_links
 from syncer.models import PullState, RemoteFile, Target
 
 UNCATEGORIZED = "uncategorized"
@@ -112,7 +113,8 @@ def plan_and_record(
     also one thread hop per target rather than four, so the first target's files reach the
     downloaders without waiting behind every other target's queries.  ``run_id`` None: a dry run,
     which records nothing."""
-    rows = manifest.pull_rows_for_target(target.type, target.id)
+    rows = _relink_restored(manifest, run_id, target, listing,
+                            manifest.pull_rows_for_target(target.type, target.id))
     keys = candidate_keys(target, listing, rows)
     # A rerun with nothing new has no candidate paths: no need to ask the manifest.
     elsewhere = manifest.pull_paths_taken(keys) if keys else set()
@@ -121,6 +123,23 @@ def plan_and_record(
     if run_id is not None and (plan.inserts or plan.updates or plan.deleted):
         manifest.apply_pull_listing(run_id, plan.inserts, plan.updates, plan.deleted)
     return plan
+
+
+def _relink_restored(manifest: Manifest, run_id: str | None, target: Target, listing: list[RemoteFile],
+                     rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Documents a same-account ``syncer restore`` put back have new ids: move their rows to the new ids
+    (recorded unless a dry run), so the backup keeps its one copy of each instead of fetching it again."""
+    links = restore_links(manifest, target.type, target.id)
+    if not links:
+        return rows
+    known = {r["file_id"] for r in rows}
+    pairs = [(links[f.id], f.id) for f in listing if f.id in links and f.id not in known and links[f.id] in known]
+    if not pairs:
+        return rows
+    if run_id is not None:
+        relink_pull_rows(manifest, run_id, target.type, target.id, pairs)
+    moved = dict(pairs)
+    return [dict(r, file_id=moved[r["file_id"]]) if r["file_id"] in moved else r for r in rows]
 
 
 def plan_target(

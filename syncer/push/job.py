@@ -3,18 +3,11 @@
 Every regular file below a user's folder is uploaded once, as that user (with the user's own token from
 the tokens file), under its base name.  How "exactly once" holds, since ``POST /files`` is not idempotent:
 
-- An intent (state ``uploading``, ``intent_at``, the size, mtime and sha256 being sent) is committed
-  before every POST.  A crash or a lost answer leaves that row as evidence.
-- A POST whose outcome is unknown (``UploadOutcomeUnknown``: answer lost, 500/502/504, unreadable 2xx)
-  is never re-sent blindly: the user's documents are listed and one with the same name (NFC) and size,
-  created since the attempt began (minus ``CLOCK_SLACK``), not already claimed by another local file,
-  and whose downloaded bytes hash to the local sha256, is adopted.  The hash is the only proof (the API
-  has no checksum): a same-name, same-size document someone else added is never mistaken for ours.
-  Only when no such document exists is the file sent again (bounded by ``retry.attempts``).
+- The uploader (:mod:`syncer.push.upload`, shared with restore) commits an intent before every POST,
+  never re-sends a POST whose outcome is unknown before it has looked for (and hashed) what it may have
+  stored, and keeps two look-alike files (same user, name, size) from being in flight together.
 - Rows left ``uploading`` (or ``failed`` after an intent) by an earlier run are reconciled the same way
-  before anything else is done with them.
-- Two local files that could be mistaken for each other (same user, name and size) are never in flight
-  together, so a reconcile cannot adopt the upload of the other one.
+  before anything else is done with them; a document another local file owns is never adopted.
 - A file that was uploaded and later changes (its sha256 differs) is uploaded again as a new document;
   the old document stays on the server and both uploads are kept in ``push_uploads``.  A file that was
   only touched (same sha256) is not uploaded again.
@@ -28,35 +21,27 @@ Logs at info level name users and item ids (a short hash of the relative path), 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import stat
 import time
-import unicodedata
 from pathlib import Path
 from typing import Any
 
-from syncer.api.client import LINK_REFRESHES
 from syncer.errors import (
-    ApiError,
     AuthError,
     BadRequestError,
-    ItemError,
     Kind,
-    LinkExpiredError,
     LocalIOError,
-    NotFoundError,
     SyncerError,
     TooLargeError,
-    TransientError,
     UploadOutcomeUnknown,
     classify,
     detail_of,
     error_class,
 )
 from syncer.manifest import Manifest, Update
-from syncer.models import PushState, RemoteFile, Target
+from syncer.models import PushState, RemoteFile
 from syncer.push.plan import (
     DryRunUser,
     PushItem,
@@ -70,6 +55,16 @@ from syncer.push.plan import (
     take_snapshot,
     user_folders,
 )
+from syncer.push.upload import (
+    CLOCK_SLACK,
+    EndpointMissing,
+    InFlight,
+    Stopping,
+    Upload,
+    Uploader,
+    UserRejected,
+    form_name,
+)
 from syncer.redact import scrub, without_name
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
@@ -78,32 +73,6 @@ __all__ = ["CLOCK_SLACK", "DryRunUser", "PushItem", "PushJob", "PushOptions", "U
            "plan_dry", "plan_user", "user_folders"]
 
 log = logging.getLogger("syncer.push")
-
-CLOCK_SLACK = 120.0     # seconds: a server clock this far behind ours still finds its own upload
-
-
-# -- the job ----------------------------------------------------------------------------------------
-
-class _UserRejected(Exception):
-    """The user's token was refused (401)."""
-
-
-class _EndpointMissing(SyncerError):
-    """POST /files answered 404: the base URL is wrong; the run stops."""
-
-
-class _Stopping(Exception):
-    """The run is stopping: leave the item as the manifest has it."""
-
-
-def _nfc(text: str) -> str:
-    return unicodedata.normalize("NFC", text)
-
-
-def _form_name(name: str) -> str:
-    # What the client puts in the multipart header (CR, LF, NUL percent-encoded): the server stores that.
-    return name.replace("\r", "%0D").replace("\n", "%0A").replace("\0", "%00")
-
 
 class PushJob:
     kind = "push"
@@ -116,7 +85,8 @@ class PushJob:
         self.rejected: set[str] = set()           # users whose token got a 401
         self.users_with_items: set[str] = set()
         self.planning_done = False
-        self._busy: dict[tuple[str, str, int], asyncio.Event] = {}
+        self._inflight = InFlight()
+        self.uploader = Uploader(ctx, self._claimed)
 
     # -- the script ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -194,35 +164,33 @@ class PushJob:
     # -- stage 2: upload -----------------------------------------------------------------------
     async def _one(self, item: PushItem) -> None:
         """The one failure funnel: every outcome of an item is classified and recorded here."""
-        ctx = self.ctx
         started = time.monotonic()
         if item.user_id in self.rejected:
             self._record_failure(item, _rejected_error(item.user_id))
             return
-        lock_key = (item.user_id, _nfc(item.name), item.size)
-        while lock_key in self._busy:  # a look-alike (same user, name, size) is in flight: wait for it
-            await self._busy[lock_key].wait()
-        self._busy[lock_key] = asyncio.Event()
+        async with self._inflight.hold(item.user_id, item.name, item.size):  # look-alikes one at a time
+            await self._process_funnel(item, started)
+
+    async def _process_funnel(self, item: PushItem, started: float) -> None:
+        ctx = self.ctx
         try:
             await self._process(item)
         except asyncio.CancelledError:
             raise
-        except _Stopping:
+        except Stopping:
             return
-        except _UserRejected:
+        except UserRejected:
             self._reject_user(item.user_id)
             self._record_failure(item, _rejected_error(item.user_id))
         except Exception as exc:  # noqa: BLE001 - every item error is recorded, the run goes on
             # AuthError here is the account API key's (a link, a torn copy's delete): fatal like a disk error.
-            if isinstance(exc, _EndpointMissing) or classify(exc, upload=True) is Kind.FATAL:
+            if isinstance(exc, EndpointMissing) or classify(exc, upload=True) is Kind.FATAL:
                 ctx.fatal(exc)
             else:
                 self._record_failure(item, exc)
         else:
             ctx.log_event("pushed", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),
                           duration=round(time.monotonic() - started, 3))
-        finally:
-            self._busy.pop(lock_key).set()
 
     async def _process(self, item: PushItem) -> None:
         ctx = self.ctx
@@ -266,79 +234,26 @@ class PushJob:
             return False
         return stat.S_ISREG(st.st_mode) and file_ident(st) == snap.ident
 
+    def _upload_of(self, item: PushItem, size: int, sha256: str) -> Upload:
+        return Upload(item.user_id, self.opts.tokens[item.user_id], item.path, item.name, self.opts.category,
+                      size, sha256, item_id(item.rel_path))
+
     async def _upload(self, item: PushItem, snap: Snapshot) -> tuple[RemoteFile, bool]:
-        """POST the file, retrying per the shared policy; after an unknown outcome, reconcile before
-        sending again.  Returns the remote file and whether it was adopted (found, not answered)."""
-        ctx = self.ctx
-        policy = ctx.policy
-        token = self.opts.tokens[item.user_id]
-        since: float | None = None
-        last: BaseException | None = None
-        for attempt in range(1, policy.attempts + 1):
-            if ctx.stopping:
-                raise _Stopping()
-            # (The first try follows the snapshot's own check; a retry looks again.)
-            if attempt > 1 and not await self._unchanged(item, snap):
-                raise ItemError("the file changed before it was uploaded; it will be uploaded next run")
-            now = time.time()
-            since = now if since is None else since
-            await ctx.recorder.put_and_wait(Update(
+        """POST the file through the shared uploader (intent first, reconcile after an unknown outcome).
+        Returns the remote file and whether it was adopted (found, not answered)."""
+        async def intent(since: float) -> None:
+            await self.ctx.recorder.put_and_wait(Update(
                 "push_items", item.key,
                 {"state": PushState.UPLOADING.value, "intent_at": since, "size": snap.size,
                  "mtime_ns": snap.mtime_ns, "sha256": snap.sha256},
                 event="intent", bump_attempts=True))
-            try:
-                remote = await ctx.client.upload(item.path, category=self.opts.category, token=token,
-                                                 filename=item.name)
-            except AuthError:
-                raise _UserRejected() from None
-            except NotFoundError as exc:  # no upload endpoint there: every file would fail the same way
-                raise _EndpointMissing(f"the server has no upload endpoint at {exc.url} (404): check api.base_url"
-                                       ) from None
-            except UploadOutcomeUnknown as exc:
-                last = exc
-                self._retry_note(item, exc, attempt)
-                await policy.sleep(policy.wait_for(exc, attempt))  # a moment for the store to show
-                found = await self._reconcile(item, snap.size, snap.sha256, since)
-                if found is not None:
-                    return found, True
-                continue
-            except TransientError as exc:  # refused before anything was stored: safe to send again
-                last = exc
-                if attempt < policy.attempts:
-                    self._retry_note(item, exc, attempt)
-                    await policy.sleep(policy.wait_for(exc, attempt))
-                continue
-            except FileNotFoundError:
-                raise ItemError("the file disappeared before it was uploaded") from None
-            except OSError as exc:
-                raise ItemError(f"cannot read the file: {exc.strerror or exc}") from None
-            ctx.stats.bytes_moving += snap.size
-            if not await self._unchanged(item, snap):
-                await self._settle_torn(item, remote, snap)
-            return remote, False
-        assert last is not None
-        raise last
 
-    def _retry_note(self, item: PushItem, exc: BaseException, attempt: int) -> None:
-        self.ctx.log_event("upload_retry", level=logging.DEBUG, user=item.user_id, item=item_id(item.rel_path),
-                           attempt=attempt, error_class=error_class(exc))
+        return await self.uploader.send(self._upload_of(item, snap.size, snap.sha256), intent=intent,
+                                        unchanged=lambda: self._unchanged(item, snap))
 
-    async def _settle_torn(self, item: PushItem, remote: RemoteFile, snap: Snapshot) -> None:
-        """The file changed while it was being sent.  Keep the stored copy only if it is exactly what was
-        hashed; otherwise delete it (best effort) and fail the item, to be uploaded next run."""
-        try:
-            clean = await self._remote_sha(remote) == snap.sha256
-        except ApiError:
-            clean = False
-        if clean:
-            return  # recorded as the upload of what was hashed; the next run sends the new content
-        detail = f"the stored copy {remote.id} was deleted"
-        try:
-            await self.ctx.client.delete(remote.id)
-        except ApiError as exc:
-            detail = f"the stored copy {remote.id} could not be deleted ({error_class(exc)}): delete it by hand"
-        raise ItemError(f"the file changed while it was being uploaded; {detail}; it will be uploaded next run")
+    async def _claimed(self, user_id: str) -> set[str]:
+        """Remote documents some local file already owns (never adopted for another)."""
+        return await self.ctx.manifest.call(self.ctx.manifest.push_claimed_remote_ids, user_id)
 
     async def _record_upload(self, item: PushItem, remote: RemoteFile, sha: str | None, size: int, *,
                              adopted: bool) -> None:
@@ -361,62 +276,8 @@ class PushJob:
     async def _reconcile(self, item: PushItem, size: int | None, sha: str | None,
                          since: float | None) -> RemoteFile | None:
         """The user's document that an earlier POST of this file stored, or None if there is none."""
-        ctx = self.ctx
-        token = self.opts.tokens[item.user_id]
-        try:
-            listing = await ctx.client.list_files(Target("user", item.user_id), category=self.opts.category,
-                                                  token=token)
-        except AuthError:
-            raise _UserRejected() from None
-        claimed = await ctx.manifest.call(ctx.manifest.push_claimed_remote_ids, item.user_id)
-        want = {_nfc(item.name), _nfc(_form_name(item.name))}
-        floor = (since or 0.0) - CLOCK_SLACK
-        candidates = []
-        for f in listing:
-            if f.id in claimed or size is None or f.size != size:
-                continue
-            if f.created is not None and since is not None and f.created < floor:
-                continue
-            name = _nfc(f.name)
-            exact = name in want
-            if exact or any(name.endswith(w) for w in want):  # a server may prefix a date: the hash decides
-                candidates.append((not exact, f.created or 0, f.id, f))
-        candidates.sort(key=lambda c: c[:3])
-        if sha is None:  # no hash to prove it (should not happen: intents carry one): only an exact twin
-            exact_ones = [c[3] for c in candidates if not c[0]]
-            return exact_ones[0] if len(exact_ones) == 1 else None
-        for *_, f in candidates:
-            try:
-                if await self._remote_sha(f) == sha:
-                    return f
-            except NotFoundError:
-                continue  # deleted since the listing: not ours to adopt
-        if not listing.complete:
-            raise ItemError("cannot tell whether an earlier upload was stored (the listing had unreadable"
-                            " items); not sending it again blindly")
-        return None
-
-    async def _remote_sha(self, f: RemoteFile) -> str:
-        """sha256 of a stored document's bytes (downloaded, never kept)."""
-        ctx = self.ctx
-
-        async def once() -> str:
-            url = f.fullpath
-            for _ in range(LINK_REFRESHES + 1):
-                if not url:
-                    url = (await ctx.client.file_info(f.id)).fullpath
-                h = hashlib.sha256()
-                try:
-                    async with ctx.client.download(url) as dl:  # type: ignore[arg-type]
-                        async for chunk in dl.iter_chunks(limit=f.size):
-                            h.update(chunk)
-                except LinkExpiredError:
-                    url = None
-                    continue
-                return h.hexdigest()
-            raise LinkExpiredError(f"file {f.id}: the view link kept expiring")
-
-        return await ctx.policy.call(once)
+        return await self.uploader.reconcile(self._upload_of(item, size or 0, sha or ""), since, size=size,
+                                             sha256=sha)
 
     # -- failures ------------------------------------------------------------------------------
     def _reject_user(self, user: str) -> None:
@@ -444,10 +305,10 @@ class PushJob:
             message = str(exc)
         else:
             message = f"unexpected error: {type(exc).__name__}: {exc}"
-        message = without_name(scrub(message), item.name, _form_name(item.name))[:500]
+        message = without_name(scrub(message), item.name, form_name(item.name))[:500]
         # The server's own words go only into the event's detail (0600 manifest), the name taken out.
         detail = detail_of(exc)
-        detail = without_name(detail, item.name, _form_name(item.name))[:500] if detail else message
+        detail = without_name(detail, item.name, form_name(item.name))[:500] if detail else message
         fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
         if permanent:
             ctx.stats.permanent += 1

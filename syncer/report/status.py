@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from syncer.local.lock import pid_alive
 from syncer.manifest import Manifest, now_iso
+from syncer.manifest.restore_rows import restore_summary
 from syncer.models import PullState, PushState
 from syncer.redact import escape as _safe
 from syncer.redact import scrub
@@ -58,6 +59,7 @@ def collect(manifest_path: str | os.PathLike, *, runs: int = DEFAULT_RUNS,
             raw = manifest.summary(runs=runs, failures=failures if failures > 0 else -1)
             if details:
                 _add_details(manifest, raw)
+            raw["restore"] = restore_summary(manifest, failures=failures if failures > 0 else -1)
         finally:
             manifest.conn.execute("ROLLBACK")
     finally:
@@ -112,9 +114,24 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
         }
     out["scope_failures"] = [dict(f, detail=scrub(f["detail"]) if f.get("detail") else f.get("detail"))
                              for f in raw.get("scope_failures", [])]
+    out["restore"] = _shape_restore(raw.get("restore"))
     host = socket.gethostname()
     out["runs"] = [dict(r, alive=_alive(r, host) if r["outcome"] == "running" else None) for r in raw["runs"]]
     return out
+
+
+def _shape_restore(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The restore section (``syncer restore``): counts by state, failed items and the old -> new id
+    mapping (the ``--mapping-out`` rows); None for a manifest from before restores (schema < 3)."""
+    if raw is None:
+        return None
+    states = raw["states"]
+    failed = [dict(i, last_error=scrub(i["last_error"]) if i.get("last_error") else i.get("last_error"))
+              for i in raw["failed"]]
+    return {"total": {"count": sum(v["count"] for v in states.values()),
+                      "bytes": sum(v["bytes"] for v in states.values())},
+            "states": states, "failed_total": sum(v["count"] for k, v in states.items() if k in _FAILING["push"]),
+            "failed": failed, "mapping": raw["mapping"]}
 
 
 def _alive(run: dict[str, Any], host: str) -> bool | None:
@@ -187,6 +204,9 @@ def render_text(st: dict[str, Any]) -> str:
         sec = st[kind]
         lines.append(f"{kind}: {sec['total']['count']} items ({human_bytes(sec['total']['bytes'])}): "
                      f"{_states_line(sec)}")
+    if st.get("restore") and st["restore"]["total"]["count"]:
+        lines.append(f"restore: {st['restore']['total']['count']} items: {_states_line(st['restore'])}"
+                     f" ({len(st['restore']['mapping'])} restored, see --json for the id mapping)")
     lines.append(f"last runs ({len(st['runs'])}):" if st["runs"] else "no runs yet")
     for r in st["runs"]:
         lines.append(f"  {r['id']}  {r['kind']:<4}  {r['started']} -> {r['ended'] or '-'}  {_outcome(r)}  "

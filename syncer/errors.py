@@ -44,13 +44,14 @@ What an error means for the run is decided in one place, :func:`classify`:
 ``Kind.RETRY``          try the same request again now, with backoff (transient)
 ``Kind.ITEM``           this item failed; the next run tries it again (ours to fix, or odd)
 ``Kind.PERMANENT``      this item fails the same way until the remote file changes
-``Kind.FATAL``          the run cannot go on: exit 3 (token, disk, manifest)
+``Kind.FATAL``          the run cannot go on: exit 3 (token, a full or failing disk, manifest)
 ======================  =====================================================================
 """
 
 from __future__ import annotations
 
 import enum
+import errno as _errno
 
 from syncer.redact import redact_url
 
@@ -80,7 +81,12 @@ class LockHeldError(SyncerError):
 
 
 class LocalIOError(SyncerError):
-    """The local disk failed (ENOSPC, EIO, permissions): the run cannot go on."""
+    """The local disk failed.  ``errno`` (when known) tells a disk that fails for every file (ENOSPC, EIO,
+    EROFS: the run cannot go on) from a place that fails for one folder (EACCES: that item fails)."""
+
+    def __init__(self, message: str, *, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 class ItemError(SyncerError):
@@ -196,6 +202,12 @@ class UploadOutcomeUnknown(ApiError):
     """The request body may have reached the server but no answer came back."""
 
 
+# A local error with one of these is about one place (a folder we may not write, a name the file system
+# refuses), not the disk: that item fails, is retried next run, and the other patients' files go on.
+PLACE_ERRNOS = frozenset({_errno.EACCES, _errno.EPERM, _errno.ENOTDIR, _errno.EISDIR, _errno.ELOOP,
+                          _errno.ENAMETOOLONG})
+
+
 class Kind(enum.Enum):
     RETRY = "retry"
     ITEM = "failed"
@@ -210,6 +222,8 @@ def classify(exc: BaseException, *, upload: bool = False) -> Kind:
     next run must fetch the file.  An answer that breaks the contract says nothing lasting about the file
     either.  For an upload, only what the contract calls permanent for a file (400, 413) waits for the
     file to change; any other refusal is tried again next run."""
+    if isinstance(exc, LocalIOError) and exc.errno in PLACE_ERRNOS:
+        return Kind.ITEM
     if isinstance(exc, (AuthError, LocalIOError, ManifestError, ConfigError, LockHeldError)):
         return Kind.FATAL
     if isinstance(exc, TransientError):

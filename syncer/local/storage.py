@@ -150,7 +150,7 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 
 def _disk_error(exc: OSError, what: str, folder: Path) -> LocalIOError:
     code = errno.errorcode.get(exc.errno or 0, "?")
-    return LocalIOError(f"{what} in {folder}: {exc.strerror or exc} [{code}]")
+    return LocalIOError(f"{what} in {folder}: {exc.strerror or exc} [{code}]", errno=exc.errno)
 
 
 # ------------------------------------------------------------------------------------- other files

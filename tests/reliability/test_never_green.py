@@ -310,3 +310,14 @@ def test_a_plain_http_link_is_refused_as_a_permanent_item_error(world: World) ->
     _, st = status(w)
     item = next(i for i in st["pull"]["failed"] if i["file_id"] in w.victims)
     assert item["state"] == "permanent", item
+
+
+def test_one_unwritable_folder_fails_its_files_and_the_other_patients_are_backed_up(world: World) -> None:
+    # A folder we may not write is about one patient, not the disk: exit 1 (not 3), everyone else done.
+    w = world
+    unwritable_folder(w)
+    code, out, metrics = pull(w)
+    assert code == 1, out
+    others = {f["id"] for f in w.srv.files() if f["id"] not in w.victims}
+    assert others and others <= set(backed_up(w)), out
+    assert re.search(r'^syncer_items_failed\{kind="pull",reason="LocalIOError"\} [1-9]', metrics, re.M), metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,13 +49,26 @@ def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Config file (default: $SYNCER_CONFIG, else ./syncer.toml).")(fn)
 
 
+def manifest_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--manifest", "manifest_path", type=click.Path(),
+                        help="The manifest file (default: $SYNCER_MANIFEST, else manifest.path, else "
+                             "syncer-manifest.sqlite beside the config file).")(fn)
+
+
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """nan, inf, 0 and negative intervals are refused (exit 2) before anything runs."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value}: give a number of seconds greater than 0")
+    return value
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
         click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
                      help="Least severe level logged (default info)."),
         click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary."),
-        click.option("--progress-interval", type=float,
+        click.option("--progress-interval", type=float, callback=_positive_seconds,
                      help="Seconds between progress lines when not on a terminal (default 30)."),
         click.option("--metrics-file", type=click.Path(dir_okay=False),
                      help="Write the run's counters here in Prometheus text format."),
@@ -123,9 +137,11 @@ def _check_metrics_file(metrics_file: str | None) -> None:
 @click.option("--concurrency", type=int, help="Downloads at once (default 32).")
 @click.option("--dry-run", is_flag=True, help="List and plan only: print what would be downloaded.")
 @click.option("--shard", metavar="K/N", help="Only targets whose stable hash falls in shard K of N (K from 0).")
+@manifest_option
 @run_options
 @handle_errors
-def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | None, dest: str | None,
+def pull(config_path: str | None, manifest_path: str | None, targets: tuple[str, ...], targets_file: str | None,
+         dest: str | None,
          categories: tuple[str, ...], include_shared: bool | None, concurrency: int | None, dry_run: bool,
          shard: str | None, log_format: str | None, log_level: str | None, quiet: bool,
          progress_interval: float | None, metrics_file: str | None) -> None:
@@ -145,6 +161,7 @@ def pull(config_path: str | None, targets: tuple[str, ...], targets_file: str | 
     from syncer.run.runner import execute
 
     cfg = _load(config_path, {
+        "manifest": {"path": manifest_path},
         "pull": {"dest": dest, "categories": categories or None, "include_shared": include_shared,
                  "concurrency": concurrency, "targets_file": targets_file},
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
@@ -251,8 +268,10 @@ def ls_cmd(config_path: str | None, target: str, category: str | None, include_s
 
 @main.command(context_settings=CONTEXT)
 @click.option("--workdir", type=click.Path(file_okay=False),
-              help="Where the backup, uploads and manifest go (default: a new temporary folder).")
+              help="Where the backup, uploads and manifest go: a new or empty folder, or one an earlier "
+                   "demo made (default: a new temporary folder).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
+@handle_errors
 def demo(workdir: str | None, quiet: bool) -> None:
     """Try syncer end to end against the built-in server: no config, token or network needed.
 
@@ -268,11 +287,12 @@ def demo(workdir: str | None, quiet: bool) -> None:
     import tempfile
 
     from syncer import logs
-    from syncer.demo import run_demo
+    from syncer.demo import claim_workdir, run_demo
     from syncer.report.progress import make_reporter, summary_text
 
     logs.setup("text", "warning")
     where = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="syncer-demo-"))
+    claim_workdir(where.absolute())  # refused (exit 2) before anything is written when not the demo's
     reporter = make_reporter(quiet=quiet, interval=5.0)
     result = run_async(run_demo(where.resolve(), on_progress=reporter))
     click.echo(summary_text(result.pull))
@@ -300,8 +320,10 @@ def demo(workdir: str | None, quiet: bool) -> None:
 @click.option("--runs", type=click.IntRange(min=0), default=10, show_default=True, help="Last runs listed.")
 @click.option("--details", is_flag=True,
               help="Also show what the server said about each failure (may name a patient; kept out of logs).")
+@manifest_option
 @handle_errors
-def status_cmd(config_path: str | None, as_json: bool, failures: int, runs: int, details: bool) -> None:
+def status_cmd(config_path: str | None, manifest_path: str | None, as_json: bool, failures: int, runs: int,
+               details: bool) -> None:
     """Show what the manifest records: items and bytes by state, the last runs, the failed items.
 
     Reads the manifest only (safe while a run is going on); never contacts the server.  Exit 0 when
@@ -314,7 +336,7 @@ def status_cmd(config_path: str | None, as_json: bool, failures: int, runs: int,
     """
     from syncer.report import status as status_mod
 
-    cfg = _load(config_path, {})
+    cfg = _load(config_path, {"manifest": {"path": manifest_path}})
     st = status_mod.collect(cfg.manifest.path, runs=runs, failures=failures, details=details)
     if as_json:
         click.echo(json_text(st, indent=2))
@@ -329,8 +351,10 @@ def status_cmd(config_path: str | None, as_json: bool, failures: int, runs: int,
 @click.option("--all", "check_all", is_flag=True, help="Check every backed-up file (reads the whole backup).")
 @click.option("--dest", type=click.Path(file_okay=False), help="The backup folder (default: pull.dest).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+@manifest_option
 @handle_errors
-def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, dest: str | None,
+def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int | None, check_all: bool,
+               dest: str | None,
                as_json: bool) -> None:
     """Re-hash backed-up files and compare them with the sizes and SHA-256 the manifest recorded.
 
@@ -346,7 +370,7 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
 
     if sample is not None and check_all:
         raise click.UsageError("give --sample N or --all, not both")
-    cfg = _load(config_path, {"pull": {"dest": dest}})
+    cfg = _load(config_path, {"manifest": {"path": manifest_path}, "pull": {"dest": dest}})
     progress = verify_mod.ProgressPrinter(sys.stderr, interval=cfg.log.progress_interval)
     try:
         report = verify_mod.verify(cfg.manifest.path, cfg.pull.dest,
@@ -372,9 +396,11 @@ def verify_cmd(config_path: str | None, sample: int | None, check_all: bool, des
 @click.option("--user", "users", multiple=True, metavar="ID", help="Only this user's folder; repeatable.")
 @click.option("--concurrency", type=int, help="Uploads at once (default 16).")
 @click.option("--dry-run", is_flag=True, help="Scan and plan only: print what would be uploaded; send nothing.")
+@manifest_option
 @run_options
 @handle_errors
-def push(config_path: str | None, source: str | None, tokens_file: str | None, users: tuple[str, ...],
+def push(config_path: str | None, manifest_path: str | None, source: str | None, tokens_file: str | None,
+         users: tuple[str, ...],
          concurrency: int | None, dry_run: bool, log_format: str | None, log_level: str | None, quiet: bool,
          progress_interval: float | None, metrics_file: str | None) -> None:
     """Upload every file under SOURCE/<user_id>/ as that user's document, exactly once.
@@ -394,6 +420,7 @@ def push(config_path: str | None, source: str | None, tokens_file: str | None, u
     from syncer.run.runner import execute
 
     cfg = _load(config_path, {
+        "manifest": {"path": manifest_path},
         "push": {"source": source, "tokens_file": tokens_file, "concurrency": concurrency},
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
     })

@@ -2,7 +2,12 @@
 
 Precedence: command-line flags > the TOML file > the defaults below.  The file is found at
 ``--config/-c``, else ``$SYNCER_CONFIG``, else ``./syncer.toml`` (absent is fine: defaults apply).
-Relative paths in the file are relative to the file's folder.  Secrets never live here: the account
+Relative paths in the file are relative to the file's folder, and so is the default manifest (so
+``syncer status -c CFG`` finds it from any folder).  The manifest path alone also has an environment
+variable: ``--manifest`` > ``$SYNCER_MANIFEST`` > ``manifest.path`` >
+``<config folder>/syncer-manifest.sqlite``, or ``./syncer-manifest.sqlite`` with no config file (one
+shared config, one manifest per shard).
+A UTF-8 byte order mark at the start of the file is accepted.  Secrets never live here: the account
 API key comes from the environment variable named by ``api.token_env``; per-user tokens come from the
 0600 tokens file.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -31,6 +37,7 @@ DEFAULT_MAX_WAIT = 30.0
 DEFAULT_PULL_CONCURRENCY = 32
 DEFAULT_PUSH_CONCURRENCY = 16
 DEFAULT_MANIFEST = "syncer-manifest.sqlite"
+MANIFEST_ENV = "SYNCER_MANIFEST"
 DEFAULT_PROGRESS_INTERVAL = 30.0
 
 
@@ -151,7 +158,8 @@ def load(
     base_dir = Path.cwd()
     if file_path is not None:
         try:
-            raw = tomllib.loads(file_path.read_text(encoding="utf-8"))
+            # utf-8-sig: an editor's byte order mark (Windows Notepad) is not part of the TOML.
+            raw = tomllib.loads(file_path.read_text(encoding="utf-8-sig"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file_path}: not valid TOML: {exc}") from exc
         except (OSError, UnicodeDecodeError) as exc:
@@ -165,6 +173,10 @@ def load(
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {name} must be a table ([{name}])")
         sections[name] = {k: _convert(name, k, v, base_dir, where) for k, v in value.items()}
+    manifest = sections.setdefault("manifest", {})
+    if env.get(MANIFEST_ENV):  # over the file, under --manifest (applied with the overrides below)
+        manifest["path"] = _convert("manifest", "path", env[MANIFEST_ENV], Path.cwd(), f"${MANIFEST_ENV}")
+    manifest.setdefault("path", base_dir / DEFAULT_MANIFEST)
     for name, values in (overrides or {}).items():
         for key, value in values.items():
             if value is None:
@@ -222,11 +234,11 @@ def _validate(cfg: Config) -> None:
     if not api.token_env.replace("_", "").isalnum():
         raise ConfigError(f"api.token_env {api.token_env!r} is not an environment variable name")
     for key in ("timeout_connect", "timeout_read"):
-        if getattr(api, key) <= 0:
+        if not _positive(getattr(api, key)):
             raise ConfigError(f"api.{key} must be greater than 0")
     if cfg.retry.attempts < 1:
         raise ConfigError("retry.attempts must be at least 1")
-    if cfg.retry.max_wait < 0 or cfg.retry.min_wait < 0:
+    if not all(math.isfinite(w) and w >= 0 for w in (cfg.retry.max_wait, cfg.retry.min_wait)):
         raise ConfigError("retry.max_wait and retry.min_wait must not be negative")
     for section in (cfg.pull, cfg.push):
         if not 1 <= section.concurrency <= 512:
@@ -242,8 +254,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"log.format must be 'text' or 'json', not {cfg.log.format!r}")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log.level must be debug, info, warning or error, not {cfg.log.level!r}")
-    if cfg.log.progress_interval <= 0:
-        raise ConfigError("log.progress_interval must be greater than 0")
+    if not _positive(cfg.log.progress_interval):
+        raise ConfigError("log.progress_interval (--progress-interval) must be a number of seconds greater than 0")
+
+
+def _positive(x: float) -> bool:
+    """A usable duration: finite and above 0 (nan compares false to everything, so test it first)."""
+    return math.isfinite(x) and x > 0
 
 
 def url_refusal(url: str) -> str | None:

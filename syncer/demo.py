@@ -5,6 +5,11 @@ sizes, a few hostile names), pulls everything into ``<workdir>/backup``, checks 
 byte against the server, uploads a small folder per patient with push, checks those too, deletes two
 backed-up documents on the server and puts them back with restore, and leaves a ``syncer.toml`` so
 that ``syncer status -c <workdir>/syncer.toml`` works afterwards.
+
+The work folder must be new, empty, or made by an earlier demo (which leaves the 0600 marker file
+``.syncer-demo``): anything else is refused before a byte is written, since the demo writes a config,
+a tokens file and a manifest of its own there and would otherwise overwrite a real setup.  A folder
+an earlier demo made starts over: that demo's manifest is removed (the new server is a new account).
 """
 
 from __future__ import annotations
@@ -15,10 +20,35 @@ from pathlib import Path
 from typing import Any
 
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
+from syncer.errors import ConfigError
 from syncer.fakeserver import FakeServer
 from syncer.local.storage import make_dirs, write_private_bytes, write_private_text
 from syncer.models import Target
 from syncer.run.stats import RunStats
+
+DEMO_MARKER = ".syncer-demo"
+MANIFEST_NAME = "syncer-manifest.sqlite"
+
+
+def claim_workdir(workdir: Path) -> None:
+    """Make ``workdir`` the demo's: create it (0700), or accept it when empty or marked by an earlier demo;
+    then write the marker.  ConfigError, with nothing touched, for any other folder."""
+    if workdir.is_symlink() or (workdir.exists() and not workdir.is_dir()):
+        raise ConfigError(f"--workdir {workdir}: not a folder")
+    if workdir.is_dir():
+        try:
+            entries = sorted(p.name for p in workdir.iterdir())
+        except OSError as exc:
+            raise ConfigError(f"--workdir {workdir}: cannot read it: {exc.strerror or exc}") from None
+        marker = workdir / DEMO_MARKER
+        if entries and not (marker.is_file() and not marker.is_symlink()):
+            raise ConfigError(f"--workdir {workdir} is not empty and was not made by `syncer demo`: the demo"
+                              " would overwrite its config, tokens and manifest. Give a new or empty folder.")
+        for suffix in ("", "-wal", "-shm", "-journal"):  # an earlier demo's: its server is gone
+            (workdir / (MANIFEST_NAME + suffix)).unlink(missing_ok=True)
+    else:
+        workdir.mkdir(parents=True, mode=0o700)
+    write_private_text(workdir / DEMO_MARKER, "made by `syncer demo`; a demo may reuse (and overwrite) this folder\n")
 
 
 @dataclass
@@ -47,7 +77,7 @@ class DemoResult:
 def demo_config(srv: FakeServer, workdir: Path) -> Config:
     return Config(
         api=ApiConfig(base_url=srv.base_url, account_code=srv.account_code),
-        manifest=ManifestConfig(path=workdir / "syncer-manifest.sqlite"),
+        manifest=ManifestConfig(path=workdir / MANIFEST_NAME),
         retry=RetryConfig(attempts=6, max_wait=1.0, min_wait=0.05),
         pull=PullConfig(dest=workdir / "backup", concurrency=16),
         push=PushConfig(source=workdir / "upload", tokens_file=workdir / "tokens.csv", concurrency=8),
@@ -93,7 +123,7 @@ async def run_demo(workdir: Path, *, on_progress: Any = None) -> DemoResult:
     from syncer.pull.options import PullOptions
     from syncer.run.runner import execute
 
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)  # noqa: ASYNC240 - once, before any work
+    claim_workdir(workdir)  # noqa: ASYNC240 - once, before any work
     async with FakeServer(seed=42, users=4, files_per_user=6, visits=2, files_per_visit=3,
                           hostile_names=True, sizes=(0, 700, 12_000, 90_000, 400_000)) as srv:
         cfg = demo_config(srv, workdir)

@@ -429,12 +429,15 @@ def push(config_path: str | None, manifest_path: str | None, source: str | None,
     if dry_run:
         report, problems = plan_dry(opts, Path(cfg.manifest.path))
         for problem in problems:
-            click.echo(escape(problem), err=True)
+            click.echo(f"not uploaded: {escape(problem.message)}", err=True)
         for row in report:
             note = f"\t({row.note})" if row.note else ""
             click.echo(f"user:{row.user_id}\t{row.files} files\t{human_bytes(row.bytes)}{note}")
         click.echo(f"total: {len(report)} users, {sum(r.files for r in report)} files, "
                    f"{human_bytes(sum(r.bytes for r in report))} would be uploaded (dry run: nothing sent)")
+        if problems:  # what a real run would count as failed: the same exit code
+            click.echo(f"{len(problems)} entries of the source would not be uploaded (see above)")
+            sys.exit(exitcodes.ITEMS_FAILED)
         return
     cfg.api_base_url()
     token = cfg.api_token()

@@ -1,5 +1,6 @@
 """What stays failed beyond one item's row: acknowledgements of permanent failures (``syncer ack``) and
-failures of a whole scope (a pull target that could not be listed or listed nothing; a push user).
+failures of a whole scope (a pull target that could not be listed or listed nothing; for push, what
+could not be uploaded under the source: an entry of its root, a folder, a user).
 
 A mixin of :class:`syncer.manifest.store.Manifest` (it uses the connection, ``_tx`` and ``version`` of
 the manifest); kept apart so the store stays about rows and runs.
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from syncer.errors import ManifestError
 
@@ -117,3 +120,24 @@ class FailureRecords:
                 self.record_scope_failure(kind, scope, scope_id, run_id=run_id, **f)  # type: ignore[arg-type]
             for scope_id in cleared:
                 self.clear_scope_failure(kind, scope, scope_id, run_id=run_id)
+
+    def sync_source_problems(self, run_id: str, problems: Iterable[Any], users: Iterable[str], *,
+                             every_user: bool) -> None:
+        """Record a push scan's :class:`~syncer.push.plan.SourceProblem` s (kind ``push``; scope ``source``,
+        ``folder`` or ``user``) and clear the ones that scan found gone: every entry of the source root
+        (always rescanned), and the rows of ``users`` (every user's, when ``every_user``).  One transaction.
+        ``detail`` is the problem's message (a place and a hash, never a name); the name itself goes only
+        into the audit trail (``event_detail``)."""
+        problems = list(problems)
+        wanted = set(users)
+        with self._tx():
+            current = {(p.scope, p.scope_id) for p in problems}
+            rows = self.conn.execute("SELECT scope, scope_id FROM scope_failures WHERE kind = 'push'"
+                                     " AND scope IN ('source', 'folder', 'user')").fetchall()
+            for scope, scope_id in rows:
+                if (scope, scope_id) not in current and (
+                        scope == "source" or every_user or scope_id.split("/", 1)[0] in wanted):
+                    self.clear_scope_failure("push", scope, scope_id, run_id=run_id)
+            for p in problems:
+                self.record_scope_failure("push", p.scope, p.scope_id, reason=p.reason, run_id=run_id,
+                                          detail=p.message, event_detail=p.name or p.message)

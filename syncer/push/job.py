@@ -47,12 +47,15 @@ from syncer.push.plan import (
     PushItem,
     PushOptions,
     Snapshot,
+    SourceProblem,
     UserPlan,
     file_ident,
     item_id,
+    no_token_problem,
     plan_dry,
     plan_user,
     take_snapshot,
+    unreadable_user_problem,
     user_folders,
 )
 from syncer.push.upload import (
@@ -87,6 +90,7 @@ class PushJob:
         self.planning_done = False
         self._inflight = InFlight()
         self.uploader = Uploader(ctx, self._claimed)
+        self.problems: list[SourceProblem] = []   # what is not uploaded, for the counts and the manifest
 
     # -- the script ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -101,17 +105,29 @@ class PushJob:
     async def _scan_all(self) -> None:
         ctx = self.ctx
         try:
-            folders, problems = await asyncio.to_thread(user_folders, self.opts.source, self.opts.users)
+            folders, problems = await asyncio.to_thread(user_folders, self.opts.source, self.opts.users,
+                                                        exclude=self.opts.exclude)
         except OSError as exc:
             raise LocalIOError(f"cannot read the push source {self.opts.source}: {exc.strerror or exc}") from exc
         for problem in problems:
-            ctx.log_event("user_skipped", level=logging.WARNING, message=problem)
-            if problem.startswith("user "):  # a --user that names no folder: asked for, not done
-                ctx.stats.failed += 1
+            self._problem(problem)
+        scanned = [p.scope_id for p in problems if p.scope == "user"]  # asked for with --user, no folder
         for user, folder in folders:
             if ctx.stopping:
-                return
+                break
+            scanned.append(user)
             await self._scan_user(user, folder)
+        # What this scan saw replaces what earlier ones recorded (a fixed problem disappears from status).
+        await ctx.manifest.call(ctx.manifest.sync_source_problems, ctx.run_id, self.problems, scanned,
+                                every_user=not self.opts.users and not ctx.stopping)
+
+    def _problem(self, problem: SourceProblem) -> None:
+        """Not uploaded, so failed: counted (the run exits 1), logged without any name, recorded at the end."""
+        self.problems.append(problem)
+        for _ in range(problem.files):  # the metrics' reason label: what kept them from being uploaded
+            self.ctx.stats.count_failure("failed", f"NotUploaded:{problem.reason}")
+        self.ctx.log_event("not_uploaded", level=logging.WARNING, reason=problem.reason, scope=problem.scope,
+                           scope_id=problem.scope_id, message=problem.message)
 
     async def _scan_user(self, user: str, folder: Path) -> None:
         ctx = self.ctx
@@ -119,10 +135,10 @@ class PushJob:
         try:
             plan = await asyncio.to_thread(plan_user, user, folder, rows, exclude=self.opts.exclude)
         except OSError as exc:
-            ctx.stats.failed += 1
-            ctx.log_event("scan_failed", level=logging.WARNING, user=user,
-                          message=f"cannot read the folder of user {user}: {exc.strerror or exc}")
+            self._problem(unreadable_user_problem(user, exc))
             return
+        for problem in plan.problems:
+            self._problem(problem)
         skipped = sum(plan.skipped.values())
         ctx.stats.skipped += skipped + plan.up_to_date + plan.held_permanent
         if plan.unsendable:
@@ -137,13 +153,9 @@ class PushJob:
             ctx.log_event("held_permanent", user=user,
                           message=f"user {user}: {plan.held_permanent} files failed permanently before and are"
                                   " unchanged: not retried (see syncer status)")
-        token = self.opts.tokens.get(user)
-        if token is None:
-            # Not uploaded is not done: the run exits 1 so a cron mail or an alert shows it.
-            ctx.stats.failed += len(plan.items)
-            ctx.log_event("no_token", level=logging.WARNING, user=user,
-                          message=f"user {user} has no token in the tokens file: its {len(plan.items)} files"
-                                  " to upload are skipped")
+        if user not in self.opts.tokens and plan.items:
+            # Not uploaded is not done: the run exits 1 so a cron mail or an alert shows it, and status lists it.
+            self._problem(no_token_problem(user, len(plan.items)))
             return
         ctx.stats.targets += 1
         if plan.inserts:

@@ -4,8 +4,14 @@ Pure logic over the local disk (walks and stats, never a hash, never the network
 the job in :mod:`syncer.push.job` does the rest.  Layout: ``<source>/<user_id>/**/<file>``; a user folder's
 name is the user id.  Decisions it encodes:
 
-- Regular files only: symlinks (to files or folders) are never followed, dotfiles and dot-folders are
-  skipped, and so are the manifest and its side files if they sit under the source.
+- Regular files only: symlinks (to files or folders) inside a user's folder are never followed, dotfiles and
+  dot-folders are skipped, and so are the manifest and its side files if they sit under the source.
+- What cannot be uploaded is never silent: a user folder that is a symlink, a folder not named by a user id,
+  a file directly under the source root, a sub-folder that cannot be read, a user with no token are each a
+  :class:`SourceProblem`, counted as failed (the run exits 1), logged as a warning and kept in the manifest
+  (``scope_failures``) for ``syncer status``.  Their names may be patients' names: logs and status say
+  "folder #3 of the source root" (the non-hidden entries of the root in name order, from 1) and a short
+  hash of the name; the name itself goes only into the 0600 manifest's audit trail.
 - A file whose size and mtime match a ``done`` row is up to date without being read.
 - A ``permanent`` row (400/413) is held until its file changes.
 - A row whose last POST may have been stored (``uploading``, or ``failed`` after an intent) is
@@ -60,6 +66,30 @@ class PushItem:
         return self.rel_path.rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class SourceProblem:
+    """Something under the source that is not uploaded.  ``label`` and ``message`` never hold a name."""
+
+    scope: str                  # "source": an entry of the root; "user": a user; "folder": a sub-folder
+    scope_id: str               # a short hash of the entry's name ("source"), "<user>/<hash>" ("folder"), the user id
+    reason: str                 # symlink_folder | not_a_user_id | file_in_root | unreadable | no_folder | no_token
+    message: str                # for logs, status and the dry run
+    name: str = field(default="", repr=False)  # the real name or relative path: the 0600 manifest only
+    files: int = 1              # the items it stands for in the run's counts
+
+
+def source_entry_problem(number: int, name: str, kind: str, reason: str) -> SourceProblem:
+    """A problem with entry ``number`` (from 1, in name order) of the source root, named without its name."""
+    ref = item_id(name)
+    label = f"{kind} #{number} of the source root (id {ref})"
+    what = {
+        "symlink_folder": "is a symbolic link: not followed, nothing in it is uploaded (move the real folder here)",
+        "not_a_user_id": "is not named by a user id (letters, digits, '-' or '_'): nothing in it is uploaded",
+        "file_in_root": "is not inside a user folder (<source>/<user_id>/...): not uploaded",
+    }[reason]
+    return SourceProblem("source", ref, reason, f"{label} {what}", name)
+
+
 @dataclass
 class UserPlan:
     user_id: str
@@ -69,6 +99,7 @@ class UserPlan:
     held_permanent: int = 0       # failed for good before and unchanged since: not retried
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (symlink, hidden, ...)
     unsendable: int = 0           # names that are not valid UTF-8 cannot be sent or recorded
+    problems: list[SourceProblem] = field(default_factory=list)  # sub-folders that could not be read
 
     @property
     def todo_bytes(self) -> int:
@@ -89,7 +120,15 @@ def plan_user(user_id: str, folder: Path, rows: dict[str, dict[str, Any]], *,
     root = Path(os.path.realpath(folder))
 
     def on_skip(path: Path, reason: str) -> None:
-        reason = reason.split(":", 1)[0]
+        reason, _, why = reason.partition(":")
+        if reason == "unreadable":  # its files are unknown, so not uploaded: a failure, not a skip
+            rel = _rel(path, root)
+            ref = item_id(rel)
+            plan.problems.append(SourceProblem(
+                "folder", f"{user_id}/{ref}", "unreadable",
+                f"user {user_id}: a sub-folder (id {ref}) cannot be read ({why.strip()}): nothing in it is uploaded",
+                rel))
+            return
         plan.skipped[reason] = plan.skipped.get(reason, 0) + 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("user %s: skipped %s (%s)", user_id, _rel(path, root), reason)
@@ -142,22 +181,26 @@ def _rel(path: Path, root: Path) -> str:
         return path.name
 
 
-def user_folders(source: Path, users: tuple[str, ...]) -> tuple[list[tuple[str, Path]], list[str]]:
+def user_folders(source: Path, users: tuple[str, ...], *, exclude: frozenset[str] = frozenset()
+                 ) -> tuple[list[tuple[str, Path]], list[SourceProblem]]:
     """``([(user_id, folder)], [problems])``: the user folders under ``source`` in name order (only
-    ``users`` when given), and one line per folder or requested user that cannot be used."""
-    problems: list[str] = []
+    ``users`` when given), and the entries of the root (or requested users) that cannot be uploaded.
+
+    Hidden entries and the manifest's own files (``exclude``) are not anyone's and not a problem; every
+    other entry of the root is a user's folder or a problem, whatever ``users`` asks for."""
+    problems: list[SourceProblem] = []
     found: dict[str, Path] = {}
     with os.scandir(source) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    for number, entry in enumerate(entries, 1):
         if entry.is_symlink():
-            problems.append(f"a user folder is a symbolic link (not followed): {entry.name!r}")
+            if os.path.realpath(entry.path) not in exclude:
+                problems.append(source_entry_problem(number, entry.name, "entry", "symlink_folder"))
         elif not entry.is_dir(follow_symlinks=False):
-            continue  # a file beside the user folders (the manifest, a README): not anyone's
+            if os.path.realpath(entry.path) not in exclude:
+                problems.append(source_entry_problem(number, entry.name, "file", "file_in_root"))
         elif not valid_user_id(entry.name):
-            problems.append(f"folder {entry.name!r} is not a user id (letters, digits, '-' or '_'): skipped")
+            problems.append(source_entry_problem(number, entry.name, "folder", "not_a_user_id"))
         else:
             found[entry.name] = Path(entry.path)
     if not users:
@@ -167,8 +210,18 @@ def user_folders(source: Path, users: tuple[str, ...]) -> tuple[list[tuple[str, 
         if user in found:
             out.append((user, found[user]))
         else:
-            problems.append(f"user {user}: no folder {source / user}")
+            problems.append(SourceProblem("user", user, "no_folder", f"user {user}: no folder {source / user}"))
     return out, problems
+
+
+def no_token_problem(user: str, files: int) -> SourceProblem:
+    return SourceProblem("user", user, "no_token", f"user {user} has no token in the tokens file: its {files}"
+                         " files to upload are not uploaded", files=files)
+
+
+def unreadable_user_problem(user: str, exc: OSError) -> SourceProblem:
+    return SourceProblem("user", user, "unreadable", f"user {user}: the folder cannot be read"
+                         f" ({exc.strerror or exc}): nothing in it is uploaded")
 
 
 @dataclass
@@ -179,18 +232,24 @@ class DryRunUser:
     note: str = ""
 
 
-def plan_dry(opts: PushOptions, manifest_path: Path) -> tuple[list[DryRunUser], list[str]]:
+def plan_dry(opts: PushOptions, manifest_path: Path) -> tuple[list[DryRunUser], list[SourceProblem]]:
     """What a push would upload, per user, against the manifest opened read only (never written).
-    Blocking; sends nothing.  Returns the per-user rows and the problems found."""
-    folders, problems = user_folders(opts.source, opts.users)
+    Blocking; sends nothing.  Returns the per-user rows and the problems a real run would count as failed."""
+    folders, problems = user_folders(opts.source, opts.users, exclude=opts.exclude)
     manifest = Manifest.open(manifest_path, readonly=True) if Path(manifest_path).exists() else None
     report = []
     try:
         for user, folder in folders:
             rows = manifest.push_rows_for_user(user) if manifest is not None else {}
-            plan = plan_user(user, folder, rows, exclude=opts.exclude)
+            try:
+                plan = plan_user(user, folder, rows, exclude=opts.exclude)
+            except OSError as exc:
+                problems.append(unreadable_user_problem(user, exc))
+                continue
+            problems.extend(plan.problems)
             if user not in opts.tokens:
-                report.append(DryRunUser(user, 0, 0, f"no token: {len(plan.items)} files would be skipped"))
+                problems.append(no_token_problem(user, len(plan.items)))
+                report.append(DryRunUser(user, 0, 0, f"no token: {len(plan.items)} files would not be uploaded"))
                 continue
             uploads = [i for i in plan.items if not i.missing]
             report.append(DryRunUser(user, len(uploads), plan.todo_bytes,

@@ -164,6 +164,13 @@ SCOPE_REASONS = {
     "not_found": "are unknown to the server (404)",
     "incomplete_listing": "listed items that could not be read",
     "listed_nothing": "listed no files",
+    # push: what could not be uploaded under the source (named by place and hash in the detail, never by name)
+    "symlink_folder": "are symbolic links, not followed",
+    "not_a_user_id": "are not named by a user id",
+    "file_in_root": "are files outside any user folder",
+    "unreadable": "cannot be read",
+    "no_token": "have no token in the tokens file",
+    "no_folder": "have no folder under the source",
 }
 
 

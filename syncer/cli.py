@@ -29,6 +29,16 @@ class Exit(click.ClickException):
         self.exit_code = code
 
 
+def _fail(message: str, code: int) -> None:
+    """End with ``message`` and ``code``: an ``Error:`` line, or a JSON event once JSON logs are set up."""
+    from syncer import logs
+
+    if logs.current_format() == "json":
+        click.echo(logs.json_line("syncer", "error", message, level="error", exit_code=code), err=True)
+        sys.exit(code)
+    raise Exit(message, code)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into messages and the documented exit codes."""
 
@@ -39,7 +49,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SyncerError as exc:
             from syncer.logs import describe
 
-            raise Exit(describe(exc), exitcodes.for_error(exc)) from None
+            _fail(describe(exc), exitcodes.for_error(exc))
 
     return wrapper
 
@@ -88,6 +98,9 @@ def main() -> None:
       syncer pull -c syncer.toml        # the nightly backup
       syncer status                     # what failed last night
     """
+    from syncer import logs
+
+    logs.reset_format()  # a command prints JSON only once it has set up JSON logs (tests run many in one process)
 
 
 def _load(config_path: str | None, overrides: dict[str, dict[str, Any]]) -> config_mod.Config:
@@ -102,17 +115,18 @@ def _setup_logs(cfg: config_mod.Config, quiet: bool) -> None:
 
 
 def _finish(stats: Any, code: int, metrics_file: str | None) -> None:
-    from syncer.report.progress import summary_text
+    from syncer import logs
+    from syncer.report.progress import summary_json, summary_text
 
-    click.echo(summary_text(stats), err=False)
+    as_json = logs.current_format() == "json"  # a cron log of 2>&1 stays JSON lines only
+    click.echo(summary_json(stats) if as_json else summary_text(stats), err=False)
     if metrics_file:
         from syncer.report.metrics import write_metrics
 
         try:
             write_metrics(Path(metrics_file), stats)
         except OSError as exc:
-            click.echo(f"Error: cannot write the metrics file {metrics_file}: {exc.strerror or exc}", err=True)
-            sys.exit(code or exitcodes.FATAL)
+            _fail(f"cannot write the metrics file {metrics_file}: {exc.strerror or exc}", code or exitcodes.FATAL)
     sys.exit(code)
 
 
@@ -181,7 +195,7 @@ def pull(config_path: str | None, manifest_path: str | None, targets: tuple[str,
         click.echo(f"total: {sum(r.files for r in report)} files, "
                    f"{human_bytes(sum(r.bytes for r in report))} would be downloaded (dry run: nothing written)")
         return
-    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
+    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval, fmt=cfg.log.format)
     stats, code = run_async(execute(
         PullJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
         details={"targets": len(opts.targets), "dest": str(opts.dest), "shard": shard}))
@@ -443,7 +457,7 @@ def push(config_path: str | None, manifest_path: str | None, source: str | None,
     token = cfg.api_token()
     _setup_logs(cfg, quiet)
 
-    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
+    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval, fmt=cfg.log.format)
     stats, code = run_async(execute(
         PushJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
         details={"source": str(opts.source), "users": len(opts.users) or None}))

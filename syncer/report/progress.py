@@ -1,7 +1,10 @@
 """Progress while a run goes on, and the summary at its end.
 
-On a terminal: a rich live display (files and bytes of the total known, rate, ETA, failures).
+On a terminal: a rich live display (files and bytes of the total known, rate, ETA, failures); log
+records print above it through its console (:func:`syncer.logs.showing_display`).
 Elsewhere (cron, CI, a pipe): one plain line every ``interval`` seconds, no control characters.
+With ``log.format = "json"``: one JSON event (``"event": "progress"``) every ``interval`` seconds, on a
+terminal too, so nothing but JSON lines reaches a log.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
+from syncer import logs
 from syncer.redact import escape
 from syncer.run.stats import RunStats
 
@@ -62,24 +66,41 @@ def summary_text(stats: RunStats) -> str:
     return "\n".join(lines)
 
 
+def progress_json(stats: RunStats) -> str:
+    """The progress line as a JSON event, with its numbers as fields."""
+    return logs.json_line(f"syncer.{stats.kind}", "progress", progress_line(stats), kind=stats.kind,
+                          run_id=stats.run_id or None, files_done=stats.files_done, files_total=stats.files_total,
+                          bytes_done=stats.bytes_done, bytes_total=stats.bytes_total,
+                          failed=stats.failed + stats.permanent, elapsed=round(stats.elapsed, 3))
+
+
+def summary_json(stats: RunStats) -> str:
+    """The end-of-run summary as one JSON event: the text and every counter."""
+    return logs.json_line(f"syncer.{stats.kind}", "summary", summary_text(stats),
+                          level="info" if stats.outcome == "ok" else "error", **stats.as_dict())
+
+
 def make_reporter(*, quiet: bool, interval: float, stream: TextIO | None = None,
-                  tty: bool | None = None) -> Callable[[RunStats], Awaitable[None]] | None:
+                  tty: bool | None = None, fmt: str = "text") -> Callable[[RunStats], Awaitable[None]] | None:
     """The coroutine the runner starts beside the job, or None when nothing should be shown."""
     stream = stream or sys.stderr
     if quiet:
         return None
+    if fmt == "json":
+        return lambda stats: _plain(stats, stream, interval, progress_json)
     is_tty = stream.isatty() if tty is None else tty
     if is_tty:
         return lambda stats: _rich(stats, stream)
-    return lambda stats: _plain(stats, stream, interval)
+    return lambda stats: _plain(stats, stream, interval, progress_line)
 
 
-async def _plain(stats: RunStats, stream: TextIO, interval: float) -> None:
+async def _plain(stats: RunStats, stream: TextIO, interval: float,
+                 render: Callable[[RunStats], str] = progress_line) -> None:
     next_at = time.monotonic() + interval
     while True:
         await asyncio.sleep(max(0.05, next_at - time.monotonic()))
         next_at += interval
-        print(progress_line(stats), file=stream, flush=True)
+        print(render(stats), file=stream, flush=True)
 
 
 async def _rich(stats: RunStats, stream: TextIO) -> None:
@@ -87,9 +108,10 @@ async def _rich(stats: RunStats, stream: TextIO) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     console = Console(file=stream)
+    # Log records go through this console while the bar is up: it prints them above the bar.
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True) as bar, logs.showing_display(console):
         task = bar.add_task(stats.kind, total=None, files="")
         try:
             while True:

@@ -22,7 +22,7 @@ class PushOptions:
     users: tuple[str, ...] = ()                  # empty: every user folder under source
     category: str = "user_document"
     concurrency: int = 8
-    exclude: frozenset[str] = frozenset()        # real paths never uploaded (the manifest and its files)
+    exclude: frozenset[str] = frozenset()        # real paths never uploaded (manifest, config, tokens file)
 
     @classmethod
     def from_config(cls, cfg: Any, users: Iterable[str] = ()) -> PushOptions:
@@ -40,6 +40,9 @@ class PushOptions:
             raise ConfigError(f"the push source {source} is not a folder (set --source or push.source)")
         tokens = load_tokens(push.tokens_file)
         manifest = Path(cfg.manifest.path)
-        exclude = frozenset(os.path.realpath(manifest.with_name(manifest.name + s)) for s in MANIFEST_SIDE_FILES)
+        ours = [manifest.with_name(manifest.name + s) for s in MANIFEST_SIDE_FILES] + [push.tokens_file]
+        if cfg.source_path is not None:  # a config (or tokens file) kept in the source root is not a stray file
+            ours.append(cfg.source_path)
+        exclude = frozenset(os.path.realpath(p) for p in ours)
         return cls(source=source, tokens=tokens, users=chosen, category=push.category,
                    concurrency=push.concurrency, exclude=exclude)

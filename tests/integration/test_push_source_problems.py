@@ -118,3 +118,20 @@ def test_what_push_cannot_upload_is_counted_listed_and_never_named(tmp_path: Pat
         assert json.loads(syncer(cfg, srv, "status", "--json").stdout)["scope_failures"] == []
         assert sorted(f["name"] for f in srv.files()) == ["Mary Major.pdf", "a.txt", "a.txt", "b.txt", "b.txt",
                                                            "d.txt"]
+
+
+def test_our_own_files_in_the_source_root_are_not_problems(tmp_path: Path) -> None:
+    """The config, the tokens file and the manifest may sit in the source root: not a stray file each run."""
+    srv = FakeServer(users=0, visits=0)
+    with srv.run_in_thread():
+        user = srv.add_user()
+        (tmp_path / user).mkdir()
+        (tmp_path / user / "a.txt").write_bytes(b"a")
+        (tmp_path / "tokens.csv").write_text(f"user_id,token\n{user},{srv.token_for(user)}\n", encoding="utf-8")
+        os.chmod(tmp_path / "tokens.csv", 0o600)
+        cfg = write_config(tmp_path, srv, targets=[], push_source=".", manifest="state.sqlite")
+        for args in (("push", "--dry-run"), ("push",), ("push",)):
+            result = syncer(cfg, srv, *args)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "WARNING" not in result.stderr and "not uploaded" not in result.stderr
+        assert [f["name"] for f in srv.files()] == ["a.txt"]

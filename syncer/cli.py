@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -486,8 +487,10 @@ def ack_group() -> None:
               help="Every unacknowledged permanent failure of TARGET instead of the FILE_IDs given.")
 @click.option("--reason", required=True, help="Why the file cannot be backed up (kept in the audit trail).")
 @click.option("--by", "by", envvar="USER", help="Who acknowledges it (default: $USER).")
+@manifest_option
 @handle_errors
-def ack_pull(config_path: str | None, target: str, file_ids: tuple[str, ...], all_permanent: bool, reason: str,
+def ack_pull(config_path: str | None, manifest_path: str | None, target: str, file_ids: tuple[str, ...],
+             all_permanent: bool, reason: str,
              by: str | None) -> None:
     """Acknowledge that files of TARGET failed permanently (e.g. the server can no longer serve them).
 
@@ -509,7 +512,7 @@ def ack_pull(config_path: str | None, target: str, file_ids: tuple[str, ...], al
         raise click.UsageError("--reason must say why")
     who = (by or "").strip() or getpass.getuser()
     tgt = Target.parse(target)
-    cfg = _load(config_path, {})
+    cfg = _load(config_path, {"manifest": {"path": manifest_path}})
     manifest = Manifest.open(cfg.manifest.path, create=False)
     try:
         done = manifest.acknowledge_pull(tgt.type, tgt.id, list(file_ids) if file_ids else None, by=who,
@@ -536,9 +539,11 @@ def ack_pull(config_path: str | None, target: str, file_ids: tuple[str, ...], al
               help="Write every restored pair (old id -> new id) here as CSV (0600) at the end of the run.")
 @click.option("--concurrency", type=int, help="Uploads at once (default: push.concurrency, 16).")
 @click.option("--dry-run", is_flag=True, help="Plan only: per user, what would be uploaded; send and write nothing.")
+@manifest_option
 @run_options
 @handle_errors
-def restore(config_path: str | None, backup_path: str | None, tokens_file: str | None, user_map: str | None,
+def restore(config_path: str | None, manifest_path: str | None, backup_path: str | None, tokens_file: str | None,
+            user_map: str | None,
             targets: tuple[str, ...], categories: tuple[str, ...], mapping_out: str | None, concurrency: int | None,
             dry_run: bool, log_format: str | None, log_level: str | None, quiet: bool,
             progress_interval: float | None, metrics_file: str | None) -> None:
@@ -558,10 +563,13 @@ def restore(config_path: str | None, backup_path: str | None, tokens_file: str |
     from syncer.run.runner import execute
 
     cfg = _load(config_path, {
+        "manifest": {"path": manifest_path},
         "push": {"tokens_file": tokens_file, "concurrency": concurrency},
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
     })
-    backup_cfg = _load(backup_path, {}) if backup_path else cfg
+    # The backup's own config names its manifest: --manifest and $SYNCER_MANIFEST are this run's.
+    backup_cfg = config_mod.load(backup_path, env={k: v for k, v in os.environ.items()
+                                                   if k != config_mod.MANIFEST_ENV}) if backup_path else cfg
     opts = options_from_config(cfg, backup_cfg, user_map=user_map, targets=targets, categories=categories,
                                mapping_out=mapping_out)
     if not cfg.api.base_url:
@@ -587,7 +595,7 @@ def restore(config_path: str | None, backup_path: str | None, tokens_file: str |
     _setup_logs(cfg, quiet)
     from syncer.restore.job import RestoreJob
 
-    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval)
+    reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval, fmt=cfg.log.format)
     stats, code = run_async(execute(
         RestoreJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
         details={"backup": str(opts.backup_manifest), "same_account": opts.same_account,

@@ -3,8 +3,10 @@
 - ``schema``: the tables and their migrations (``PRAGMA user_version``).
 - ``store``: ``Manifest``, the one owner of every read and write.
 - ``recorder``: the run's one writer task, batching outcomes into one transaction.
-- ``failures``: acknowledgements of permanent failures and failures of a whole target or user
-  (``scope_failures``): a mixin of ``Manifest``.
+- ``failures``: acknowledgements of permanent failures and failures of a whole target, user or entry of
+  a push source (``scope_failures``): a mixin of ``Manifest``.
+- ``opening``: a manifest path that is a folder refused, an empty file made private before it is filled,
+  and the read-only open (``mode=ro``, else ``immutable``) that writes nothing.
 
 The recorder imports the store, never the other way round.  May import: ``syncer.errors``,
 ``syncer.local`` (private files, folder fsyncs).  Imported by: the jobs, ``syncer.run``, ``syncer.report``.

@@ -17,7 +17,6 @@ import json
 import os
 import socket
 import sqlite3
-import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
 
 from syncer.errors import LocalIOError, ManifestError
 from syncer.manifest.failures import FailureRecords, now_iso
+from syncer.manifest.opening import open_readonly, private_if_empty, refuse_folder
 from syncer.manifest.schema import (  # noqa: F401 - the schema's names, re-exported
     INSERTABLE,
     MIGRATIONS,
@@ -73,50 +73,6 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
-def _refuse_folder(path: Path) -> None:
-    if path.is_dir():
-        raise ManifestError(f"the manifest path {path} is a folder: manifest.path (or --manifest, $SYNCER_MANIFEST)"
-                            f" must name a file, e.g. {path / 'syncer-manifest.sqlite'}")
-
-
-def _private_if_empty(path: Path) -> None:
-    """An existing empty file (made by ``touch`` or an installer, 0644) gets patient data now: 0600 first
-    (SQLite's -wal/-shm copy its mode).  A manifest with data keeps whatever mode its owner chose."""
-    with contextlib.suppress(OSError):
-        st = os.stat(path)
-        if st.st_size == 0 and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != 0o600:
-            os.chmod(path, 0o600)
-
-
-def _readonly_uri(path: Path, *, immutable: bool) -> str:
-    return f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
-
-
-def _open_readonly(path: Path) -> tuple[sqlite3.Connection, int, int]:
-    """A read-only connection and the manifest's (user_version, table count).  ``mode=ro`` first: it sees
-    a running writer's WAL.  When that cannot open (a WAL reader must create -shm and -wal if they are not
-    there, which a read-only folder forbids), ``immutable=1``: nothing is created; with no -wal file no
-    writer is using it, so the main file is the whole manifest."""
-    last: sqlite3.OperationalError | None = None
-    for immutable in (False, True):
-        conn = sqlite3.connect(_readonly_uri(path, immutable=immutable), uri=True, check_same_thread=False,
-                               isolation_level=None, timeout=30)
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            return conn, version, tables
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            if "unable to open" not in str(exc) and "readonly" not in str(exc):
-                raise
-            last = exc
-        except BaseException:
-            conn.close()
-            raise
-    assert last is not None
-    raise last
-
-
 @dataclass
 class Update:
     """One outcome to record: set ``fields`` on the row ``key`` of ``table``, and log an event."""
@@ -156,7 +112,7 @@ class Manifest(FailureRecords):
         the ``-wal``/``-shm`` files a WAL reader needs (a read-only folder, a read-only mount) the file is
         read as ``immutable`` (no locks, no side files; a run writing at that very moment is not seen)."""
         path = Path(path)
-        _refuse_folder(path)
+        refuse_folder(path)
         if not path.exists():
             if not create or readonly:
                 raise ManifestError(f"no manifest at {path}: nothing has run with this configuration yet")
@@ -165,10 +121,10 @@ class Manifest(FailureRecords):
             except OSError as exc:
                 raise ManifestError(f"cannot create the manifest {path}: {exc.strerror or exc}") from exc
         elif not readonly:
-            _private_if_empty(path)
+            private_if_empty(path)
         try:
             if readonly:
-                conn, version, tables = _open_readonly(path)
+                conn, version, tables = open_readonly(path)
             else:
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -204,7 +160,7 @@ class Manifest(FailureRecords):
         newer schema) before a run writes anything, its lock file included.  A missing manifest passes:
         the run creates it.  Whatever cannot be told here is left to :meth:`open`."""
         path = Path(path)
-        _refuse_folder(path)
+        refuse_folder(path)
         if not path.is_file():
             return
         try:

@@ -174,3 +174,22 @@ def test_an_empty_0644_manifest_file_is_made_0600_when_filled(tmp_path: Path) ->
         assert run(["pull", "-c", str(cfg), "-q"], token=srv.api_key).exit_code == 0
         assert manifest.stat().st_size > 0
         assert stat.S_IMODE(manifest.stat().st_mode) == 0o600
+
+
+def test_ack_and_restore_take_the_manifest_flag_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = FakeServer(seed=8, users=1, files_per_user=2, visits=0)
+    with srv.run_in_thread():
+        cfg = bare_config(tmp_path, srv, extra='[manifest]\npath = "from-config.sqlite"\n')
+        monkeypatch.chdir(tmp_path)
+        assert run(["pull", "-c", str(cfg), "-q", "--manifest", "other.sqlite"], token=srv.api_key).exit_code == 0
+        target = f"user:{srv.users[0]}"
+        ack = run(["ack", "pull", target, "no-such-file", "--reason", "test", "-c", str(cfg), "--manifest",
+                   "other.sqlite"])
+        assert ack.exit_code == 2 and "has no file 'no-such-file'" in ack.output, ack.output
+        assert "no manifest at" in run(["ack", "pull", target, "x", "--reason", "t", "-c", str(cfg)]).output
+        tokens = tmp_path / "tokens.csv"
+        tokens.write_text(f"user_id,token\n{srv.users[0]},{srv.token_for(srv.users[0])}\n", encoding="utf-8")
+        os.chmod(tokens, 0o600)
+        dry = run(["restore", "-c", str(cfg), "--dry-run", "--manifest", "other.sqlite", "--tokens-file",
+                   str(tokens)], token=srv.api_key)
+        assert "no manifest" not in dry.output and "total: 1 users" in dry.output, dry.output

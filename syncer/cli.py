@@ -31,10 +31,12 @@ class Exit(click.ClickException):
 
 
 def _fail(message: str, code: int) -> None:
-    """End with ``message`` and ``code``: an ``Error:`` line, or a JSON event once JSON logs are set up."""
+    """End with ``message`` and ``code``: an ``Error:`` line, or a JSON event when JSON logs were asked for."""
     from syncer import logs
 
-    if logs.current_format() == "json":
+    ctx = click.get_current_context(silent=True)
+    asked = ctx is not None and ctx.params.get("log_format") == "json"  # a config error comes before the logs
+    if asked or logs.current_format() == "json":
         click.echo(logs.json_line("syncer", "error", message, level="error", exit_code=code), err=True)
         sys.exit(code)
     raise Exit(message, code)

@@ -86,3 +86,14 @@ def test_on_a_terminal_log_lines_print_above_the_progress_bar(tmp_path: Path) ->
     assert len(starts) >= 3, text[-3000:]
     glued = [marked[max(0, i - 60):i + 40] for i in starts if i > 0 and marked[i - 1] not in "\n\r\x00"]
     assert not glued, glued[:3]
+
+
+def test_json_logs_a_refusal_before_the_run_is_a_json_line_too(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, base_url="http://127.0.0.1:9", account_code="x", targets=["user:1"])
+    env = {**os.environ, "SYNCER_CONFIG": "", "SYNCER_MANIFEST": ""}
+    env.pop("VSEE_API_TOKEN", None)
+    proc = subprocess.run([sys.executable, "-m", "syncer", "pull", "-c", str(cfg), "--log-format", "json"], env=env,
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout
+    [doc] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert doc["event"] == "error" and doc["exit_code"] == 2 and "VSEE_API_TOKEN" in doc["message"]

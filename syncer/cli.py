@@ -602,6 +602,8 @@ def restore(config_path: str | None, manifest_path: str | None, backup_path: str
         RestoreJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
         details={"backup": str(opts.backup_manifest), "same_account": opts.same_account,
                  "users": len(opts.users) or None}))
+    from syncer import logs
+
     for line in opts.notes:
-        click.echo(line)
+        click.echo(logs.json_line("syncer.restore", "note", line) if cfg.log.format == "json" else line)
     _finish(stats, code, metrics_file)

@@ -524,6 +524,47 @@ def ack_pull(config_path: str | None, manifest_path: str | None, target: str, fi
     click.echo(f"acknowledged {len(done)} permanent failure{'s' if len(done) != 1 else ''} of {tgt} as {who}")
 
 
+@ack_group.command("push", context_settings=CONTEXT)
+@config_option
+@click.argument("user_id", metavar="USER_ID")
+@click.argument("rel_paths", nargs=-1, metavar="[PATH]...")
+@click.option("--all", "all_permanent", is_flag=True,
+              help="Every unacknowledged permanent failure of USER_ID instead of the PATHs given.")
+@click.option("--reason", required=True, help="Why the file will not be migrated (kept in the audit trail).")
+@click.option("--by", "by", envvar="USER", help="Who acknowledges it (default: $USER).")
+@manifest_option
+@handle_errors
+def ack_push(config_path: str | None, manifest_path: str | None, user_id: str, rel_paths: tuple[str, ...],
+             all_permanent: bool, reason: str, by: str | None) -> None:
+    """Acknowledge that files of USER_ID's folder were refused for good by the server (400, 413).
+
+    PATH is relative to the user's folder under the push source.  Only a permanent failure can be
+    acknowledged (exit 2 otherwise); the acknowledgement is void once the file changes.
+
+    \b
+    Example:
+      syncer ack push 2317820300 --all --reason "scans over the server's size limit, kept on the NAS"
+    """
+    import getpass
+
+    from syncer.manifest import Manifest
+
+    if bool(rel_paths) == all_permanent:
+        raise click.UsageError("give the PATHs to acknowledge, or --all (not both)")
+    if not reason.strip():
+        raise click.UsageError("--reason must say why")
+    who = (by or "").strip() or getpass.getuser()
+    cfg = _load(config_path, {"manifest": {"path": manifest_path}})
+    manifest = Manifest.open(cfg.manifest.path, create=False)
+    try:
+        done = manifest.acknowledge_push(user_id, list(rel_paths) if rel_paths else None, by=who,
+                                         reason=reason.strip())
+    finally:
+        manifest.close()
+    click.echo(f"acknowledged {len(done)} permanent failure{'s' if len(done) != 1 else ''} of user {user_id}"
+               f" as {escape(who)}")
+
+
 @main.command(context_settings=CONTEXT)
 @config_option
 @click.option("--backup", "backup_path", type=click.Path(dir_okay=False),

@@ -618,7 +618,8 @@ async def test_400_is_permanent_403_is_retried_next_run(tmp_path: Path) -> None:
         assert [(s, c) for s, c, _ in states] == [("failed", "ForbiddenError"), ("permanent", "BadRequestError")]
         assert "(400)" in states[1][2] and "not retried until the file changes" in states[1][2]
         stats2, code2 = await run_push(cfg, srv)
-        assert code2 == exitcodes.OK and stats2.files_done == 1  # the 403 one; the 400 one waits for a change
+        # The 403 one goes up; the 400 one waits for a change, not sent, but still red (issue 12).
+        assert code2 == exitcodes.ITEMS_FAILED and stats2.files_done == 1 and stats2.permanent == 1
         assert len(calls) == 4
         assert sum(server_docs(srv, user).values()) == 2
 

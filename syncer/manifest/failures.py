@@ -64,6 +64,35 @@ class FailureRecords:
                 [(at, f"{target_type}/{target_id}/{fid}", f"by {by}: {reason}"[:500]) for fid in wanted])
         return wanted
 
+    def acknowledge_push(self, user_id: str, rel_paths: list[str] | None, *, by: str, reason: str) -> list[str]:
+        """The push twin of :meth:`acknowledge_pull`: files of one user's folder (every unacknowledged
+        permanent one when ``rel_paths`` is None) that the server refused for good (400, 413).  The
+        acknowledgement is void once the file changes (it is sent again) or is refused again."""
+        if self.version < 3:
+            raise ManifestError(f"{self.path} has an older schema ({self.version}); run any push to upgrade it")
+        rows = dict(self.conn.execute(
+            "SELECT rel_path, state FROM push_items WHERE user_id = ?"
+            + ("" if rel_paths is not None else " AND state = 'permanent' AND acked_at IS NULL"),
+            (user_id,)).fetchall())
+        wanted = list(dict.fromkeys(rel_paths)) if rel_paths is not None else sorted(rows)
+        for n, rel in enumerate(wanted, 1):
+            # The relative path is a file name (patient data): the message says which argument it was.
+            if rel not in rows:
+                raise ManifestError(f"user {user_id}: file argument #{n} is not in the manifest")
+            if rows[rel] != "permanent":
+                raise ManifestError(f"user {user_id}: file argument #{n} is {rows[rel]}, not refused for good:"
+                                    " only a permanent failure can be acknowledged")
+        at = now_iso()
+        with self._tx():
+            self.conn.executemany(
+                "UPDATE push_items SET acked_by = ?, acked_at = ?, ack_reason = ? WHERE user_id = ? AND rel_path = ?",
+                [(by, at, reason, user_id, rel) for rel in wanted])
+            self.conn.executemany(
+                "INSERT INTO events (at, run_id, kind, item, event, detail) VALUES (?, NULL, 'push', ?,"
+                " 'acknowledged', ?)",
+                [(at, f"{user_id}/{rel}", f"by {by}: {reason}"[:500]) for rel in wanted])
+        return wanted
+
     # -- failures of a whole scope (a target, a user) ------------------------------------------
     def open_scope_failures(self, kind: str, scope: str) -> dict[str, str]:
         """``scope_id -> reason`` of the scope failures recorded for ``kind``/``scope``."""

@@ -362,9 +362,10 @@ class Manifest(FailureRecords):
 
     # -- push ----------------------------------------------------------------------------------
     def push_rows_for_user(self, user_id: str) -> dict[str, dict[str, Any]]:
+        acked = ", error_class, acked_at" if self.version >= 3 else ", error_class, NULL AS acked_at"
         cur = self.conn.execute(
-            "SELECT rel_path, size, mtime_ns, sha256, state, remote_id, attempts, intent_at"
-            " FROM push_items WHERE user_id = ?", (user_id,))
+            "SELECT rel_path, size, mtime_ns, sha256, state, remote_id, attempts, intent_at" + acked
+            + " FROM push_items WHERE user_id = ?", (user_id,))
         cols = [d[0] for d in cur.description]
         return {row[0]: dict(zip(cols, row, strict=True)) for row in cur}
 
@@ -435,13 +436,20 @@ class Manifest(FailureRecords):
                         " AND acked_at IS NOT NULL").fetchone()
                     acked = {"count": n, "bytes": b or 0}
             else:
+                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
                 failed = self.conn.execute(
-                    "SELECT user_id, rel_path, state, attempts, error_class, last_error, updated_at"
-                    " FROM push_items WHERE state IN ('failed', 'permanent', 'uploading')"
+                    "SELECT user_id, rel_path, state, attempts, error_class, last_error, updated_at" + acks
+                    + " FROM push_items WHERE state IN ('failed', 'permanent', 'uploading')"
                     " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
                 items = [dict(zip(("user_id", "rel_path", "state", "attempts", "error_class", "last_error",
-                                   "updated_at"), r, strict=True)) for r in failed]
+                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
+                         for r in failed]
                 acked = {"count": 0, "bytes": 0}
+                if self.version >= 3:
+                    n, b = self.conn.execute(
+                        "SELECT count(*), sum(size) FROM push_items WHERE state = 'permanent'"
+                        " AND acked_at IS NOT NULL").fetchone()
+                    acked = {"count": n, "bytes": b or 0}
             out[kind] = {"states": states, "failed": items, "acknowledged": acked}
         cur = self.conn.execute(
             "SELECT id, kind, started, ended, outcome, files_done, bytes_done, failed, skipped, pid, host"

@@ -140,19 +140,28 @@ class PushJob:
         for problem in plan.problems:
             self._problem(problem)
         skipped = sum(plan.skipped.values())
-        ctx.stats.skipped += skipped + plan.up_to_date + plan.held_permanent
+        ctx.stats.skipped += skipped + plan.up_to_date
+        # Refused for good before and unchanged: not sent again, but not backed up either: red every run
+        # until the file changes or an operator acknowledges it (syncer ack push).
+        for reason, n in plan.held_reasons.items():
+            for _ in range(n):
+                ctx.stats.count_failure("permanent", reason)
+        for _ in range(plan.held_acked):
+            ctx.stats.count_failure("acknowledged", "acknowledged")
         if plan.unsendable:
-            ctx.stats.permanent += plan.unsendable
+            for _ in range(plan.unsendable):
+                ctx.stats.count_failure("permanent", "UnsendableName")
             ctx.log_event("bad_names", level=logging.WARNING, user=user,
                           message=f"user {user}: {plan.unsendable} file names are not valid UTF-8 and cannot"
                                   " be uploaded (rename them; --log-level debug shows which)")
         if plan.skipped.get("symlink"):
             ctx.log_event("symlinks_skipped", user=user,
                           message=f"skipped {plan.skipped['symlink']} symlinks for user {user} (never followed)")
-        if plan.held_permanent:
-            ctx.log_event("held_permanent", user=user,
-                          message=f"user {user}: {plan.held_permanent} files failed permanently before and are"
-                                  " unchanged: not retried (see syncer status)")
+        if plan.held_permanent - plan.held_acked:
+            ctx.log_event("held_permanent", level=logging.WARNING, user=user,
+                          message=f"user {user}: {plan.held_permanent - plan.held_acked} files were refused for good"
+                                  " before and are unchanged: not sent again, not migrated (see syncer status;"
+                                  " change the file, or acknowledge it with syncer ack push)")
         if user not in self.opts.tokens and plan.items:
             # Not uploaded is not done: the run exits 1 so a cron mail or an alert shows it, and status lists it.
             self._problem(no_token_problem(user, len(plan.items)))
@@ -323,10 +332,12 @@ class PushJob:
         detail = without_name(detail, item.name, form_name(item.name))[:500] if detail else message
         fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
         if permanent:
-            ctx.stats.permanent += 1
-            fields.update(state=PushState.PERMANENT.value, intent_at=None)  # refused: nothing was stored
+            ctx.stats.count_failure("permanent", error_class(exc))
+            # Refused: nothing was stored.  A new refusal voids an earlier acknowledgement.
+            fields.update(state=PushState.PERMANENT.value, intent_at=None, acked_by=None, acked_at=None,
+                          ack_reason=None)
         else:
-            ctx.stats.failed += 1
+            ctx.stats.count_failure("failed", error_class(exc))
             if not isinstance(exc, UploadOutcomeUnknown):
                 fields["state"] = PushState.FAILED.value
             # else: stays 'uploading': the next run looks for the document before sending anything

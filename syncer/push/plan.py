@@ -96,7 +96,9 @@ class UserPlan:
     items: list[PushItem] = field(default_factory=list)
     inserts: list[dict[str, Any]] = field(default_factory=list)
     up_to_date: int = 0
-    held_permanent: int = 0       # failed for good before and unchanged since: not retried
+    held_permanent: int = 0       # failed for good before and unchanged since: not re-sent, still red
+    held_reasons: dict[str, int] = field(default_factory=dict)  # error class -> count, of the red ones
+    held_acked: int = 0           # of those, acknowledged by an operator (syncer ack push): not red
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (symlink, hidden, ...)
     unsendable: int = 0           # names that are not valid UTF-8 cannot be sent or recorded
     problems: list[SourceProblem] = field(default_factory=list)  # sub-folders that could not be read
@@ -159,6 +161,11 @@ def plan_user(user_id: str, folder: Path, rows: dict[str, dict[str, Any]], *,
             plan.up_to_date += 1
         elif unchanged and state == PushState.PERMANENT:
             plan.held_permanent += 1
+            if row.get("acked_at"):
+                plan.held_acked += 1
+            else:
+                reason = row.get("error_class") or "permanent"
+                plan.held_reasons[reason] = plan.held_reasons.get(reason, 0) + 1
         else:
             plan.items.append(item)
     for rel, row in rows.items():

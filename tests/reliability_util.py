@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability suite (tests/test_reliability_*.py): servers, configs, runs, and the
+"""Shared helpers of the reliability suite (tests/reliability/): servers, configs, runs, and the
 checks that prove a backup or an upload is complete, byte-exact and free of duplicates.
 
 Every check compares against the built-in server's own records (``srv.files()``, ``srv.file_bytes``),
@@ -24,6 +24,7 @@ from helpers import write_config
 
 from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
+from syncer.manifest import Manifest
 from syncer.models import Target
 from syncer.pull.job import PullJob
 from syncer.pull.options import PullOptions
@@ -289,3 +290,29 @@ def audit_push(srv: FakeServer, expected: dict[str, Counter[tuple[str, str]]]) -
     audit.bytes = sum(len(srv.file_bytes(f["id"])) for f in srv.files()
                       if f["target_type"] == "user" and f["target_id"] in expected)
     return audit
+
+
+# -- manifest batches (tests/unit/test_manifest.py, tests/reliability/test_manifest_kill.py) --------------
+
+def seed_batch_manifest(path: Path, n: int) -> None:
+    m = Manifest.open(path)
+    try:
+        rows = [{"target_type": "user", "target_id": str(i % 100), "file_id": f"f{i}", "local_path": f"p/{i}",
+                 "path_key": f"p/{i}", "state": "pending", "size": i, "category": None, "remote_name": "n",
+                 "created": None, "modified": None, "ext": "", "owner_id": None} for i in range(n)]
+        m.apply_pull_listing("seed-run", rows, [], [])
+    finally:
+        m.close()
+
+
+def batch_counts(path: Path) -> tuple[int, int, int, str]:
+    """(rows done, rows whose attempts were bumped, 'done' events, integrity check)."""
+    conn = sqlite3.connect(path)
+    try:
+        done = conn.execute("SELECT count(*) FROM pull_items WHERE state = 'done'").fetchone()[0]
+        bumped = conn.execute("SELECT count(*) FROM pull_items WHERE attempts = 1").fetchone()[0]
+        events = conn.execute("SELECT count(*) FROM events WHERE event = 'done'").fetchone()[0]
+        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        return done, bumped, events, check
+    finally:
+        conn.close()

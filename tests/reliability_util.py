@@ -20,46 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import write_config
+from helpers import MAX_WAIT, MIN_WAIT, all_targets, pull_config, write_config, write_tokens  # noqa: F401 (re-exported)
+from helpers import pull as run_pull  # noqa: F401 (re-exported: the suite's name for helpers.pull)
 
-from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
+from syncer.config import ApiConfig, Config, ManifestConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
 from syncer.manifest import Manifest
-from syncer.models import Target
-from syncer.pull.job import PullJob
-from syncer.pull.options import PullOptions
-from syncer.run.runner import execute
-
-# Retries fast enough for tests, slow enough that an outage of a few tries is ridden out.
-MIN_WAIT, MAX_WAIT = 0.005, 0.05
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def all_targets(srv: FakeServer) -> tuple[Target, ...]:
-    return tuple([Target("user", u) for u in srv.users] + [Target("visit", v) for v in srv.visits])
-
-
 # -- pull ---------------------------------------------------------------------------------------------
 
-def pull_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 10, concurrency: int = 16,
-             timeout_read: float = 5.0, dest: Path | None = None, manifest: Path | None = None) -> Config:
-    return Config(
-        api=ApiConfig(base_url=srv.base_url, account_code=srv.account_code, timeout_connect=5,
-                      timeout_read=timeout_read),
-        manifest=ManifestConfig(path=manifest or tmp / "manifest.sqlite"),
-        retry=RetryConfig(attempts=attempts, max_wait=MAX_WAIT, min_wait=MIN_WAIT),
-        pull=PullConfig(dest=dest or tmp / "backup", concurrency=concurrency),
-    )
-
-
-async def run_pull(srv: FakeServer, cfg: Config, targets: tuple[Target, ...] | None = None, **kw: Any):
-    opts = PullOptions(targets=targets if targets is not None else all_targets(srv), dest=cfg.pull.dest,
-                       concurrency=cfg.pull.concurrency, **kw)
-
-    return await execute(PullJob, cfg, opts, token=srv.api_key, concurrency=cfg.pull.concurrency)
+def pull_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 10, concurrency: int = 16, **kw: Any) -> Config:
+    """helpers.pull_config with this suite's defaults (more tries, more workers)."""
+    return pull_config(srv, tmp, attempts=attempts, concurrency=concurrency, **kw)
 
 
 def query(manifest: Path, sql: str, *args: Any) -> list[tuple]:
@@ -220,12 +197,6 @@ def push_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 10, concurrency: int
         retry=RetryConfig(attempts=attempts, max_wait=MAX_WAIT, min_wait=MIN_WAIT),
         push=PushConfig(source=tmp / "src", tokens_file=tmp / "tokens.csv", concurrency=concurrency),
     )
-
-
-def write_tokens(path: Path, tokens: dict[str, str], mode: int = 0o600) -> Path:
-    path.write_text("user_id,token\n" + "".join(f"{u},{t}\n" for u, t in tokens.items()), encoding="utf-8")
-    os.chmod(path, mode)
-    return path
 
 
 def build_push_source(tmp: Path, srv: FakeServer, users: int, files_per_user: int, *, seed: int,

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import logging
 import os
 import random
 import tempfile
@@ -51,6 +52,9 @@ from syncer.fakeserver.store import FileRec, StoreMixin
 from syncer.fakeserver.view import ViewMixin
 
 __all__ = ["Faults", "FakeServer"]
+
+log = logging.getLogger("syncer.fakeserver")
+_CLIENT_GONE = 499  # nginx's "client closed request": the status of an answer nobody is left to read
 
 _HTML_503 = (
     "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center>"
@@ -292,6 +296,12 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
                     resp = await getattr(self, method)(request)
                 except ApiRefusal as exc:
                     resp = error_response(exc.status, exc.message)
+                except ConnectionError as exc:
+                    # The client left (a killed run, a timeout): routine for a server, so one line at
+                    # debug.  Raised on, aiohttp would log "Error handling request" and a traceback.
+                    self.counters[f"{kind}_client_gone"] += 1
+                    log.debug("%s: the client went away (%s)", kind, type(exc).__name__)
+                    return web.Response(status=_CLIENT_GONE)  # never sent: aiohttp drops it quietly
             if resp.status != 200:
                 self.counters[f"{kind}_{resp.status}"] += 1
             return resp

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +188,36 @@ def run_cli(args: list[str], *, cwd: Path, token: str | None, timeout: float = 1
 def start_cli(args: list[str], *, cwd: Path, token: str | None) -> subprocess.Popen:
     return subprocess.Popen(syncer_cmd(*args), env=cli_env(token), cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
+
+
+def done_count(manifest: Path, table: str = "pull_items") -> int:
+    """Rows of ``table`` recorded done, read as another reader would (0 while there is no such table)."""
+    if not manifest.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{manifest}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute(f"SELECT count(*) FROM {table} WHERE state = 'done'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:  # not created yet, or being created
+        return 0
+
+
+def kill_when_done(proc: subprocess.Popen, manifest: Path, at_least: int, *, table: str = "pull_items",
+                   deadline: float = 120.0) -> int:
+    """SIGKILL ``proc`` as soon as its manifest records ``at_least`` rows of ``table`` done: a kill timed by the
+    run's own progress, not by the clock.  Fails the test if the run ends first or the deadline passes.
+    Returns the count seen just before the kill."""
+    end = time.monotonic() + deadline
+    while (seen := done_count(manifest, table)) < at_least:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) at {seen} done, before {at_least}"
+        assert time.monotonic() < end, f"{seen} done after {deadline} s, waiting for {at_least}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended by itself (exit {proc.returncode}) before the kill"
+    return seen
 
 
 # -- push ---------------------------------------------------------------------------------------------

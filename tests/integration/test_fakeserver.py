@@ -660,6 +660,13 @@ def test_set_faults_rejects_unknown_names(make_server: Callable[..., FakeServer]
         srv.set_faults(error_404=1.0)
     srv.set_faults(error_500=0.5)
     assert srv.faults.error_500 == 0.5
+    for bad in ({"error_500": 7}, {"error_500": float("nan")}, {"latency_ms": -1},
+                {"error_429": 0.1, "retry_after": -2}):
+        with pytest.raises(ValueError, match="must be"):
+            srv.set_faults(**bad)
+        with pytest.raises(ValueError, match="must be"):
+            Faults(**bad)
+    assert (srv.faults.error_500, srv.faults.error_429) == (0.5, 0.0), "a refused change leaves the rates as they were"
 
 
 # ---- seeding ----------------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visi
         try:
             written = write_tokens_file(s, place)
         except OSError as exc:  # it appeared since the check, or its folder is missing or not writable
-            raise Exit(f"cannot write the tokens file {place}: {exc.strerror or exc}", EXIT_USAGE) from None
+            raise Exit(f"cannot write the tokens file {place}: {exc.strerror or exc}", exitcodes.USAGE) from None
         click.echo(f"base_url     {s.base_url}")
         click.echo(f"account_code {s.account_code}")
         click.echo(f"api key      {s.api_key}   (export VSEE_API_TOKEN=... to use it; a test key only)")
@@ -275,10 +275,10 @@ def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visi
                              range_support=not no_range, faults=fault_set, port=port, api_key=api_key)
             run_blocking(srv, ready)
     except ListenError as exc:
-        raise Exit(f"{exc} (choose another with --port)", EXIT_USAGE) from None
+        raise Exit(f"{exc} (choose another with --port)", exitcodes.USAGE) from None
     except FileExistsError as exc:
         raise Exit(f"the tokens file {exc.filename} exists: fake-server never overwrites a file; remove it or "
-                   "choose another --tokens-file", EXIT_USAGE) from None
+                   "choose another --tokens-file", exitcodes.USAGE) from None
 
 
 @main.command("ls", context_settings=CONTEXT)

@@ -206,23 +206,28 @@ def pull(config_path: str | None, manifest_path: str | None, targets: tuple[str,
 
 
 @main.command("fake-server", context_settings=CONTEXT)
-@click.option("--port", type=int, default=8080, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port on 127.0.0.1 (0: any free port).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the generated data.")
-@click.option("--seed-users", type=int, default=3, show_default=True, help="Patients to create.")
-@click.option("--files-per-user", type=int, default=5, show_default=True)
-@click.option("--visits", type=int, default=2, show_default=True)
-@click.option("--files-per-visit", type=int, default=2, show_default=True)
+@click.option("--seed-users", type=click.IntRange(min=0), default=3, show_default=True, help="Patients to create.")
+@click.option("--files-per-user", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--visits", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--files-per-visit", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--hostile-names/--plain-names", default=True, show_default=True,
               help="Mix in names that are unsafe as paths.")
-@click.option("--latency-ms", type=float, default=0.0, help="Added to every request.")
-@click.option("--link-ttl", type=float, default=3600.0, show_default=True, help="Seconds a view link lives.")
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Added to every request.")
+@click.option("--link-ttl", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Seconds a view link lives.")
 @click.option("--no-range", is_flag=True, help="Ignore Range requests (always answer 200 whole).")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
               help="Inject a fault, e.g. --fault error_500=0.1 --fault reset_mid_body=0.05; repeatable.")
 @click.option("--api-key", envvar="SYNCER_FAKE_API_KEY", help="The account API key to accept (default: random).")
+@click.option("--tokens-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the patients' upload tokens here (0600; never overwrites a file). "
+                   "Default: tokens.csv in a new private temporary folder, removed when the server stops.")
 def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visits: int, files_per_visit: int,
                 hostile_names: bool, latency_ms: float, link_ttl: float, no_range: bool,
-                faults: tuple[str, ...], api_key: str | None) -> None:
+                faults: tuple[str, ...], api_key: str | None, tokens_file: str | None) -> None:
     """Run the built-in Files API server on 127.0.0.1, for rehearsals.
 
     It prints its base URL, the account API key and the tokens file path, then serves until Ctrl-C.
@@ -230,8 +235,9 @@ def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visi
     \b
     Example:
       syncer fake-server --port 8080 --seed-users 20 --latency-ms 50 --fault error_500=0.05
+      syncer fake-server --tokens-file ./tokens.csv   # then: [push] tokens_file = "tokens.csv"
     """
-    from syncer.fakeserver import FakeServer, Faults, run_blocking
+    from syncer.fakeserver import FakeServer, Faults, ListenError, run_blocking, tokens_file_place, write_tokens_file
 
     fault_kw: dict[str, float] = {"latency_ms": latency_ms}
     for item in faults:
@@ -243,18 +249,36 @@ def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visi
             fault_kw[name] = float(rate)
         except ValueError:
             raise click.BadParameter(f"{item!r}: RATE must be a number", param_hint="--fault") from None
-    srv = FakeServer(seed=seed, users=seed_users, files_per_user=files_per_user, visits=visits,
-                     files_per_visit=files_per_visit, hostile_names=hostile_names, link_ttl=link_ttl,
-                     range_support=not no_range, faults=Faults(**fault_kw), port=port, api_key=api_key)
+    try:
+        fault_set = Faults(**fault_kw)  # a rate outside 0..1, a negative or NaN duration: ValueError
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fault / --latency-ms") from None
+    if link_ttl != link_ttl:  # NaN passes FloatRange
+        raise click.BadParameter("must be a number", param_hint="--link-ttl")
 
     def ready(s: FakeServer) -> None:
+        try:
+            written = write_tokens_file(s, place)
+        except OSError as exc:  # it appeared since the check, or its folder is missing or not writable
+            raise Exit(f"cannot write the tokens file {place}: {exc.strerror or exc}", exitcodes.USAGE) from None
         click.echo(f"base_url     {s.base_url}")
         click.echo(f"account_code {s.account_code}")
         click.echo(f"api key      {s.api_key}   (export VSEE_API_TOKEN=... to use it; a test key only)")
         click.echo(f"targets      {' '.join(['user:' + u for u in s.users] + ['visit:' + v for v in s.visits])}")
-        click.echo("Ctrl-C stops it.", err=True)
+        click.echo(f"tokens file  {written}   (0600; for a push: [push] tokens_file = this path)")
+        click.echo("Ctrl-C stops it." + ("" if tokens_file else " The tokens file goes with it."), err=True)
 
-    run_blocking(srv, ready)
+    try:
+        with tokens_file_place(tokens_file) as place:
+            srv = FakeServer(seed=seed, users=seed_users, files_per_user=files_per_user, visits=visits,
+                             files_per_visit=files_per_visit, hostile_names=hostile_names, link_ttl=link_ttl,
+                             range_support=not no_range, faults=fault_set, port=port, api_key=api_key)
+            run_blocking(srv, ready)
+    except ListenError as exc:
+        raise Exit(f"{exc} (choose another with --port)", exitcodes.USAGE) from None
+    except FileExistsError as exc:
+        raise Exit(f"the tokens file {exc.filename} exists: fake-server never overwrites a file; remove it or "
+                   "choose another --tokens-file", exitcodes.USAGE) from None
 
 
 @main.command("ls", context_settings=CONTEXT)

@@ -1,21 +1,29 @@
-"""Shared fixtures: the built-in server, an HTTP session, a fast retry policy and a FilesClient on them.
+"""Shared fixtures: the built-in server, an HTTP session, a fast retry policy and a FilesClient on them, and
+factory fixtures that run a pull or a push (arq's ``worker`` fixture is the model: the fixture returns a
+function, the test calls it with the server and whatever it overrides).
 
-Other test modules may append fixtures below; keep these generic.
+This folder is on sys.path (pyproject's ``pythonpath``), so ``from helpers import ...`` works in every
+sub-folder.  Other test modules may append fixtures below; keep these generic.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 from unittest.mock import Mock
 
 import aiohttp
+import helpers
 import pytest
 
 from syncer.api.client import FilesClient, make_session
 from syncer.api.retry import RetryPolicy
-from syncer.config import ApiConfig
+from syncer.config import ApiConfig, Config
 from syncer.fakeserver import FakeServer
+from syncer.models import Target
+from syncer.run.stats import RunStats
 
 # -- aioresponses shim (pitfalls.md): aioresponses 0.7.9 builds ClientResponse without the
 # `stream_writer` argument that aiohttp 3.14 requires (aioresponses #289).
@@ -78,3 +86,43 @@ async def client(server: FakeServer, http_session: aiohttp.ClientSession, retry_
     """A FilesClient on ``server`` with its account API key and the fast ``retry_policy``."""
     return FilesClient(http_session, base_url=server.base_url, token=server.api_key,
                        account_code=server.account_code, retry=retry_policy)
+
+
+# -- factories: a config, a pull run, a push run -------------------------------------------------------------
+
+RunResult = Awaitable[tuple[RunStats, int]]
+
+
+@pytest.fixture
+def pull_config(tmp_path: Path) -> Callable[..., Config]:
+    """``pull_config(srv, attempts=.., concurrency=.., timeout_read=.., dest=.., manifest=..)``: an in-memory
+    pull config for ``srv`` with its manifest and backup folder in ``tmp_path``, fast retries."""
+
+    def make(srv: FakeServer, **overrides: Any) -> Config:
+        return helpers.pull_config(srv, tmp_path, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def run_pull(pull_config: Callable[..., Config]) -> Callable[..., RunResult]:
+    """``await run_pull(srv, cfg=None, targets=None, token=None, client_factory=None, **options)``: a pull in
+    this process; ``cfg`` defaults to ``pull_config(srv)``, ``targets`` to every seeded target,
+    ``options`` override PullOptions.  Returns (stats, exit code)."""
+
+    def run(srv: FakeServer, cfg: Config | None = None, *, targets: tuple[Target, ...] | None = None,
+            **kw: Any) -> RunResult:
+        return helpers.pull(srv, cfg if cfg is not None else pull_config(srv), targets=targets, **kw)
+
+    return run
+
+
+@pytest.fixture
+def run_push(tmp_path: Path) -> Callable[..., RunResult]:
+    """``await run_push(srv, cfg=None, users=(), token=None, client_factory=None)``: a push in this process;
+    ``cfg`` is a Config or a TOML path, by default ``tmp_path / "syncer.toml"``.  Returns (stats, exit code)."""
+
+    def run(srv: FakeServer, cfg: Config | Path | None = None, **kw: Any) -> RunResult:
+        return helpers.push(srv, cfg if cfg is not None else tmp_path / "syncer.toml", **kw)
+
+    return run

@@ -1,5 +1,7 @@
-"""Helpers shared by the CLI-level test modules: a syncer TOML config for a FakeServer, and running the CLI
-(in process through click's CliRunner, or as a real ``python -m syncer`` process)."""
+"""Helpers shared by the test modules: a syncer config for a FakeServer (TOML or in memory), running a pull
+or a push in process, and running the CLI (in process through click's CliRunner, or as a real
+``python -m syncer`` process).  tests/conftest.py wraps the run helpers as factory fixtures (``run_pull``,
+``run_push``, ``pull_config``) that fill in the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -8,11 +10,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner, Result
 
+from syncer import config as config_mod
 from syncer.cli import main
+from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, RetryConfig
 from syncer.fakeserver import FakeServer
+from syncer.models import Target
+from syncer.pull.job import PullJob
+from syncer.pull.options import PullOptions
+from syncer.push.job import PushJob
+from syncer.push.options import PushOptions
+from syncer.run.runner import execute
+from syncer.run.stats import RunStats
 
 # The [api] keys of a config without a server: the discard port, where nothing may be sent anyway.
 NO_SERVER = {"base_url": "http://127.0.0.1:9", "account_code": "democlinic"}
@@ -21,6 +33,55 @@ NO_SERVER = {"base_url": "http://127.0.0.1:9", "account_code": "democlinic"}
 def server_targets(srv: FakeServer) -> list[str]:
     """Every target of the server, as the config writes them: ``user:ID`` then ``visit:ID``."""
     return [f"user:{u}" for u in srv.users] + [f"visit:{v}" for v in srv.visits]
+
+
+def all_targets(srv: FakeServer) -> tuple[Target, ...]:
+    """Every seeded target of the server: its users, then its visits."""
+    return tuple([Target("user", u) for u in srv.users] + [Target("visit", v) for v in srv.visits])
+
+
+# Retries fast enough for tests, slow enough that an outage of a few tries is ridden out.
+MIN_WAIT, MAX_WAIT = 0.005, 0.05
+
+
+def pull_config(srv: FakeServer, tmp: Path, *, attempts: int = 8, concurrency: int = 8, timeout_read: float = 5.0,
+                dest: Path | None = None, manifest: Path | None = None) -> Config:
+    """An in-memory pull config for ``srv``: manifest and backup in ``tmp``, fast retries."""
+    return Config(
+        api=ApiConfig(base_url=srv.base_url, account_code=srv.account_code, timeout_connect=5,
+                      timeout_read=timeout_read),
+        manifest=ManifestConfig(path=manifest or tmp / "manifest.sqlite"),
+        retry=RetryConfig(attempts=attempts, max_wait=MAX_WAIT, min_wait=MIN_WAIT),
+        pull=PullConfig(dest=dest or tmp / "backup", concurrency=concurrency),
+    )
+
+
+async def pull(srv: FakeServer, cfg: Config, *, targets: tuple[Target, ...] | None = None, token: str | None = None,
+               client_factory: Any = None, **options: Any) -> tuple[RunStats, int]:
+    """A pull run in this process, as the CLI runs it: every target of ``srv`` unless ``targets``, the
+    server's key unless ``token``; ``options`` override PullOptions' defaults.  Returns (stats, exit code)."""
+    opts = PullOptions(targets=targets if targets is not None else all_targets(srv), dest=cfg.pull.dest,
+                       concurrency=cfg.pull.concurrency, **options)
+    return await execute(PullJob, cfg, opts, token=srv.api_key if token is None else token,
+                         concurrency=cfg.pull.concurrency, client_factory=client_factory)
+
+
+async def push(srv: FakeServer, cfg: Config | Path, *, users: tuple[str, ...] = (), token: str | None = None,
+               client_factory: Any = None) -> tuple[RunStats, int]:
+    """A push run in this process, as the CLI runs it: ``cfg`` is a Config or a TOML file (loaded without
+    the environment); ``users`` narrows the run as ``--user`` does.  Returns (stats, exit code)."""
+    if isinstance(cfg, Path):
+        cfg = config_mod.load(cfg, env={})
+    opts = PushOptions.from_config(cfg, users)
+    return await execute(PushJob, cfg, opts, token=srv.api_key if token is None else token,
+                         concurrency=cfg.push.concurrency, client_factory=client_factory)
+
+
+def write_tokens(path: Path, tokens: dict[str, str], mode: int = 0o600) -> Path:
+    """A push tokens file (CSV ``user_id,token``) at ``path`` with ``mode``."""
+    path.write_text("user_id,token\n" + "".join(f"{u},{t}\n" for u, t in tokens.items()), encoding="utf-8")
+    os.chmod(path, mode)
+    return path
 
 
 def write_config(folder: Path, srv: FakeServer | None = None, *,

@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability suite (tests/test_reliability_*.py): servers, configs, runs, and the
+"""Shared helpers of the reliability suite (tests/reliability/): servers, configs, runs, and the
 checks that prove a backup or an upload is complete, byte-exact and free of duplicates.
 
 Every check compares against the built-in server's own records (``srv.files()``, ``srv.file_bytes``),
@@ -11,54 +11,34 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import write_config
+from helpers import MAX_WAIT, MIN_WAIT, all_targets, pull_config, write_config, write_tokens  # noqa: F401 (re-exported)
+from helpers import pull as run_pull  # noqa: F401 (re-exported: the suite's name for helpers.pull)
 
-from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, PushConfig, RetryConfig
+from syncer.config import ApiConfig, Config, ManifestConfig, PushConfig, RetryConfig
 from syncer.fakeserver import FakeServer
-from syncer.models import Target
-from syncer.pull.job import PullJob
-from syncer.pull.options import PullOptions
-from syncer.run.runner import execute
-
-# Retries fast enough for tests, slow enough that an outage of a few tries is ridden out.
-MIN_WAIT, MAX_WAIT = 0.005, 0.05
+from syncer.manifest import Manifest
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def all_targets(srv: FakeServer) -> tuple[Target, ...]:
-    return tuple([Target("user", u) for u in srv.users] + [Target("visit", v) for v in srv.visits])
-
-
 # -- pull ---------------------------------------------------------------------------------------------
 
-def pull_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 10, concurrency: int = 16,
-             timeout_read: float = 5.0, dest: Path | None = None, manifest: Path | None = None) -> Config:
-    return Config(
-        api=ApiConfig(base_url=srv.base_url, account_code=srv.account_code, timeout_connect=5,
-                      timeout_read=timeout_read),
-        manifest=ManifestConfig(path=manifest or tmp / "manifest.sqlite"),
-        retry=RetryConfig(attempts=attempts, max_wait=MAX_WAIT, min_wait=MIN_WAIT),
-        pull=PullConfig(dest=dest or tmp / "backup", concurrency=concurrency),
-    )
-
-
-async def run_pull(srv: FakeServer, cfg: Config, targets: tuple[Target, ...] | None = None, **kw: Any):
-    opts = PullOptions(targets=targets if targets is not None else all_targets(srv), dest=cfg.pull.dest,
-                       concurrency=cfg.pull.concurrency, **kw)
-
-    return await execute(PullJob, cfg, opts, token=srv.api_key, concurrency=cfg.pull.concurrency)
+def pull_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 10, concurrency: int = 16, **kw: Any) -> Config:
+    """helpers.pull_config with this suite's defaults (more tries, more workers)."""
+    return pull_config(srv, tmp, attempts=attempts, concurrency=concurrency, **kw)
 
 
 def query(manifest: Path, sql: str, *args: Any) -> list[tuple]:
@@ -210,6 +190,36 @@ def start_cli(args: list[str], *, cwd: Path, token: str | None) -> subprocess.Po
                             stderr=subprocess.PIPE)
 
 
+def done_count(manifest: Path, table: str = "pull_items") -> int:
+    """Rows of ``table`` recorded done, read as another reader would (0 while there is no such table)."""
+    if not manifest.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{manifest}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute(f"SELECT count(*) FROM {table} WHERE state = 'done'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:  # not created yet, or being created
+        return 0
+
+
+def kill_when_done(proc: subprocess.Popen, manifest: Path, at_least: int, *, table: str = "pull_items",
+                   deadline: float = 120.0) -> int:
+    """SIGKILL ``proc`` as soon as its manifest records ``at_least`` rows of ``table`` done: a kill timed by the
+    run's own progress, not by the clock.  Fails the test if the run ends first or the deadline passes.
+    Returns the count seen just before the kill."""
+    end = time.monotonic() + deadline
+    while (seen := done_count(manifest, table)) < at_least:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) at {seen} done, before {at_least}"
+        assert time.monotonic() < end, f"{seen} done after {deadline} s, waiting for {at_least}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended by itself (exit {proc.returncode}) before the kill"
+    return seen
+
+
 # -- push ---------------------------------------------------------------------------------------------
 
 def push_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 10, concurrency: int = 8) -> Config:
@@ -219,12 +229,6 @@ def push_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 10, concurrency: int
         retry=RetryConfig(attempts=attempts, max_wait=MAX_WAIT, min_wait=MIN_WAIT),
         push=PushConfig(source=tmp / "src", tokens_file=tmp / "tokens.csv", concurrency=concurrency),
     )
-
-
-def write_tokens(path: Path, tokens: dict[str, str], mode: int = 0o600) -> Path:
-    path.write_text("user_id,token\n" + "".join(f"{u},{t}\n" for u, t in tokens.items()), encoding="utf-8")
-    os.chmod(path, mode)
-    return path
 
 
 def build_push_source(tmp: Path, srv: FakeServer, users: int, files_per_user: int, *, seed: int,
@@ -289,3 +293,29 @@ def audit_push(srv: FakeServer, expected: dict[str, Counter[tuple[str, str]]]) -
     audit.bytes = sum(len(srv.file_bytes(f["id"])) for f in srv.files()
                       if f["target_type"] == "user" and f["target_id"] in expected)
     return audit
+
+
+# -- manifest batches (tests/unit/test_manifest.py, tests/reliability/test_manifest_kill.py) --------------
+
+def seed_batch_manifest(path: Path, n: int) -> None:
+    m = Manifest.open(path)
+    try:
+        rows = [{"target_type": "user", "target_id": str(i % 100), "file_id": f"f{i}", "local_path": f"p/{i}",
+                 "path_key": f"p/{i}", "state": "pending", "size": i, "category": None, "remote_name": "n",
+                 "created": None, "modified": None, "ext": "", "owner_id": None} for i in range(n)]
+        m.apply_pull_listing("seed-run", rows, [], [])
+    finally:
+        m.close()
+
+
+def batch_counts(path: Path) -> tuple[int, int, int, str]:
+    """(rows done, rows whose attempts were bumped, 'done' events, integrity check)."""
+    conn = sqlite3.connect(path)
+    try:
+        done = conn.execute("SELECT count(*) FROM pull_items WHERE state = 'done'").fetchone()[0]
+        bumped = conn.execute("SELECT count(*) FROM pull_items WHERE attempts = 1").fetchone()[0]
+        events = conn.execute("SELECT count(*) FROM events WHERE event = 'done'").fetchone()[0]
+        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        return done, bumped, events, check
+    finally:
+        conn.close()

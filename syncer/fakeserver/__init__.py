@@ -8,7 +8,15 @@ Imports nothing of syncer's client side: it is the other end of the wire.  Impor
 ``demo``, the tests and the benchmarks.
 """
 
-from syncer.fakeserver.run import main, run_blocking, serve_forever
+from syncer.fakeserver.run import (
+    ListenError,
+    main,
+    run_blocking,
+    serve_forever,
+    tokens_file_place,
+    write_tokens_file,
+)
 from syncer.fakeserver.server import FakeServer, Faults
 
-__all__ = ["FakeServer", "Faults", "main", "run_blocking", "serve_forever"]
+__all__ = ["FakeServer", "Faults", "ListenError", "main", "run_blocking", "serve_forever", "tokens_file_place",
+           "write_tokens_file"]

@@ -1,6 +1,8 @@
 """Running the fake server on its own: `serve_forever`, `run_blocking` and `python -m syncer.fakeserver`.
 
-`syncer.fakeserver` re-exports all three; `syncer fake-server` uses `run_blocking`.
+`syncer.fakeserver` re-exports all three; `syncer fake-server` uses `run_blocking`, `write_tokens_file`
+(the patients' upload tokens in the CSV format of `syncer.inputs.tokens`, so a push can be rehearsed) and
+`ListenError` (the port cannot be bound: a message, not a traceback).
 """
 
 from __future__ import annotations
@@ -8,13 +10,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
+import os
 import signal
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from syncer.fakeserver.server import FakeServer
+
+
+class ListenError(Exception):
+    """The server cannot listen where it was asked to (the port is in use, or not allowed)."""
+
+
+def write_tokens_file(srv: FakeServer, path: str | os.PathLike[str]) -> Path:
+    """Write every seeded patient's upload token to a new file at `path`, mode 0600 from its creation,
+    as the CSV a push reads (`user_id,token`).  FileExistsError rather than overwrite anything."""
+    path = Path(path)
+    text = "user_id,token\n" + "".join(f"{user},{token}\n" for user, token in srv.user_tokens.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+@contextlib.contextmanager
+def tokens_file_place(path: str | os.PathLike[str] | None) -> Iterator[Path]:
+    """Where `syncer fake-server` writes its tokens file: `path` if given (FileExistsError now, before the
+    server starts, if something is there already), else `tokens.csv` in a new private (0700) temporary
+    folder that is removed, with the file, when the block ends."""
+    if path is not None:
+        path = Path(path)
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, "it exists, and is not overwritten", str(path))
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="syncer-fake-server-") as folder:  # mkdtemp: mode 0700
+        yield Path(folder) / "tokens.csv"
 
 
 async def serve_forever(srv: FakeServer, on_ready: Callable[[FakeServer], None] | None = None) -> None:
@@ -26,7 +62,14 @@ async def serve_forever(srv: FakeServer, on_ready: Callable[[FakeServer], None] 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
-    await srv.start()
+    try:
+        await srv.start()
+    except OSError as exc:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await srv.stop()  # the half-set-up runner and the server's own data folder
+        why = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ListenError(f"cannot listen on {srv.host}:{srv.port}: {why}") from None
     try:
         if on_ready is not None:
             on_ready(srv)

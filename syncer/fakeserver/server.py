@@ -31,6 +31,8 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import logging
+import math
 import os
 import random
 import tempfile
@@ -52,11 +54,15 @@ from syncer.fakeserver.view import ViewMixin
 
 __all__ = ["Faults", "FakeServer"]
 
+log = logging.getLogger("syncer.fakeserver")
+_CLIENT_GONE = 499  # nginx's "client closed request": the status of an answer nobody is left to read
+
 _HTML_503 = (
     "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center>"
     "<h1>503 Service Temporarily Unavailable</h1></center><hr><center>nginx</center></body></html>"
 )
 _GENERAL_FAULTS = ("error_500", "error_503_html", "error_429", "error_429_no_header")
+_DURATIONS = ("retry_after", "latency_ms")  # the Faults fields that are not probabilities
 
 
 @dataclass
@@ -78,6 +84,16 @@ class Faults:
     wrong_size: float = 0.0  # view: the whole file plus one byte, Content-Length matching what is sent
     endless_body: float = 0.0  # view: a chunked body that goes on until the client leaves (max 1 GiB)
     redirect_other_host: float = 0.0  # view: 302 to http://127.0.0.2:<port>/... (another host)
+
+    def __post_init__(self) -> None:
+        """ValueError naming the field unless every rate is in 0..1 and the two durations are >= 0."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _DURATIONS:
+                if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                    raise ValueError(f"{f.name}={value!r}: must be a number >= 0")
+            elif not (isinstance(value, int | float) and 0.0 <= value <= 1.0):  # NaN fails both comparisons
+                raise ValueError(f"{f.name}={value!r}: a rate must be between 0 and 1")
 
 
 class FakeServer(StoreMixin, ApiMixin, ViewMixin):
@@ -148,9 +164,11 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
     def set_faults(self, **kw: float) -> None:
         """Change fault rates while running, e.g. `set_faults(error_500=0.1)`."""
         names = {f.name for f in dataclasses.fields(Faults)}
-        for key, value in kw.items():
+        for key in kw:
             if key not in names:
                 raise TypeError(f"unknown fault {key!r}")
+        dataclasses.replace(self.faults, **kw)  # ValueError for a rate outside 0..1, before any change
+        for key, value in kw.items():
             setattr(self.faults, key, value)
 
     # ---- links ---------------------------------------------------------------------------------
@@ -292,6 +310,12 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
                     resp = await getattr(self, method)(request)
                 except ApiRefusal as exc:
                     resp = error_response(exc.status, exc.message)
+                except ConnectionError as exc:
+                    # The client left (a killed run, a timeout): routine for a server, so one line at
+                    # debug.  Raised on, aiohttp would log "Error handling request" and a traceback.
+                    self.counters[f"{kind}_client_gone"] += 1
+                    log.debug("%s: the client went away (%s)", kind, type(exc).__name__)
+                    return web.Response(status=_CLIENT_GONE)  # never sent: aiohttp drops it quietly
             if resp.status != 200:
                 self.counters[f"{kind}_{resp.status}"] += 1
             return resp

@@ -353,12 +353,37 @@ class Manifest(FailureRecords):
                 self.apply([Update("pull_items", key, {"state": "remote_deleted"}, event="remote_deleted")
                             for key in deleted], run_id)
 
-    def pull_done_rows(self) -> list[dict[str, Any]]:
-        cur = self.conn.execute(
-            "SELECT target_type, target_id, file_id, local_path, size, sha256 FROM pull_items"
-            " WHERE state IN ('done', 'remote_deleted') AND sha256 IS NOT NULL")
+    # The files the manifest says are on disk (verify's subject): done, or kept after a remote delete.
+    # (``+state`` in the pages' query keeps SQLite off the state index there: walking the path index in
+    # order makes each page a short range read instead of a scan and sort of the whole table.)
+    _DONE_COLS = "SELECT target_type, target_id, file_id, local_path, size, sha256, path_key FROM pull_items"
+    _DONE = f"{_DONE_COLS} WHERE state IN ('done', 'remote_deleted') AND sha256 IS NOT NULL"
+    _DONE_PAGE = (f"{_DONE_COLS} WHERE +state IN ('done', 'remote_deleted') AND sha256 IS NOT NULL"
+                  " AND path_key > ? ORDER BY path_key LIMIT ?")
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, args)
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def pull_done_rows(self) -> list[dict[str, Any]]:
+        return self._rows(self._DONE)
+
+    def pull_done_count(self) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM ({self._DONE})").fetchone()[0]
+
+    def pull_done_sample(self, n: int) -> list[dict[str, Any]]:
+        """``n`` distinct done rows chosen uniformly in SQL: a top-``n`` sort over random keys keeps only
+        ``n`` rows in memory, whatever the manifest's size."""
+        return self._rows(f"{self._DONE} ORDER BY random() LIMIT ?", (max(0, n),))
+
+    def pull_done_pages(self, size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Every done row, ``size`` at a time in path order (the unique path_key index): each page is its
+        own short read, so no read transaction is held open while the caller works through a page."""
+        last = ""
+        while page := self._rows(self._DONE_PAGE, (last, size)):
+            yield page
+            last = page[-1]["path_key"]
 
     # -- push ----------------------------------------------------------------------------------
     def push_rows_for_user(self, user_id: str) -> dict[str, dict[str, Any]]:

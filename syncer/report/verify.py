@@ -14,8 +14,10 @@ Decisions:
 
 - The default is a random sample of ``DEFAULT_SAMPLE`` (100) files: a quick spot check an operator
   can run any time; ``--all`` re-reads the whole backup (hours for terabytes: schedule it).  A
-  sample larger than the backup checks everything.  The sample is drawn from the OS's randomness,
-  then sorted by path so the disk reads folders in order.
+  sample larger than the backup checks everything.  The sample is chosen in SQL (``ORDER BY
+  random() LIMIT n``: SQLite keeps only the n rows it is choosing), then sorted by path so the disk
+  reads folders in order; ``--all`` reads the manifest a page at a time in path order.  Either way
+  memory stays flat at a million rows, and no read transaction stays open while files are hashed.
 - Sizes are compared first (a ``stat``); a file whose size differs is ``changed`` without hashing.
 - Hashing runs in ``workers`` threads (default 2-4; hashlib releases the GIL on large updates), at
   most ``4 * workers`` files in flight, so memory stays flat for any number of files.
@@ -28,11 +30,10 @@ Decisions:
 from __future__ import annotations
 
 import os
-import random
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,31 +135,30 @@ ProgressFn = Callable[[int, int, int], None]  # (checked, total, bytes hashed)
 
 
 def verify(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, sample: int | None = DEFAULT_SAMPLE,
-           workers: int | None = None, rng: random.Random | None = None,
-           on_progress: ProgressFn | None = None) -> VerifyReport:
+           workers: int | None = None, on_progress: ProgressFn | None = None) -> VerifyReport:
     """Check ``sample`` random backed-up files (``None``: all of them); ManifestError without a manifest."""
     started = time.monotonic()
     manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
     try:
-        rows = manifest.pull_done_rows()
+        eligible = manifest.pull_done_count()
+        report = VerifyReport(manifest=str(manifest_path), dest=str(dest),
+                              mode="all" if sample is None else "sample", eligible=eligible)
+        if sample is None or sample >= eligible:
+            total, rows = eligible, (row for page in manifest.pull_done_pages() for row in page)
+        else:
+            chosen = sorted(manifest.pull_done_sample(sample), key=lambda r: r["local_path"])
+            total, rows = len(chosen), iter(chosen)
+        _check_all(Path(dest), rows, total, report, workers or default_workers(), on_progress)
     finally:
         manifest.close()
-    report = VerifyReport(manifest=str(manifest_path), dest=str(dest), mode="all" if sample is None else "sample",
-                          eligible=len(rows))
-    if sample is not None and sample < len(rows):
-        rows = (rng or random.SystemRandom()).sample(rows, max(0, sample))
-    rows.sort(key=lambda r: r["local_path"])
-    _check_all(Path(dest), rows, report, workers or default_workers(), on_progress)
     report.problems.sort(key=lambda p: (p.kind, p.local_path))
     report.elapsed = time.monotonic() - started
     return report
 
 
-def _check_all(dest: Path, rows: Iterable[dict[str, Any]], report: VerifyReport, workers: int,
+def _check_all(dest: Path, rows: Iterator[dict[str, Any]], total: int, report: VerifyReport, workers: int,
                on_progress: ProgressFn | None) -> None:
-    rows = list(rows)
-    total = len(rows)
-    pending = iter(rows)
+    pending = rows
     window = 4 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         inflight: set[Future[tuple[Problem | None, int]]] = set()

@@ -18,7 +18,7 @@ import pytest
 from syncer.errors import LockHeldError, SyncerError
 from syncer.local.lock import RunLock, lock_path_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys, time
 from pathlib import Path

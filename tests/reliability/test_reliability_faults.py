@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import push
 from reliability_util import (
     all_targets,
     audit_pull,
@@ -34,9 +35,6 @@ from reliability_util import (
 )
 
 from syncer.fakeserver import FakeServer, Faults
-from syncer.push.job import PushJob
-from syncer.push.options import PushOptions
-from syncer.run.runner import execute
 
 # Every fault at once.  retry_after=1: a 429 carries "Retry-After: 1" (capped by retry.max_wait).
 EVERY_FAULT = dict(error_500=0.04, error_503_html=0.04, error_429=0.03, error_429_no_header=0.03, retry_after=1,
@@ -143,12 +141,6 @@ async def test_pull_1000_files_retries_exhausted_then_complete(tmp_path: Path) -
 
 # -- push -----------------------------------------------------------------------------------------------
 
-async def run_push(srv: FakeServer, cfg: Any):
-    opts = PushOptions.from_config(cfg, ())
-
-    return await execute(PushJob, cfg, opts, token=srv.api_key, concurrency=cfg.push.concurrency)
-
-
 def assert_push_records(cfg: Any, srv: FakeServer, expected: dict[str, Counter]) -> None:
     """The manifest's upload history and the server agree one to one."""
     recorded = [r for (r,) in query(cfg.manifest.path, "SELECT remote_id FROM push_uploads")]
@@ -162,7 +154,7 @@ async def push_under_faults(tmp: Path, *, users: int, files_per_user: int, seed:
         expected = build_push_source(tmp, srv, users, files_per_user, seed=seed)
         cfg = push_cfg(srv, tmp, attempts=12, concurrency=16)
         started = time.monotonic()
-        stats, code = await run_push(srv, cfg)
+        stats, code = await push(srv, cfg)
         elapsed = time.monotonic() - started
         assert code == 0, stats
         audit = audit_push(srv, expected)
@@ -174,7 +166,7 @@ async def push_under_faults(tmp: Path, *, users: int, files_per_user: int, seed:
         assert stats.adopted >= 1, "no lost answer was reconciled"
         assert_push_records(cfg, srv, expected)
         uploads = srv.counters["upload"]
-        stats2, code2 = await run_push(srv, cfg)
+        stats2, code2 = await push(srv, cfg)
         assert code2 == 0 and stats2.files_done == 0 and srv.counters["upload"] == uploads
         return {"files": audit.files, "bytes": audit.bytes, "injected": hits, "adopted": stats.adopted,
                 "seconds": round(elapsed, 1)}
@@ -195,13 +187,13 @@ async def test_push_1000_files_with_every_fault_at_once(tmp_path: Path) -> None:
 async def push_exhausted_then_complete(tmp: Path, *, users: int, files_per_user: int, seed: int) -> dict[str, Any]:
     async with FakeServer(seed=seed, link_ttl=LINK_TTL, faults=Faults(**EVERY_FAULT)) as srv:
         expected = build_push_source(tmp, srv, users, files_per_user, seed=seed)
-        stats, code = await run_push(srv, push_cfg(srv, tmp, attempts=1, concurrency=16))
+        stats, code = await push(srv, push_cfg(srv, tmp, attempts=1, concurrency=16))
         assert code == 1, stats
         assert stats.failed > 0 and stats.files_done > 0
         first = audit_push(srv, expected)
         assert not first.duplicates and not first.corrupt, first.summary()
         cfg = push_cfg(srv, tmp, attempts=12, concurrency=16)
-        stats2, code2 = await run_push(srv, cfg)
+        stats2, code2 = await push(srv, cfg)
         assert code2 == 0, stats2
         audit = audit_push(srv, expected)
         assert audit.clean, audit.summary()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import push
 from reliability_util import (
     audit_pull,
     audit_push,
@@ -40,9 +41,6 @@ from syncer.cli import main as cli_main
 from syncer.errors import LocalIOError
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest
-from syncer.push.job import PushJob
-from syncer.push.options import PushOptions
-from syncer.run.runner import execute
 
 # -- a real small file system ----------------------------------------------------------------------------
 
@@ -270,16 +268,14 @@ async def test_push_manifest_write_failing_mid_run_is_exit_3_and_no_upload_is_re
             raise LocalIOError(f"cannot write the manifest {self.path}: database or disk is full")
         return real(self, *args, **kw)
 
-    async def push(cfg):
-        opts = PushOptions.from_config(cfg, ())
-
-        return await asyncio.wait_for(execute(PushJob, cfg, opts, token=srv.api_key, concurrency=4), timeout=30)
+    async def push_within_30s(cfg):
+        return await asyncio.wait_for(push(srv, cfg), timeout=30)
 
     async with FakeServer(seed=407) as srv:
         expected = build_push_source(tmp_path, srv, 3, 15, seed=407)
         cfg = push_cfg(srv, tmp_path, concurrency=4)
         monkeypatch.setattr(Manifest, method, fail_later)
-        stats, code = await push(cfg)
+        stats, code = await push_within_30s(cfg)
         assert code == 3 and stats.outcome == "fatal", stats
         assert "database or disk is full" in (stats.fatal_error or "")
         first = audit_push(srv, expected)
@@ -287,7 +283,7 @@ async def test_push_manifest_write_failing_mid_run_is_exit_3_and_no_upload_is_re
         assert integrity_ok(cfg.manifest.path)
         monkeypatch.setattr(Manifest, method, real)
         uploads = srv.counters["upload"]
-        stats, code = await push(cfg)
+        stats, code = await push_within_30s(cfg)
         assert code == 0, stats
         audit = audit_push(srv, expected)
         assert audit.clean and audit.files == 45, audit.summary()

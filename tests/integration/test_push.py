@@ -17,22 +17,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import write_tokens
 
-from syncer import config as config_mod
 from syncer import exitcodes
 from syncer.api.client import FilesClient
 from syncer.cli import main as cli_main
 from syncer.fakeserver import FakeServer, Faults
 from syncer.manifest import Manifest
-from syncer.push.job import PushJob, plan_user
-from syncer.push.options import PushOptions
-from syncer.run.runner import execute
-from syncer.run.stats import RunStats
+from syncer.push.job import plan_user
 
 FILES_PER_USER = 20
 
@@ -82,11 +80,6 @@ def server_docs(srv: FakeServer, user: str) -> Counter[tuple[str, str]]:
                    if f["target_type"] == "user" and f["target_id"] == user)
 
 
-def write_tokens(path: Path, tokens: dict[str, str], mode: int = 0o600) -> Path:
-    path.write_text("user_id,token\n" + "".join(f"{u},{t}\n" for u, t in tokens.items()), encoding="utf-8")
-    os.chmod(path, mode)
-    return path
-
 
 def write_config(tmp: Path, srv: FakeServer | None, *, attempts: int = 6, concurrency: int = 8,
                  manifest: str = "manifest.sqlite", source: str = "src", tokens: str = "tokens.csv") -> Path:
@@ -99,14 +92,6 @@ def write_config(tmp: Path, srv: FakeServer | None, *, attempts: int = 6, concur
     path.write_text(text, encoding="utf-8")
     return path
 
-
-async def run_push(cfg_path: Path, srv: FakeServer, *, users: tuple[str, ...] = (),
-                   client_factory: Any = None) -> tuple[RunStats, int]:
-    cfg = config_mod.load(cfg_path, env={})
-    opts = PushOptions.from_config(cfg, users)
-
-    return await execute(PushJob, cfg, opts, token=srv.api_key, concurrency=cfg.push.concurrency,
-                         client_factory=client_factory)
 
 
 def setup_users(tmp: Path, srv: FakeServer, n: int, *, seed: int = 0,
@@ -160,11 +145,11 @@ def record_text(r: logging.LogRecord) -> str:
 # -- the main scenario -----------------------------------------------------------------------------
 
 async def test_every_regular_file_exactly_once_then_a_rerun_sends_nothing(
-        tmp_path: Path, syncer_records: list[logging.LogRecord]) -> None:
+        tmp_path: Path, syncer_records: list[logging.LogRecord], run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 10)
         cfg = write_config(tmp_path, srv)
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert code == exitcodes.OK, stats
         assert stats.files_done == 10 * FILES_PER_USER
         assert stats.failed == stats.permanent == stats.adopted == 0
@@ -181,7 +166,7 @@ async def test_every_regular_file_exactly_once_then_a_rerun_sends_nothing(
         assert rows == [("done", 200, 200, 200)]
         assert manifest_rows(tmp_path / "manifest.sqlite", "SELECT count(*) FROM push_uploads") == [(200,)]
 
-        stats2, code2 = await run_push(cfg, srv)
+        stats2, code2 = await run_push(srv, cfg)
         assert code2 == exitcodes.OK
         assert stats2.files_done == 0 and stats2.files_total == 0
         assert srv.counters["upload"] == 10 * FILES_PER_USER
@@ -196,14 +181,14 @@ async def test_every_regular_file_exactly_once_then_a_rerun_sends_nothing(
     assert all("skipped 2 symlinks for user" in m for m in symlink_lines)
 
 
-async def test_store_then_drop_500_and_429_still_exactly_once(tmp_path: Path) -> None:
+async def test_store_then_drop_500_and_429_still_exactly_once(tmp_path: Path, run_push: Callable[..., Any]) -> None:
     faults = Faults(store_then_drop=0.2, error_500=0.1, error_429=0.1, retry_after=0)
     async with FakeServer(faults=faults) as srv:
         expected = setup_users(tmp_path, srv, 10, seed=1)
         cfg = write_config(tmp_path, srv, attempts=8)
         runs = []
         for _ in range(4):
-            stats, code = await run_push(cfg, srv)
+            stats, code = await run_push(srv, cfg)
             runs.append((stats, code))
             # after every run: no document twice (a failed item may still be missing)
             for user, want in expected.items():
@@ -221,10 +206,10 @@ async def test_store_then_drop_500_and_429_still_exactly_once(tmp_path: Path) ->
             == [(adopted,)]
 
 
-async def test_every_answer_lost_every_upload_adopted(tmp_path: Path) -> None:
+async def test_every_answer_lost_every_upload_adopted(tmp_path: Path, run_push: Callable[..., Any]) -> None:
     async with FakeServer(faults=Faults(store_then_drop=1.0)) as srv:
         expected = setup_users(tmp_path, srv, 2, count=6)
-        stats, code = await run_push(write_config(tmp_path, srv), srv)
+        stats, code = await run_push(srv, write_config(tmp_path, srv))
         assert code == exitcodes.OK
         assert stats.adopted == stats.files_done == 12
         assert srv.counters["upload"] == 12  # never sent twice
@@ -272,7 +257,8 @@ def test_sigkill_at_several_points_then_rerun_exactly_once(tmp_path: Path) -> No
         assert sum(sum(server_docs(srv, u).values()) for u in expected) == 48
 
 
-async def test_rows_left_uploading_are_reconciled_before_anything_is_sent(tmp_path: Path) -> None:
+async def test_rows_left_uploading_are_reconciled_before_anything_is_sent(
+        tmp_path: Path, run_push: Callable[..., Any]) -> None:
     """A crash mid-request leaves rows 'uploading'.  The next run adopts only a document that is provably
     the file (same name and size, created since the intent, same bytes) and sends the others."""
     async with FakeServer() as srv:
@@ -295,7 +281,7 @@ async def test_rows_left_uploading_are_reconciled_before_anything_is_sent(tmp_pa
         decoy = srv.add_file("user", user, "notes.txt", b"X" * 500, created=int(now - 4))        # same name+size
         srv.add_file("user", user, "old.txt", files["old.txt"], created=int(now - 3600))          # before the intent
 
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert code == exitcodes.OK
         assert stats.adopted == 1
         assert srv.counters["upload"] == 2  # notes.txt and old.txt; scan.pdf never sent again
@@ -333,7 +319,7 @@ def test_missing_tokens_file_setting_is_a_usage_error(tmp_path: Path) -> None:
 
 
 async def test_a_user_without_token_is_reported_and_the_others_go_on(
-        tmp_path: Path, syncer_records: list[logging.LogRecord]) -> None:
+        tmp_path: Path, syncer_records: list[logging.LogRecord], run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 2, count=5)
         stranger = tmp_path / "src" / "999"
@@ -341,7 +327,7 @@ async def test_a_user_without_token_is_reported_and_the_others_go_on(
         (stranger / "a.txt").write_bytes(b"no token for me")
         (tmp_path / "src" / "not a user!").mkdir()
         (tmp_path / "src" / "not a user!" / "b.txt").write_bytes(b"x")
-        stats, code = await run_push(write_config(tmp_path, srv), srv)
+        stats, code = await run_push(srv, write_config(tmp_path, srv))
         assert code == exitcodes.ITEMS_FAILED, "files left behind must show in the exit code"
         assert_exactly_once(srv, expected)
         # the token-less user's file and the folder not named by a user id: both not uploaded, both failed
@@ -354,12 +340,12 @@ async def test_a_user_without_token_is_reported_and_the_others_go_on(
 
 
 async def test_a_rejected_token_fails_that_users_items_only(
-        tmp_path: Path, syncer_records: list[logging.LogRecord]) -> None:
+        tmp_path: Path, syncer_records: list[logging.LogRecord], run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 2, count=5)
         good, bad = list(expected)
         write_tokens(tmp_path / "tokens.csv", {good: srv.token_for(good), bad: "revoked-token-0123456789"})
-        stats, code = await run_push(write_config(tmp_path, srv), srv)
+        stats, code = await run_push(srv, write_config(tmp_path, srv))
         assert code == exitcodes.ITEMS_FAILED
         assert server_docs(srv, good) == expected[good]
         assert not server_docs(srv, bad)
@@ -372,17 +358,18 @@ async def test_a_rejected_token_fails_that_users_items_only(
     assert not any("revoked-token-0123456789" in t for t in texts)
 
 
-async def test_every_token_rejected_stops_the_run_with_exit_3(tmp_path: Path) -> None:
+async def test_every_token_rejected_stops_the_run_with_exit_3(tmp_path: Path, run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 2, count=3)
         write_tokens(tmp_path / "tokens.csv", {u: f"revoked-{u}-0123456789" for u in expected})
-        stats, code = await run_push(write_config(tmp_path, srv, concurrency=1), srv)
+        stats, code = await run_push(srv, write_config(tmp_path, srv, concurrency=1))
         assert code == exitcodes.FATAL
         assert stats.outcome == "fatal" and "rejected (401)" in (stats.fatal_error or "")
         assert not srv.files()
 
 
-async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_file_over_the_servers_limit_is_permanent(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, run_push: Callable[..., Any]) -> None:
     caplog.set_level(logging.DEBUG)
     async with FakeServer(max_upload_bytes=10_000) as srv:
         expected = setup_users(tmp_path, srv, 1, count=4)
@@ -390,7 +377,7 @@ async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path, caplog
         big = tmp_path / "src" / user / "big scan.pdf"
         big.write_bytes(os.urandom(300_000))
         cfg = write_config(tmp_path, srv)
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert code == exitcodes.ITEMS_FAILED
         assert stats.permanent == 1 and stats.failed == 0
         assert server_docs(srv, user) == expected[user]
@@ -409,39 +396,40 @@ async def test_a_file_over_the_servers_limit_is_permanent(tmp_path: Path, caplog
                                    "SELECT detail FROM events WHERE event = 'failed' AND item LIKE '%big scan.pdf'")
         assert "<file name>: file larger than 10000 bytes" in detail and "big scan" not in detail
         # unchanged: not retried; changed (now small enough): uploaded
-        stats2, _ = await run_push(cfg, srv)
+        stats2, _ = await run_push(srv, cfg)
         assert srv.counters["upload"] == 5 and stats2.files_done == 0
         big.write_bytes(b"smaller now")
-        stats3, code3 = await run_push(cfg, srv)
+        stats3, code3 = await run_push(srv, cfg)
         assert code3 == exitcodes.OK and stats3.files_done == 1
         assert server_docs(srv, user)[("big scan.pdf", sha(b"smaller now"))] == 1
 
 
-async def test_user_option_limits_the_run(tmp_path: Path) -> None:
+async def test_user_option_limits_the_run(tmp_path: Path, run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 3, count=3)
         first, *rest = list(expected)
-        stats, code = await run_push(write_config(tmp_path, srv), srv, users=(first,))
+        stats, code = await run_push(srv, write_config(tmp_path, srv), users=(first,))
         assert code == exitcodes.OK
         assert server_docs(srv, first) == expected[first]
         assert all(not server_docs(srv, u) for u in rest)
-        stats2, code2 = await run_push(write_config(tmp_path, srv), srv, users=(rest[0], "4242"))
+        stats2, code2 = await run_push(srv, write_config(tmp_path, srv), users=(rest[0], "4242"))
         assert code2 == exitcodes.ITEMS_FAILED  # a user asked for by name has no folder
         assert server_docs(srv, rest[0]) == expected[rest[0]]
 
 
 # -- changes ---------------------------------------------------------------------------------------
 
-async def test_a_changed_file_is_uploaded_again_and_both_are_recorded(tmp_path: Path) -> None:
+async def test_a_changed_file_is_uploaded_again_and_both_are_recorded(
+        tmp_path: Path, run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 1, count=4)
         user = next(iter(expected))
         path = tmp_path / "src" / user / "letter.txt"
         path.write_bytes(b"version 1")
         cfg = write_config(tmp_path, srv)
-        await run_push(cfg, srv)
+        await run_push(srv, cfg)
         path.write_bytes(b"version 2, longer")
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert code == exitcodes.OK and stats.files_done == 1
         docs = server_docs(srv, user)
         assert docs[("letter.txt", sha(b"version 1"))] == 1 and docs[("letter.txt", sha(b"version 2, longer"))] == 1
@@ -451,12 +439,12 @@ async def test_a_changed_file_is_uploaded_again_and_both_are_recorded(tmp_path: 
         # same size, new content, mtime moved on: still caught by the hash
         path.write_bytes(b"version 3, LONGER")
         os.utime(path, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
-        stats, _ = await run_push(cfg, srv)
+        stats, _ = await run_push(srv, cfg)
         assert stats.files_done == 1
         # touched only: same bytes, new mtime: not uploaded again, the new mtime is remembered
         uploads = srv.counters["upload"]
         os.utime(path, ns=(time.time_ns(), time.time_ns() + 9_000_000_000))
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert code == exitcodes.OK and stats.files_done == 0 and srv.counters["upload"] == uploads
         (mtime,), = manifest_rows(tmp_path / "manifest.sqlite",
                                   "SELECT mtime_ns FROM push_items WHERE rel_path = 'letter.txt'")
@@ -483,7 +471,8 @@ class ChangingClient(FilesClient):
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-async def test_a_file_that_changes_while_uploading_fails_and_goes_next_run(tmp_path: Path, when: str) -> None:
+async def test_a_file_that_changes_while_uploading_fails_and_goes_next_run(
+        tmp_path: Path, when: str, run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 1, count=3)
         user = next(iter(expected))
@@ -491,7 +480,7 @@ async def test_a_file_that_changes_while_uploading_fails_and_goes_next_run(tmp_p
         path.write_bytes(b"original bytes")
         ChangingClient.target, ChangingClient.when, ChangingClient.fired = path.resolve(), when, False
         cfg = write_config(tmp_path, srv)
-        stats, code = await run_push(cfg, srv, client_factory=ChangingClient)
+        stats, code = await run_push(srv, cfg, client_factory=ChangingClient)
         assert ChangingClient.fired
         docs = server_docs(srv, user)
         if when == "before":
@@ -503,7 +492,7 @@ async def test_a_file_that_changes_while_uploading_fails_and_goes_next_run(tmp_p
             # the stored copy is exactly what was hashed: kept and recorded; the new bytes go next run
             assert code == exitcodes.OK
             assert docs[("changing.txt", sha(b"original bytes"))] == 1
-        stats2, code2 = await run_push(cfg, srv)
+        stats2, code2 = await run_push(srv, cfg)
         assert code2 == exitcodes.OK and stats2.files_done == 1
         docs = server_docs(srv, user)
         assert docs[("changing.txt", sha(path.read_bytes()))] == 1
@@ -512,14 +501,15 @@ async def test_a_file_that_changes_while_uploading_fails_and_goes_next_run(tmp_p
 
 # -- what is never uploaded ----------------------------------------------------------------------------
 
-async def test_the_manifest_under_source_and_undecodable_names_are_not_uploaded(tmp_path: Path) -> None:
+async def test_the_manifest_under_source_and_undecodable_names_are_not_uploaded(
+        tmp_path: Path, run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         expected = setup_users(tmp_path, srv, 1, count=3)
         user = next(iter(expected))
         folder = tmp_path / "src" / user
         write_file(os.fsencode(folder) + b"/bad \xff name.txt", b"a name that is not UTF-8")
         cfg = write_config(tmp_path, srv, manifest=f"src/{user}/state.sqlite")
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert (folder / "state.sqlite").exists() and (folder / "state.sqlite.lock").exists()
         assert server_docs(srv, user) == expected[user]  # no manifest, wal, lock nor bad name
         assert code == exitcodes.ITEMS_FAILED and stats.permanent == 1
@@ -554,7 +544,7 @@ def test_plan_user_skips_without_hashing_and_flags_what_may_be_stored(tmp_path: 
 
 # -- dry run -------------------------------------------------------------------------------------------
 
-def test_dry_run_lists_users_files_bytes_and_sends_nothing(tmp_path: Path) -> None:
+def test_dry_run_lists_users_files_bytes_and_sends_nothing(tmp_path: Path, run_push: Callable[..., Any]) -> None:
     srv = FakeServer()
     with srv.run_in_thread():
         expected = setup_users(tmp_path, srv, 2, count=4)
@@ -568,7 +558,7 @@ def test_dry_run_lists_users_files_bytes_and_sends_nothing(tmp_path: Path) -> No
         assert sum(srv.counters.values()) == 0
         assert not (tmp_path / "manifest.sqlite").exists()
         # after a real run the dry run sees nothing left to do, and leaves the manifest as it was
-        asyncio.run(run_push(cfg, srv))
+        asyncio.run(run_push(srv, cfg))
         before = (tmp_path / "manifest.sqlite").stat().st_mtime_ns
         result = CliRunner().invoke(cli_main, ["push", "-c", str(cfg), "--dry-run"],
                                     env={"VSEE_API_TOKEN": srv.api_key})
@@ -590,7 +580,7 @@ def test_cli_push_runs_and_prints_the_summary(tmp_path: Path) -> None:
 
 # -- refusals -----------------------------------------------------------------------------------------
 
-async def test_400_is_permanent_403_is_retried_next_run(tmp_path: Path) -> None:
+async def test_400_is_permanent_403_is_retried_next_run(tmp_path: Path, run_push: Callable[..., Any]) -> None:
     from aiohttp import web
 
     async with FakeServer() as srv:
@@ -610,26 +600,26 @@ async def test_400_is_permanent_403_is_retried_next_run(tmp_path: Path) -> None:
 
         srv._upload = scripted  # type: ignore[method-assign]
         cfg = write_config(tmp_path, srv, concurrency=1)
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert code == exitcodes.ITEMS_FAILED
         assert (stats.permanent, stats.failed, stats.files_done) == (1, 1, 1)
         states = sorted(manifest_rows(tmp_path / "manifest.sqlite",
                                       "SELECT state, error_class, last_error FROM push_items WHERE state != 'done'"))
         assert [(s, c) for s, c, _ in states] == [("failed", "ForbiddenError"), ("permanent", "BadRequestError")]
         assert "(400)" in states[1][2] and "not retried until the file changes" in states[1][2]
-        stats2, code2 = await run_push(cfg, srv)
+        stats2, code2 = await run_push(srv, cfg)
         # The 403 one goes up; the 400 one waits for a change, not sent, but still red (issue 12).
         assert code2 == exitcodes.ITEMS_FAILED and stats2.files_done == 1 and stats2.permanent == 1
         assert len(calls) == 4
         assert sum(server_docs(srv, user).values()) == 2
 
 
-async def test_a_wrong_base_url_stops_the_run_with_exit_3(tmp_path: Path) -> None:
+async def test_a_wrong_base_url_stops_the_run_with_exit_3(tmp_path: Path, run_push: Callable[..., Any]) -> None:
     async with FakeServer() as srv:
         setup_users(tmp_path, srv, 2, count=3)
         cfg = write_config(tmp_path, srv)
         cfg.write_text(cfg.read_text().replace(srv.base_url, srv.origin + "/elsewhere/api_v3"))
-        stats, code = await run_push(cfg, srv)
+        stats, code = await run_push(srv, cfg)
         assert code == exitcodes.FATAL
         assert "api.base_url" in (stats.fatal_error or "")
         assert not srv.files()

@@ -6,8 +6,11 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -599,12 +602,80 @@ async def test_latency(srv: FakeServer, http: aiohttp.ClientSession) -> None:
     assert time.perf_counter() - t >= 0.15
 
 
+async def _drop_midway(srv: FakeServer, request: bytes, *, read: int) -> None:
+    """Send ``request`` on a raw connection, read ``read`` bytes of the answer, then leave with a reset."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(request)
+    await writer.drain()
+    if read:
+        await reader.readexactly(read)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("when", ["mid-body", "before-the-answer", "mid-upload"])
+async def test_a_client_dropping_mid_transfer_logs_no_traceback(
+        srv: FakeServer, caplog: pytest.LogCaptureFixture, when: str) -> None:
+    """A client that leaves (a killed run) is routine: one debug line, never aiohttp's "Error handling
+    request" traceback at error level, whether it leaves during the body, before the answer's headers
+    (while the server is still waiting out its latency) or in the middle of an upload."""
+    finished = asyncio.Event()
+    handler = "_upload" if when == "mid-upload" else "_view"
+    original = getattr(srv, handler)
+
+    async def watched(request: Any) -> Any:
+        try:
+            return await original(request)
+        finally:
+            finished.set()
+
+    setattr(srv, handler, watched)
+    caplog.set_level(logging.DEBUG)  # aiohttp's loggers reach the root's capture
+    # The server's own line is caught on its logger: a CLI test may have left "syncer" not propagating.
+    caplog.set_level(logging.DEBUG, logger="syncer.fakeserver")
+    own: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.DEBUG)
+    catcher.emit = own.append  # type: ignore[method-assign]
+    logging.getLogger("syncer.fakeserver").addHandler(catcher)
+    big = srv.add_file("user", srv.users[0], "big.bin", os.urandom(6 * 2**20))  # streamed from disk
+    if when == "mid-upload":
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n' + b"x" * 100_000
+        request = (f"POST /clinic/api_v3/files HTTP/1.1\r\nHost: x\r\nX-ApiToken: {srv.token_for(srv.users[0])}\r\n"
+                   f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n").encode()
+        await _drop_midway(srv, request + head, read=0)
+    else:
+        if when == "before-the-answer":
+            srv.set_faults(latency_ms=300)
+        link = srv.view_url(big["id"]).split(str(srv.port), 1)[1]
+        await _drop_midway(srv, f"GET {link} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+                           read=200_000 if when == "mid-body" else 0)
+    try:
+        await asyncio.wait_for(finished.wait(), timeout=10)
+        await asyncio.sleep(0.1)  # aiohttp's own handling of the ended request runs after the handler returns
+    finally:
+        logging.getLogger("syncer.fakeserver").removeHandler(catcher)
+    loud = [r for r in [*caplog.records, *own] if r.levelno >= logging.WARNING or r.exc_info]
+    assert not loud, [(r.name, r.levelname, r.getMessage()) for r in loud]
+    if when != "mid-body":  # the body writer catches its own ConnectionError; the others reach _endpoint
+        gone = [r for r in own if "went away" in r.getMessage()]
+        assert len(gone) == 1 and gone[0].levelno == logging.DEBUG
+        assert srv.counters[f"{'upload' if when == 'mid-upload' else 'view'}_client_gone"] == 1
+
+
 def test_set_faults_rejects_unknown_names(make_server: Callable[..., FakeServer]) -> None:
     srv = make_server()
     with pytest.raises(TypeError):
         srv.set_faults(error_404=1.0)
     srv.set_faults(error_500=0.5)
     assert srv.faults.error_500 == 0.5
+    for bad in ({"error_500": 7}, {"error_500": float("nan")}, {"latency_ms": -1},
+                {"error_429": 0.1, "retry_after": -2}):
+        with pytest.raises(ValueError, match="must be"):
+            srv.set_faults(**bad)
+        with pytest.raises(ValueError, match="must be"):
+            Faults(**bad)
+    assert (srv.faults.error_500, srv.faults.error_429) == (0.5, 0.0), "a refused change leaves the rates as they were"
 
 
 # ---- seeding ----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ The live variant is marked ``live`` (deselected by the default ``-m 'not ... liv
     SYNCER_LIVE_WRITE=1    also upload, rename and delete one small file of our own; needs
     SYNCER_LIVE_USER_TOKEN a user's token (that user owns the test file, which is deleted at the end)
 
-Run: ``pytest tests/test_contract.py -m live``.  Read-only unless SYNCER_LIVE_WRITE=1.
+Run: ``pytest tests/integration/test_contract.py -m live``.  Read-only unless SYNCER_LIVE_WRITE=1.
 """
 
 from __future__ import annotations

@@ -4,46 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import stat
 import unicodedata
 from pathlib import Path
 
-from syncer.config import ApiConfig, Config, ManifestConfig, PullConfig, RetryConfig
+from reliability_util import pull_rows
+
+from syncer.config import Config
 from syncer.fakeserver import FakeServer, Faults
-from syncer.models import Target
-from syncer.pull.job import PullJob
-from syncer.pull.options import PullOptions
-from syncer.run.runner import execute
-
-
-def make_cfg(srv: FakeServer, tmp: Path, *, attempts: int = 8, concurrency: int = 8) -> Config:
-    return Config(
-        api=ApiConfig(base_url=srv.base_url, account_code=srv.account_code, timeout_connect=5, timeout_read=5),
-        manifest=ManifestConfig(path=tmp / "manifest.sqlite"),
-        retry=RetryConfig(attempts=attempts, max_wait=0.05, min_wait=0.005),
-        pull=PullConfig(dest=tmp / "backup", concurrency=concurrency),
-    )
-
-
-def all_targets(srv: FakeServer) -> tuple[Target, ...]:
-    return tuple([Target("user", u) for u in srv.users] + [Target("visit", v) for v in srv.visits])
-
-
-async def run_pull(srv: FakeServer, cfg: Config, **kw):
-    opts = PullOptions(targets=kw.pop("targets", all_targets(srv)), dest=cfg.pull.dest,
-                       concurrency=cfg.pull.concurrency, **kw)
-
-    return await execute(PullJob, cfg, opts, token=srv.api_key, concurrency=cfg.pull.concurrency)
-
-
-def manifest_rows(cfg: Config) -> list[dict]:
-    conn = sqlite3.connect(cfg.manifest.path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM pull_items")]
-    finally:
-        conn.close()
 
 
 def expected_files(srv: FakeServer) -> dict[str, dict]:
@@ -53,7 +21,7 @@ def expected_files(srv: FakeServer) -> dict[str, dict]:
 
 def assert_faithful(srv: FakeServer, cfg: Config) -> list[dict]:
     dest = cfg.pull.dest.resolve()
-    rows = manifest_rows(cfg)
+    rows = pull_rows(cfg.manifest.path)
     assert rows, "the manifest recorded nothing"
     by_id = expected_files(srv)
     for row in rows:
@@ -72,10 +40,10 @@ def assert_faithful(srv: FakeServer, cfg: Config) -> list[dict]:
     return rows
 
 
-async def test_full_pull_hostile_names_then_rerun_downloads_nothing(tmp_path):
+async def test_full_pull_hostile_names_then_rerun_downloads_nothing(pull_config, run_pull):
     async with FakeServer(seed=3, users=3, files_per_user=8, visits=2, files_per_visit=3,
                           hostile_names=True) as srv:
-        cfg = make_cfg(srv, tmp_path)
+        cfg = pull_config(srv)
         old_umask = os.umask(0)
         try:
             stats, code = await run_pull(srv, cfg)
@@ -95,11 +63,11 @@ async def test_full_pull_hostile_names_then_rerun_downloads_nothing(tmp_path):
         assert srv.counters["view"] == views, "a rerun fetched files again"
 
 
-async def test_pull_under_faults_arrives_intact(tmp_path):
+async def test_pull_under_faults_arrives_intact(pull_config, run_pull):
     faults = Faults(error_500=0.10, error_429=0.05, retry_after=0.01, reset_mid_body=0.03, truncate_body=0.03)
     async with FakeServer(seed=5, users=4, files_per_user=15, visits=2, files_per_visit=5, hostile_names=True,
                           faults=faults, link_ttl=1, sizes=(0, 100, 5_000, 70_000, 300_000)) as srv:
-        cfg = make_cfg(srv, tmp_path, attempts=12)
+        cfg = pull_config(srv, attempts=12)
         stats, code = await run_pull(srv, cfg)
         assert code == 0, stats
         assert_faithful(srv, cfg)
@@ -107,7 +75,7 @@ async def test_pull_under_faults_arrives_intact(tmp_path):
         assert injected > 0, "no fault was injected: the test proved nothing"
 
 
-async def test_expired_links_are_refreshed(tmp_path):
+async def test_expired_links_are_refreshed(pull_config, run_pull):
     clock = {"now": 1_700_000_000.0}
     srv = FakeServer(seed=2, users=1, files_per_user=5, link_ttl=10, clock=lambda: clock["now"])
     orig_list = srv._list
@@ -119,7 +87,7 @@ async def test_expired_links_are_refreshed(tmp_path):
 
     srv._list = list_then_age  # type: ignore[method-assign]  # bound when the server starts
     async with srv:
-        cfg = make_cfg(srv, tmp_path, concurrency=2)
+        cfg = pull_config(srv, concurrency=2)
         stats, code = await run_pull(srv, cfg)
         assert code == 0, stats
         assert srv.counters["view_403"] >= 5, "the links did not expire: the test proved nothing"
@@ -127,35 +95,35 @@ async def test_expired_links_are_refreshed(tmp_path):
         assert_faithful(srv, cfg)
 
 
-async def test_remote_rename_and_delete_are_recorded_and_nothing_is_deleted_locally(tmp_path):
+async def test_remote_rename_and_delete_are_recorded_and_nothing_is_deleted_locally(pull_config, run_pull):
     async with FakeServer(seed=4, users=1, files_per_user=4) as srv:
-        cfg = make_cfg(srv, tmp_path)
+        cfg = pull_config(srv)
         await run_pull(srv, cfg)
-        rows = {r["file_id"]: r for r in manifest_rows(cfg)}
+        rows = {r["file_id"]: r for r in pull_rows(cfg.manifest.path)}
         ids = sorted(rows)
         srv.rename_file(ids[0], "renamed.pdf")
         srv.delete_file(ids[1])
         stats, code = await run_pull(srv, cfg)
         assert code == 0 and stats.files_done == 0
-        after = {r["file_id"]: r for r in manifest_rows(cfg)}
+        after = {r["file_id"]: r for r in pull_rows(cfg.manifest.path)}
         assert after[ids[0]]["remote_name"] == "renamed.pdf"
         assert after[ids[0]]["local_path"] == rows[ids[0]]["local_path"], "local paths are stable"
         assert after[ids[1]]["state"] == "remote_deleted"
         assert (cfg.pull.dest / rows[ids[1]]["local_path"]).exists(), "a backup never deletes"
 
 
-async def test_missing_local_file_is_fetched_again(tmp_path):
+async def test_missing_local_file_is_fetched_again(pull_config, run_pull):
     async with FakeServer(seed=6, users=1, files_per_user=3) as srv:
-        cfg = make_cfg(srv, tmp_path)
+        cfg = pull_config(srv)
         await run_pull(srv, cfg)
-        row = manifest_rows(cfg)[0]
+        row = pull_rows(cfg.manifest.path)[0]
         (cfg.pull.dest / row["local_path"]).unlink()
         stats, code = await run_pull(srv, cfg)
         assert code == 0 and stats.files_done == 1
         assert (cfg.pull.dest / row["local_path"]).read_bytes() == srv.file_bytes(row["file_id"])
 
 
-async def test_exhausted_retries_exit_1_then_next_run_completes(tmp_path):
+async def test_exhausted_retries_exit_1_then_next_run_completes(pull_config, run_pull):
     from aiohttp import web
 
     srv = FakeServer(seed=7, users=2, files_per_user=6)
@@ -169,10 +137,10 @@ async def test_exhausted_retries_exit_1_then_next_run_completes(tmp_path):
 
     srv._view = flaky_view  # type: ignore[method-assign]  # bound when the server starts
     async with srv:
-        cfg = make_cfg(srv, tmp_path, attempts=2)
+        cfg = pull_config(srv, attempts=2)
         stats, code = await run_pull(srv, cfg)
         assert code == 1 and stats.failed == len(srv.files()) and stats.files_done == 0
-        rows = manifest_rows(cfg)
+        rows = pull_rows(cfg.manifest.path)
         assert {r["state"] for r in rows} == {"failed"}
         assert all(r["error_class"] == "ServerError" and r["attempts"] == 1 for r in rows)
         broken["on"] = False
@@ -182,26 +150,23 @@ async def test_exhausted_retries_exit_1_then_next_run_completes(tmp_path):
         assert all(r["attempts"] == 2 for r in rows)
 
 
-async def test_api_unreachable_after_retries_is_fatal(tmp_path):
+async def test_api_unreachable_after_retries_is_fatal(pull_config, run_pull):
     async with FakeServer(seed=7, users=2, files_per_user=2, faults=Faults(error_500=1.0)) as srv:
-        cfg = make_cfg(srv, tmp_path, attempts=2)
+        cfg = pull_config(srv, attempts=2)
         stats, code = await run_pull(srv, cfg)
         assert code == 3
         assert stats.outcome == "fatal" and "unreachable" in (stats.fatal_error or "")
 
 
-async def test_rejected_token_stops_the_run(tmp_path):
+async def test_rejected_token_stops_the_run(pull_config, run_pull):
     async with FakeServer(seed=7, users=2, files_per_user=2) as srv:
-        cfg = make_cfg(srv, tmp_path)
-        opts = PullOptions(targets=all_targets(srv), dest=cfg.pull.dest, concurrency=2)
-
-        stats, code = await execute(PullJob, cfg, opts, token="not-the-key", concurrency=2)
+        stats, code = await run_pull(srv, pull_config(srv, concurrency=2), token="not-the-key")
         assert code == 3 and stats.outcome == "fatal"
         assert "not-the-key" not in (stats.fatal_error or "")
         assert srv.counters["view"] == 0
 
 
-async def test_not_found_is_permanent_and_failed_counts_attempts(tmp_path):
+async def test_not_found_is_permanent_and_failed_counts_attempts(pull_config, run_pull):
     from aiohttp import web
 
     srv = FakeServer(seed=8, users=1, files_per_user=3)
@@ -216,9 +181,9 @@ async def test_not_found_is_permanent_and_failed_counts_attempts(tmp_path):
     srv._view = view_404_for_victim  # type: ignore[method-assign]  # bound when the server starts
     async with srv:
         victim["id"] = sorted(f["id"] for f in srv.files())[0]
-        cfg = make_cfg(srv, tmp_path, attempts=2)
+        cfg = pull_config(srv, attempts=2)
         stats, code = await run_pull(srv, cfg)
-        rows = {r["file_id"]: r for r in manifest_rows(cfg)}
+        rows = {r["file_id"]: r for r in pull_rows(cfg.manifest.path)}
         assert code == 1
         assert rows[victim["id"]]["state"] == "permanent"
         assert rows[victim["id"]]["error_class"] == "NotFoundError"
@@ -229,4 +194,4 @@ async def test_not_found_is_permanent_and_failed_counts_attempts(tmp_path):
         stats, code = await run_pull(srv, cfg)
         assert srv.counters["view"] == views + 1
         assert code == 1 and stats.permanent == 1 and stats.skipped == 2
-        assert {r["file_id"]: r for r in manifest_rows(cfg)}[victim["id"]]["attempts"] == 2
+        assert {r["file_id"]: r for r in pull_rows(cfg.manifest.path)}[victim["id"]]["attempts"] == 2

@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import shutil
+import sqlite3
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +123,66 @@ def test_sample(backup: Path, server: FakeServer) -> None:
     assert f"checked 3 of {len(server.files())} backed-up files (a random sample)" in result.stdout
     code, doc = verify_json(backup)  # the default sample (100) is larger than this backup: all of it
     assert code == 0 and doc["checked"] == len(server.files())
+
+
+def test_sample_checks_exactly_n_distinct_done_files_and_all_checks_all(backup: Path) -> None:
+    """With the backup folder gone every file checked is reported missing, so the report names exactly the
+    files chosen: N distinct ones, only among those recorded done (a failed row is never chosen)."""
+    rows = done_rows(backup)
+    failed = rows[0]["file_id"]
+    conn = sqlite3.connect(backup / "manifest.sqlite")
+    with conn:
+        conn.execute("UPDATE pull_items SET state = 'failed' WHERE file_id = ?", (failed,))
+    conn.close()
+    done = {r["file_id"] for r in rows} - {failed}
+    shutil.rmtree(backup / "backup")
+    seen: set[str] = set()
+    for _ in range(8):
+        code, doc = verify_json(backup, "--sample", "4")
+        chosen = [p["file_id"] for p in doc["missing"]]
+        assert code == 1 and doc["checked"] == 4 and doc["eligible"] == len(done)
+        assert len(set(chosen)) == 4 and set(chosen) <= done, chosen
+        seen.update(chosen)
+    assert len(seen) > 4, "eight samples of 4 out of 11 were all the same 4 files: not random"
+    code, doc = verify_json(backup, "--all")
+    assert code == 1 and doc["checked"] == len(done)
+    assert sorted(p["file_id"] for p in doc["missing"]) == sorted(done)
+
+
+def test_sample_memory_stays_flat_with_a_big_manifest(tmp_path: Path) -> None:
+    """The sample is chosen in SQL: picking 10 of 100,000 rows allocates a few kB in Python, where
+    reading every row to choose (the old way) allocated tens of MB."""
+    path = tmp_path / "manifest.sqlite"
+    Manifest.open(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany(
+            "INSERT INTO pull_items (target_type, target_id, file_id, local_path, path_key, state, size, sha256)"
+            " VALUES ('user', ?, ?, ?, ?, 'done', 1, ?)",
+            ((str(i % 100), f"f{i}", f"user/{i % 100}/d/n{i}", f"user/{i % 100}/d/n{i}", "0" * 64)
+             for i in range(100_000)))
+    conn.close()
+    tracemalloc.start()
+    try:
+        report = verify.verify(path, tmp_path / "nothing-here", sample=10, workers=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.eligible == 100_000 and report.checked == 10 and len(report.of_kind("missing")) == 10
+    assert peak < 2_000_000, f"choosing 10 of 100,000 rows peaked at {peak / 1e6:.1f} MB of Python memory"
+
+
+def test_all_reads_the_manifest_in_pages_covering_every_row_once(backup: Path) -> None:
+    m = Manifest.open(backup / "manifest.sqlite", create=False, readonly=True)
+    try:
+        pages = list(m.pull_done_pages(size=3))
+        every = m.pull_done_rows()
+        assert m.pull_done_count() == len(every)
+    finally:
+        m.close()
+    assert len(pages) == -(-len(every) // 3) and all(len(p) <= 3 for p in pages)
+    paged = [r["file_id"] for p in pages for r in p]
+    assert sorted(paged) == sorted(r["file_id"] for r in every) and len(set(paged)) == len(paged)
 
 
 def test_sample_and_all_together_is_a_usage_error(backup: Path) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 from helpers import spawn_syncer, write_config
-from reliability_util import final_files
+from reliability_util import final_files, kill_when_done
 
 from syncer.fakeserver import FakeServer, Faults
 
@@ -25,14 +23,16 @@ def test_sigkill_at_several_moments_then_rerun_is_complete_and_intact(tmp_path):
         total_bytes = sum(f["size"] for f in srv.files())
         cfg = write_config(tmp_path, srv, timeout_connect=5.0, timeout_read=5.0, attempts=8, min_wait=0.01,
                            max_wait=0.05, concurrency=4)
-        kills = 0
-        for delay in (0.3, 0.8, 1.1, 1.4, 1.7):
+        total = len(srv.files())
+        # Each run is killed once the manifest shows the next of these counts done (a fifth, two fifths ...
+        # four fifths of the files), whatever this machine's speed: every kill lands mid-run.
+        marks = [total * k // 6 for k in range(1, 6)]
+        seen = []
+        for at_least in marks:
             proc = spawn_syncer(cfg, srv, "pull", "-q")
-            time.sleep(delay)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait(timeout=30)
+            seen.append(kill_when_done(proc, tmp_path / "manifest.sqlite", at_least))
+            proc.stdout.close()
+            proc.stderr.close()
             # Nothing partial ever sits at a final path: every final file is complete.
             by_path = {}
             if (tmp_path / "manifest.sqlite").exists():
@@ -45,7 +45,8 @@ def test_sigkill_at_several_moments_then_rerun_is_complete_and_intact(tmp_path):
                 rel = path.relative_to(tmp_path / "backup").as_posix()
                 assert rel in by_path, f"a file at a final path the manifest does not know: {rel}"
                 assert path.read_bytes() == srv.file_bytes(by_path[rel][0]), rel
-        assert kills >= 2, "the runs ended before they could be killed: the test proved nothing"
+        kills = len(seen)
+        assert seen[-1] < total, seen
         proc = spawn_syncer(cfg, srv, "pull", "-q")
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()[-2000:]

@@ -98,8 +98,10 @@ def make_store(loc: Location, s3: S3Config | None = None, retry: Any = None) -> 
     """An obstore ``S3Store`` for ``loc`` (keys relative to its prefix).  Credentials: obstore's
     defaults (AWS_* variables, web identity, instance metadata); their values are registered as
     secrets so no log line or message can show them."""
-    from obstore.store import S3Store
-
+    try:
+        from obstore.store import S3Store
+    except ImportError:
+        raise ConfigError(f"pull.dest {loc} needs obstore: pip install 'syncer[s3]'") from None
     for name in SECRET_ENV:
         register_secret(os.environ.get(name))
     kwargs: dict[str, Any] = {"checksum_algorithm": "SHA256"}

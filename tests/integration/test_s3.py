@@ -516,3 +516,12 @@ def test_an_object_with_other_bytes_under_a_key_is_never_replaced(s3, tmp_path):
         assert [p for p in s3.puts() if "/_syncer/" not in p] == []
         heads = [p for m, p in s3.requests if m == "HEAD" and "/_syncer/" not in p]
         assert len(heads) == len(rows) + 1  # every file in the first run, the refused one again in the second
+
+
+def test_without_obstore_an_s3_dest_is_a_config_error_naming_the_extra(monkeypatch):
+    from syncer.errors import ConfigError
+    from syncer.store.s3 import Location, make_store
+
+    monkeypatch.setitem(sys.modules, "obstore.store", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"syncer\[s3\]"):
+        make_store(Location.parse("s3://bkt/p"))

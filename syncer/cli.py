@@ -198,10 +198,16 @@ def pull(config_path: str | None, manifest_path: str | None, targets: tuple[str,
         click.echo(f"total: {sum(r.files for r in report)} files, "
                    f"{human_bytes(sum(r.bytes for r in report))} would be downloaded (dry run: nothing written)")
         return
+    hooks = None
+    if isinstance(opts.dest, str):  # a bucket: its manifest snapshot (syncer.store.snapshot)
+        from syncer.inputs.targets import parse_shard
+        from syncer.store.snapshot import hooks_for
+
+        hooks = hooks_for(cfg, parse_shard(shard), opts.targets)
     reporter = make_reporter(quiet=quiet, interval=cfg.log.progress_interval, fmt=cfg.log.format)
     stats, code = run_async(execute(
         PullJob, cfg, opts, token=token, concurrency=opts.concurrency, on_progress=reporter,
-        details={"targets": len(opts.targets), "dest": str(opts.dest), "shard": shard}))
+        details={"targets": len(opts.targets), "dest": str(opts.dest), "shard": shard}, hooks=hooks))
     _finish(stats, code, metrics_file)
 
 
@@ -361,10 +367,12 @@ def demo(workdir: str | None, quiet: bool) -> None:
 @click.option("--runs", type=click.IntRange(min=0), default=10, show_default=True, help="Last runs listed.")
 @click.option("--details", is_flag=True,
               help="Also show what the server said about each failure (may name a patient; kept out of logs).")
+@click.option("--all-shards", is_flag=True,
+              help="s3:// only: every shard's manifest snapshot in the bucket, each shard's last run and the totals.")
 @manifest_option
 @handle_errors
 def status_cmd(config_path: str | None, manifest_path: str | None, as_json: bool, failures: int, runs: int,
-               details: bool) -> None:
+               details: bool, all_shards: bool) -> None:
     """Show what the manifest records: items and bytes by state, the last runs, the failed items.
 
     Reads the manifest only (safe while a run is going on); never contacts the server.  Exit 0 when
@@ -378,6 +386,14 @@ def status_cmd(config_path: str | None, manifest_path: str | None, as_json: bool
     from syncer.report import status as status_mod
 
     cfg = _load(config_path, {"manifest": {"path": manifest_path}})
+    if all_shards:
+        from syncer.store import is_object_dest
+
+        if not is_object_dest(cfg.pull.dest):
+            raise ConfigError("--all-shards reads the shards' snapshots in a bucket: pull.dest must be s3://")
+        fleet = status_mod.collect_all_shards(str(cfg.pull.dest), cfg, failures=failures)
+        click.echo(json_text(fleet, indent=2) if as_json else status_mod.render_fleet(fleet))
+        return
     st = status_mod.collect(cfg.manifest.path, runs=runs, failures=failures, details=details)
     if as_json:
         click.echo(json_text(st, indent=2))
@@ -391,11 +407,13 @@ def status_cmd(config_path: str | None, manifest_path: str | None, as_json: bool
               help="Check N backed-up files picked at random (default 100).")
 @click.option("--all", "check_all", is_flag=True, help="Check every backed-up file (reads the whole backup).")
 @click.option("--dest", type=click.Path(file_okay=False), help="The backup folder (default: pull.dest).")
+@click.option("--quick", is_flag=True,
+              help="s3:// only: compare sizes (one listing) and stored checksums; download nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
 @manifest_option
 @handle_errors
 def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int | None, check_all: bool,
-               dest: str | None,
+               dest: str | None, quick: bool,
                as_json: bool) -> None:
     """Re-hash backed-up files and compare them with the sizes and SHA-256 the manifest recorded.
 
@@ -412,11 +430,23 @@ def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int |
     if sample is not None and check_all:
         raise click.UsageError("give --sample N or --all, not both")
     cfg = _load(config_path, {"manifest": {"path": manifest_path}, "pull": {"dest": dest}})
+    from syncer.store import is_object_dest
+
     progress = verify_mod.ProgressPrinter(sys.stderr, interval=cfg.log.progress_interval)
+    if quick and not is_object_dest(cfg.pull.dest):
+        raise click.UsageError("--quick needs an s3:// destination (a folder is checked by re-hashing)")
     try:
-        report = verify_mod.verify(cfg.manifest.path, cfg.pull.dest,
-                                   sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE),
-                                   on_progress=progress)
+        if is_object_dest(cfg.pull.dest):
+            from syncer.store.check import verify_objects
+            from syncer.store.s3 import ObjectSink
+
+            report = run_async(verify_objects(
+                ObjectSink.from_config(str(cfg.pull.dest), cfg), cfg.manifest.path,
+                sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE), quick=quick))
+        else:
+            report = verify_mod.verify(cfg.manifest.path, Path(cfg.pull.dest),
+                                       sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE),
+                                       on_progress=progress)
     except KeyboardInterrupt:
         raise Exit("verify interrupted: nothing was concluded", exitcodes.SIGINT) from None
     finally:

@@ -65,12 +65,24 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class PullConfig:
-    dest: Path = Path("backup")
+    dest: Path | str = Path("backup")     # a folder, or "s3://bucket/prefix" (kept as a string)
     targets: tuple[str, ...] = ()
     targets_file: Path | None = None
     categories: tuple[str, ...] = ()      # empty: every category
     include_shared: bool = False
     concurrency: int = DEFAULT_PULL_CONCURRENCY
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """An ``s3://`` pull.dest's store.  Credentials are never here: AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, web identity or the instance's role (obstore's defaults)."""
+
+    endpoint_url: str = ""                # an S3-compatible store (MinIO, Ceph, B2, Wasabi); empty: AWS
+    region: str = ""                      # empty: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1
+    storage_class: str = ""               # e.g. STANDARD_IA; empty: the bucket's default
+    object_lock_days: int = 0             # > 0: each object retained this long (bucket with Object Lock)
+    object_lock_mode: str = "governance"  # governance | compliance
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     pull: PullConfig = field(default_factory=PullConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    s3: S3Config = field(default_factory=S3Config)
     log: LogConfig = field(default_factory=LogConfig)
     source_path: Path | None = None       # the TOML file this came from, if any
 
@@ -123,6 +136,7 @@ _SECTIONS: dict[str, type] = {
     "retry": RetryConfig,
     "pull": PullConfig,
     "push": PushConfig,
+    "s3": S3Config,
     "log": LogConfig,
 }
 _PATH_KEYS = {("api", "ca_bundle"), ("manifest", "path"), ("pull", "dest"), ("pull", "targets_file"),
@@ -198,6 +212,8 @@ def _convert(section: str, key: str, value: Any, base_dir: Path, where: str) -> 
     if (section, key) in _PATH_KEYS:
         if not isinstance(value, (str, os.PathLike)) or not str(value):
             raise ConfigError(f"{where}: {full} must be a path (a non-empty string)")
+        if (section, key) == ("pull", "dest") and str(value).startswith("s3://"):
+            return str(value)  # a bucket, not a path: kept as the URL (syncer.store)
         path = Path(os.path.expanduser(str(value)))
         return path if path.is_absolute() else base_dir / path
     if isinstance(default, bool):
@@ -250,6 +266,22 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"pull.categories: unknown category {cat!r} (known: {', '.join(CATEGORIES)})")
     if cfg.push.category not in CATEGORIES:
         raise ConfigError(f"push.category: unknown category {cfg.push.category!r}")
+    if isinstance(cfg.pull.dest, str):
+        from syncer.store.s3 import Location
+
+        Location.parse(cfg.pull.dest)
+    if cfg.s3.endpoint_url:
+        parts = urlsplit(cfg.s3.endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"s3.endpoint_url {cfg.s3.endpoint_url!r} is not an http(s) URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ConfigError("s3.endpoint_url: plain http is allowed only to this machine (127.0.0.1); use https")
+        if parts.query or parts.username or parts.password:
+            raise ConfigError("s3.endpoint_url must not carry a query string or credentials")
+    if cfg.s3.object_lock_days < 0:
+        raise ConfigError("s3.object_lock_days must not be negative")
+    if cfg.s3.object_lock_mode.lower() not in ("governance", "compliance"):
+        raise ConfigError("s3.object_lock_mode must be 'governance' or 'compliance'")
     if cfg.log.format not in ("text", "json"):
         raise ConfigError(f"log.format must be 'text' or 'json', not {cfg.log.format!r}")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):

@@ -126,3 +126,103 @@ def run_push(tmp_path: Path) -> Callable[..., RunResult]:
         return helpers.push(srv, cfg if cfg is not None else tmp_path / "syncer.toml", **kw)
 
     return run
+
+
+# -- S3: one moto server per test module (imported lazily: only S3 tests pay for moto) -----------------
+S3_BUCKET = "syncer-test"
+
+
+class MotoS3:
+    """A moto S3 server on 127.0.0.1 and a boto3 client on it (the test's independent view of the bucket).
+
+    ``requests`` holds ``(method, path)`` of every request the server answered (werkzeug's log line,
+    kept out of the test output), so a test can count uploads."""
+
+    def __init__(self, server, endpoint: str):
+        import boto3
+
+        self.server = server
+        self.endpoint = endpoint
+        self.bucket = S3_BUCKET
+        self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                   aws_access_key_id="testing-key-id", aws_secret_access_key="testing-secret-key")
+        self.requests: list[tuple[str, str]] = []
+
+    def keys(self, prefix: str = "") -> dict[str, dict]:
+        """Every object under ``prefix``: key -> the listing's entry (Size, LastModified, ETag)."""
+        out: dict[str, dict] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                out[obj["Key"]] = obj
+        return out
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def uploads(self) -> list[dict]:
+        """Incomplete multipart uploads in the bucket."""
+        return self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+
+    def puts(self) -> list[str]:
+        """The paths of requests that write an object (PUT, and the POSTs of a multipart upload)."""
+        return [path for method, path in self.requests
+                if method == "PUT" or (method == "POST" and not path.endswith("?delete"))]
+
+    def empty(self) -> None:
+        for up in self.uploads():
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+        keys = list(self.keys())
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+        self.requests.clear()
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """A ThreadedMotoServer on a free loopback port for the module, with the bucket ``S3_BUCKET``."""
+    import logging
+    import re
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = MotoS3(server, f"http://127.0.0.1:{port}")
+    line = re.compile(r'"([A-Z]+) (\S+) HTTP')
+
+    class Requests(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if m := line.search(record.getMessage()):
+                s3.requests.append((m.group(1), m.group(2)))
+
+    wz = logging.getLogger("werkzeug")
+    saved = (wz.level, wz.propagate, list(wz.handlers))
+    wz.setLevel(logging.INFO)
+    wz.propagate = False  # werkzeug logs every request: counted here, never printed
+    wz.handlers = [Requests()]
+    try:
+        s3.client.create_bucket(Bucket=S3_BUCKET)
+        yield s3
+    finally:
+        server.stop()
+        wz.setLevel(saved[0])
+        wz.propagate = saved[1]
+        wz.handlers = saved[2]
+
+
+@pytest.fixture
+def s3(moto_s3, monkeypatch):
+    """The module's moto server, emptied, with test credentials in the environment."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    moto_s3.empty()
+    yield moto_s3
+    moto_s3.empty()

@@ -1,12 +1,13 @@
 """pull: back up each target's files.
 
 targets -> list -> ``plan`` (against the manifest, recorded in one step) -> bounded queue -> N
-downloaders (``job``) -> ``syncer.local.writer`` -> the recorder.
+downloaders (``job``) -> a sink (``syncer.store``: a folder's atomic writer, or a bucket's objects)
+-> the recorder.
 
 - ``options``: ``PullOptions`` (from the config and the flags).
 - ``plan``: what to fetch, where it goes (pure decisions plus the one manifest step).
 - ``job``: ``PullJob``, which does it; ``dryrun``: the same plan, reported and not done.
 
-May import: ``syncer.run``, ``syncer.manifest``, ``syncer.local``, ``syncer.inputs``, ``models``,
+May import: ``syncer.run``, ``syncer.manifest``, ``syncer.local``, ``syncer.store``, ``syncer.inputs``, ``models``,
 ``errors``, ``logs``.  Imported by: ``cli``, ``demo``.
 """

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from syncer.errors import (
     ItemError,
     Kind,
     LinkExpiredError,
-    LocalIOError,
     ProtocolError,
     SyncerError,
     TransientError,
@@ -36,8 +34,7 @@ from syncer.errors import (
     detail_of,
     error_class,
 )
-from syncer.local.storage import make_dirs
-from syncer.local.writer import AtomicWriter, SizeMismatchError
+from syncer.local.writer import SizeMismatchError
 from syncer.manifest import Update, now_iso
 from syncer.models import PullState, Target
 from syncer.pull.options import PullOptions
@@ -45,6 +42,7 @@ from syncer.pull.plan import WorkItem, plan_and_record
 from syncer.redact import scrub, without_name
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
+from syncer.store import open_sink
 
 log = logging.getLogger("syncer.pull")
 
@@ -65,6 +63,7 @@ class PullJob:
         self.ctx = ctx
         self.opts = opts
         self.dest = opts.dest
+        self.sink = open_sink(opts.dest, ctx.cfg)  # a folder or a bucket (syncer.store)
         # Twice as many workers as connections: while one worker makes its file durable (fsyncs),
         # another already uses the connection.  The HTTP pool still caps downloads at `concurrency`.
         self.pool: WorkerPool[WorkItem] = WorkerPool(
@@ -81,18 +80,9 @@ class PullJob:
     # -- the script ------------------------------------------------------------------------------
     async def run(self) -> None:
         if not self.opts.dry_run:
-            await asyncio.to_thread(self._prepare_dest)
+            await self.sink.prepare()
             self.scope_open = await self.ctx.manifest.call(self.ctx.manifest.open_scope_failures, "pull", "target")
         await self.pool.run(self._list_all)
-
-    def _prepare_dest(self) -> None:
-        try:
-            make_dirs(self.dest, self.dest)
-            probe = self.dest / ".syncer-write-test"
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
-            probe.unlink()
-        except OSError as exc:
-            raise LocalIOError(f"cannot write to the destination {self.dest}: {exc.strerror or exc}") from exc
 
     # -- stage 1: listing and planning -----------------------------------------------------------
     async def _list_all(self) -> None:
@@ -134,6 +124,18 @@ class PullJob:
             self._scope(target, "list_failed", error_class(exc),
                         f"the listing failed after retries ({error_class(exc)})", scrub(str(exc))[:500])
             return
+        try:
+            presence = await self.sink.presence(target)  # what the folder or bucket already holds
+        except SyncerError as exc:
+            if classify(exc) is Kind.FATAL:  # refused credentials, a bucket gone
+                ctx.fatal(exc)
+                return
+            ctx.stats.targets_failed += 1
+            ctx.log_event("list_failed", target=str(target), error_class=error_class(exc), level=logging.WARNING,
+                          message=str(exc))
+            self._scope(target, "list_failed", error_class(exc),
+                        f"the backup's objects could not be listed ({error_class(exc)})", scrub(str(exc))[:500])
+            return
         self.listed_ok += 1
         files = listing.files
         for bad in listing.bad_items:
@@ -165,7 +167,7 @@ class PullJob:
             plan_and_record, ctx.manifest, None if self.opts.dry_run else ctx.run_id, target, files,
             dest=self.dest, categories=self.opts.categories,
             listing_complete=listing.complete and not listing.target_missing,
-            include_shared=self.opts.include_shared)
+            include_shared=self.opts.include_shared, presence=presence)
         ctx.stats.skipped += plan.up_to_date
         ctx.stats.files_total += len(plan.todo)
         ctx.stats.bytes_total += plan.todo_bytes
@@ -212,7 +214,7 @@ class PullJob:
             "pull_items", item.key,
             {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": now_iso(),
              "last_error": None, "error_class": None, "acked_by": None, "acked_at": None, "ack_reason": None},
-            event="done", bump_attempts=True, sync_dir=str(folder)))
+            event="done", bump_attempts=True, sync_dir=str(folder) if folder is not None else None))
         self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
                            bytes=nbytes,
                            duration=round(time.monotonic() - started, 3))
@@ -245,7 +247,7 @@ class PullJob:
                            error_class=error_class(exc), level=logging.INFO if counted == "acknowledged"
                            else logging.WARNING, message=message)
 
-    async def _transfer(self, item: WorkItem) -> tuple[int, str, Path]:
+    async def _transfer(self, item: WorkItem) -> tuple[int, str, Path | None]:
         """One attempt: stream the file to a hidden temp, check it, make it durable, rename it.
 
         Returns the bytes, the sha256 and the folder, which the recorder fsyncs (once for every file
@@ -255,7 +257,7 @@ class PullJob:
         rel = Path(item.local_path)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination")
-        writer = AtomicWriter(self.dest / rel, root=self.dest, expected_size=item.size, sync_dir=False)
+        writer = self.sink.writer(item.local_path, expected_size=item.size, replace=item.replace)
         url = item.fullpath
         for _ in range(LINK_REFRESHES + 1):
             if not url:

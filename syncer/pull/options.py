@@ -11,12 +11,13 @@ from syncer.config import Config
 from syncer.errors import ConfigError
 from syncer.inputs.targets import parse_shard, select_targets
 from syncer.models import Target
+from syncer.store import is_object_dest
 
 
 @dataclass(frozen=True)
 class PullOptions:
     targets: tuple[Target, ...]
-    dest: Path
+    dest: Path | str            # a folder, or "s3://bucket/prefix" (syncer.store)
     categories: tuple[str, ...] = ()
     include_shared: bool = False
     concurrency: int = 32
@@ -36,14 +37,18 @@ class PullOptions:
         chosen = select_targets(texts, files, shard_kn)
         if not chosen and shard_kn is None:
             raise ConfigError("no targets: give --target TYPE:ID, --targets-file, or pull.targets in the config")
-        return cls(targets=tuple(chosen), dest=Path(cfg.pull.dest), categories=cfg.pull.categories,
+        dest = cfg.pull.dest if is_object_dest(cfg.pull.dest) else Path(cfg.pull.dest)
+        return cls(targets=tuple(chosen), dest=dest, categories=cfg.pull.categories,
                    include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency, dry_run=dry_run)
 
 
-def check_dest(dest: Path) -> None:
+def check_dest(dest: Path | str) -> None:
     """Before anything is written: ConfigError (exit 2) naming the problem when the destination cannot
     be a writable folder (it is a file, lies below a file, or sits on a read-only or forbidden place).
-    Writes nothing; the run itself still reports a disk that fails later (exit 3)."""
+    Writes nothing; the run itself still reports a disk that fails later (exit 3).  A bucket is checked
+    by its sink, before the manifest is opened (``syncer.store.snapshot``)."""
+    if is_object_dest(dest):
+        return
     dest = Path(os.path.abspath(dest))
     if dest.exists() and not dest.is_dir():
         raise ConfigError(f"pull.dest {dest} is not a folder (it is a file)")

@@ -21,17 +21,20 @@ to insert or change and which files to fetch.  Decisions it encodes:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncer.local.names import casefold_key, disambiguate, safe_name
-from syncer.local.storage import TEMP_SUFFIX, sha256_file, temp_name
+from syncer.local.storage import temp_name
 from syncer.manifest import Manifest, Update
 from syncer.manifest.restore_rows import relink_pull_rows, restore_links
 from syncer.models import PullState, RemoteFile, Target
+from syncer.store.local import LocalPresence
+
+if TYPE_CHECKING:
+    from syncer.store import Presence
 
 UNCATEGORIZED = "uncategorized"
 # Not backed up yet: fetched (again) by every run.
@@ -51,6 +54,7 @@ class WorkItem:
     tried: bool = False         # an attempt was made in this run (it may have left a partial)
     acked: bool = False         # an operator acknowledged its permanent failure (syncer ack)
     name: str = field(default="", repr=False)  # the remote name: only to take it out of a server's error text
+    replace: bool = True        # False: never completed here, so an object sink must not replace a key
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -104,6 +108,7 @@ def plan_and_record(
     categories: tuple[str, ...] = (),
     listing_complete: bool = True,
     include_shared: bool = False,
+    presence: Presence | None = None,
 ) -> TargetPlan:
     """Plan one target against the whole manifest and record the plan, as one step on the manifest's
     own thread (call it through ``Manifest.call``).
@@ -119,7 +124,8 @@ def plan_and_record(
     # A rerun with nothing new has no candidate paths: no need to ask the manifest.
     elsewhere = manifest.pull_paths_taken(keys) if keys else set()
     plan = plan_target(target, listing, rows, dest=dest, categories=categories,
-                       listing_complete=listing_complete, taken_elsewhere=elsewhere, include_shared=include_shared)
+                       listing_complete=listing_complete, taken_elsewhere=elsewhere, include_shared=include_shared,
+                       presence=presence)
     if run_id is not None and (plan.inserts or plan.updates or plan.deleted):
         manifest.apply_pull_listing(run_id, plan.inserts, plan.updates, plan.deleted)
     return plan
@@ -153,11 +159,15 @@ def plan_target(
     listing_complete: bool = True,
     taken_elsewhere: Iterable[str] = (),
     include_shared: bool = False,
+    presence: Presence | None = None,
 ) -> TargetPlan:
     """Compare one target's listing with its manifest rows (see the module docstring).
 
-    ``taken_elsewhere``: path keys held by other targets' rows (see :func:`candidate_keys`)."""
+    ``taken_elsewhere``: path keys held by other targets' rows (see :func:`candidate_keys`).
+    ``presence``: what the sink holds (``syncer.store``); default: the folder ``dest``."""
     plan = TargetPlan(target, listed=len(listing))
+    if presence is None:
+        presence = LocalPresence(dest)
     known = {r["file_id"]: r for r in rows}
     taken = {r["path_key"] for r in rows} | set(taken_elsewhere)
     seen: set[str] = set()
@@ -173,7 +183,7 @@ def plan_target(
         if row is None:
             new_files.append(f)
             continue
-        _plan_known(plan, target, f, row, dest, check_local, own=not include_shared)
+        _plan_known(plan, target, f, row, presence, check_local, own=not include_shared)
 
     # First seen, first served: the oldest file keeps the plain name in a collision.
     new_files.sort(key=lambda f: (f.created or 0, f.id))
@@ -196,10 +206,10 @@ def plan_target(
             # Seen in a listing of the target's own files: a later such listing covers it.
             "listed_own": None if include_shared else 1,
         })
-        plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath, name=f.name))
+        plan.todo.append(WorkItem(target, f.id, f.size, rel, f.fullpath, name=f.name, replace=False))
 
     if not listing_complete:
-        _mark_partials(plan.todo, dest)
+        _mark_partials(plan.todo, presence)
         return plan  # some items could not be read: absence proves nothing
     for file_id, row in known.items():
         if file_id in seen or row["state"] == PullState.REMOTE_DELETED:
@@ -209,7 +219,7 @@ def plan_target(
         if not include_shared and not _own(target, row):
             continue  # maybe a document shared with the user: a listing without include_shared omits it
         plan.deleted.append((target.type, target.id, file_id))
-    _mark_partials(plan.todo, dest)
+    _mark_partials(plan.todo, presence)
     return plan
 
 
@@ -222,7 +232,7 @@ def _own(target: Target, row: dict[str, Any]) -> bool:
 _ACK_VOID = {"acked_by": None, "acked_at": None, "ack_reason": None}
 
 
-def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, Any], dest: Path,
+def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, Any], presence: Presence,
                 check_local: bool, *, own: bool = False) -> None:
     key = (target.type, target.id, f.id)
     changes: dict[str, Any] = {}
@@ -246,11 +256,8 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
         changes.update(_ACK_VOID)  # acknowledged was the file as it was, not this one
         acked = False
     if state == PullState.DONE and check_local:
-        try:
-            st = os.stat(dest / row["local_path"])
-            missing = row["size"] is not None and st.st_size != row["size"]
-        except FileNotFoundError:
-            missing = True
+        size = presence.size(row["local_path"])
+        missing = size is None or (row["size"] is not None and size != row["size"])
         if missing:
             changes.update(state=PullState.PENDING.value)
             event = "local_missing"
@@ -258,7 +265,7 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
     if state in _TODO_STATES and check_local and "size" not in changes:
         # Killed after the rename but before the manifest heard of it: the final path only ever
         # holds a complete file written for this id, so adopt it instead of fetching it again.
-        adopted = _adopt_local(dest / row["local_path"], row["size"])
+        adopted = presence.adopt(row["local_path"], row["size"])
         if adopted is not None:
             changes.update(state=PullState.DONE.value, sha256=adopted, bytes=row["size"],
                            last_error=None, error_class=None)
@@ -269,35 +276,20 @@ def _plan_known(plan: TargetPlan, target: Target, f: RemoteFile, row: dict[str, 
     if changes:
         plan.updates.append(Update("pull_items", key, changes, event=event))
     if state in _TODO_STATES:
+        # Only a path this row once completed holds our bytes: anything else there is not ours to replace.
         plan.todo.append(WorkItem(target, f.id, f.size if f.size is not None else row["size"],
-                                  row["local_path"], f.fullpath, acked=acked, name=f.name))
+                                  row["local_path"], f.fullpath, acked=acked, name=f.name,
+                                  replace=bool(row.get("sha256"))))
     elif state == PullState.DONE:
         plan.up_to_date += 1
 
 
-def _adopt_local(path: Path, size: int | None) -> str | None:
-    """The sha256 of a complete local copy of the expected size, or None."""
-    if size is None:
-        return None
-    try:
-        if os.stat(path).st_size != size:
-            return None
-        got, digest = sha256_file(path)
-    except OSError:
-        return None
-    return digest if got == size else None
-
-
-def _mark_partials(todo: list[WorkItem], dest: Path) -> None:
+def _mark_partials(todo: list[WorkItem], presence: Presence) -> None:
     """Which files to fetch have a partial temp beside them (left by an interrupted run): one
     directory listing per folder instead of a stat per file in the download path."""
     partials: dict[str, set[str]] = {}
     for item in todo:
         folder, _, name = item.local_path.rpartition("/")
         if folder not in partials:
-            try:
-                with os.scandir(dest / folder) as it:
-                    partials[folder] = {e.name for e in it if e.name.endswith(TEMP_SUFFIX)}
-            except OSError:
-                partials[folder] = set()
+            partials[folder] = presence.partials(folder)
         item.maybe_partial = temp_name(name) in partials[folder]

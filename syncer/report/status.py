@@ -294,3 +294,47 @@ def print_human(st: dict[str, Any], stream: TextIO) -> None:
         print_rich(st, stream)
     else:
         print(render_text(st), file=stream)
+
+
+# -- the fleet: every shard's snapshot in a bucket (status --all-shards) ----------------------------------
+def collect_all_shards(dest: str, cfg: Any, *, failures: int = DEFAULT_FAILURES) -> dict[str, Any]:
+    """Every shard's status, read from its manifest snapshot in the bucket, with the totals."""
+    import tempfile
+
+    from syncer.run.runner import run_async
+    from syncer.store.s3 import ObjectSink
+    from syncer.store.snapshot import fetch_all
+
+    sink = ObjectSink.from_config(dest, cfg)
+    with tempfile.TemporaryDirectory(prefix="syncer-shards-") as tmp:
+        found = run_async(fetch_all(sink, Path(tmp)))
+        shards = [dict(collect(path, runs=1, failures=failures), shard=name, marked_running=marked)
+                  for name, path, marked in found]
+    totals: dict[str, Any] = {}
+    for kind in ("pull", "push"):
+        states: dict[str, dict[str, int]] = {}
+        for sh in shards:
+            for state, v in sh[kind]["states"].items():
+                acc = states.setdefault(state, {"count": 0, "bytes": 0})
+                acc["count"] += v["count"]
+                acc["bytes"] += v["bytes"]
+        totals[kind] = {"total": {"count": sum(v["count"] for v in states.values()),
+                                  "bytes": sum(v["bytes"] for v in states.values())},
+                        "states": states,
+                        "failed_total": sum(sh[kind]["failed_total"] for sh in shards)}
+    return {"dest": dest, "generated_at": now_iso(), "shards": shards, "total": totals}
+
+
+def render_fleet(fleet: dict[str, Any]) -> str:
+    lines = [f"{len(fleet['shards'])} shard snapshots under {_safe(fleet['dest'])}"]
+    for sh in fleet["shards"]:
+        run = sh["runs"][0] if sh["runs"] else None
+        last = (f"last run {run['id']} {_outcome(run)} {run['started']} -> {run['ended'] or '-'}, "
+                f"done {run['files_done'] or 0}, failed {run['failed'] or 0}") if run else "no runs yet"
+        mark = "; a run is marked running (going on now, or killed)" if sh["marked_running"] else ""
+        lines.append(f"  {_safe(sh['shard'])}: pull {sh['pull']['total']['count']} items "
+                     f"({human_bytes(sh['pull']['total']['bytes'])}): {_states_line(sh['pull'])}; {last}{mark}")
+    total = fleet["total"]["pull"]
+    lines.append(f"all shards: pull {total['total']['count']} items ({human_bytes(total['total']['bytes'])}): "
+                 f"{_states_line(total)}; failed {total['failed_total']}")
+    return "\n".join(lines)

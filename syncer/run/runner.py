@@ -109,8 +109,13 @@ async def execute(
     details: dict[str, Any] | None = None,
     on_progress: Callable[[RunStats], Awaitable[None]] | None = None,
     client_factory: Callable[..., Any] | None = None,
+    hooks: Any = None,
 ) -> tuple[RunStats, int]:
-    """Run ``job_cls(ctx, opts).run()`` under the manifest's lock; returns the stats and the exit code."""
+    """Run ``job_cls(ctx, opts).run()`` under the manifest's lock; returns the stats and the exit code.
+
+    ``hooks`` (optional): ``await hooks.before_open(manifest_path)`` under the lock before the manifest
+    is opened, ``await hooks.after_run(manifest_path)`` after it is closed, whatever the outcome (an
+    ``s3://`` pull's manifest snapshot: ``syncer.store.snapshot``)."""
     kind = job_cls.kind
     from syncer.api.client import API_CONNECTIONS, FilesClient, make_session
 
@@ -118,6 +123,8 @@ async def execute(
     manifest_path = Path(cfg.manifest.path)
     Manifest.check(manifest_path)  # a manifest that cannot be used is refused before anything is written
     with RunLock(manifest_path):
+        if hooks is not None:
+            await hooks.before_open(manifest_path)
         manifest = Manifest.open(manifest_path)
         try:
             await manifest.call(manifest.mark_abandoned_runs)
@@ -161,6 +168,8 @@ async def execute(
             return stats, exitcodes.for_run(stats.outcome, ctx.signal_received)
         finally:
             manifest.close()
+            if hooks is not None:
+                await hooks.after_run(manifest_path)
 
 
 async def _run_with_signals(ctx: RunContext, job: Job,

@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -267,15 +268,12 @@ def _validate(cfg: Config) -> None:
     if cfg.push.category not in CATEGORIES:
         raise ConfigError(f"push.category: unknown category {cfg.push.category!r}")
     if isinstance(cfg.pull.dest, str):
-        from syncer.store.s3 import Location
-
         Location.parse(cfg.pull.dest)
     if cfg.s3.endpoint_url:
+        why = url_refusal(cfg.s3.endpoint_url)
+        if why:
+            raise ConfigError(f"s3.endpoint_url {why}")
         parts = urlsplit(cfg.s3.endpoint_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"s3.endpoint_url {cfg.s3.endpoint_url!r} is not an http(s) URL")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ConfigError("s3.endpoint_url: plain http is allowed only to this machine (127.0.0.1); use https")
         if parts.query or parts.username or parts.password:
             raise ConfigError("s3.endpoint_url must not carry a query string or credentials")
     if cfg.s3.object_lock_days < 0:
@@ -322,3 +320,30 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# An object store destination, s3://bucket/prefix (syncer.store writes there).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Location:
+    bucket: str
+    prefix: str  # no leading or trailing "/"; "" for the bucket's root
+
+    @classmethod
+    def parse(cls, dest: str) -> Location:
+        parts = urlsplit(dest)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ConfigError(f"pull.dest {dest!r}: an object store destination is s3://bucket/prefix")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise ConfigError(f"pull.dest {dest!r}: no query, fragment or credentials in an s3:// URL")
+        if not _BUCKET.match(parts.netloc):
+            raise ConfigError(f"pull.dest {dest!r}: {parts.netloc!r} is not a valid bucket name")
+        prefix = parts.path.strip("/")
+        if any(p in ("", ".", "..") for p in prefix.split("/")) and prefix:
+            raise ConfigError(f"pull.dest {dest!r}: the prefix has an empty, '.' or '..' segment")
+        return cls(parts.netloc, prefix)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"

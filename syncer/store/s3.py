@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import os
-import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from syncer.config import Location, url_refusal
 from syncer.errors import ConfigError
 from syncer.local.writer import SizeMismatchError
 from syncer.logs import register_secret, scrub
@@ -58,42 +56,9 @@ PART_SIZE = 8 << 20             # S3 wants parts of at least 5 MiB (the last exc
 PARTS_IN_FLIGHT = 2             # per upload: memory per big file ~ (2 + 1) * PART_SIZE
 FEED_BYTES = 1 << 20            # the downloader hands the uploader 1 MiB at a time
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-
-
-@dataclass(frozen=True)
-class Location:
-    bucket: str
-    prefix: str  # no leading or trailing "/"; "" for the bucket's root
-
-    @classmethod
-    def parse(cls, dest: str) -> Location:
-        parts = urlsplit(dest)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise ConfigError(f"pull.dest {dest!r}: an object store destination is s3://bucket/prefix")
-        if parts.query or parts.fragment or "@" in parts.netloc:
-            raise ConfigError(f"pull.dest {dest!r}: no query, fragment or credentials in an s3:// URL")
-        if not _BUCKET.match(parts.netloc):
-            raise ConfigError(f"pull.dest {dest!r}: {parts.netloc!r} is not a valid bucket name")
-        prefix = parts.path.strip("/")
-        if any(p in ("", ".", "..") for p in prefix.split("/")) and prefix:
-            raise ConfigError(f"pull.dest {dest!r}: the prefix has an empty, '.' or '..' segment")
-        return cls(parts.netloc, prefix)
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
 
 # -- the store ---------------------------------------------------------------------------------------
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return bool(host) and ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
 def make_store(loc: Location, s3: S3Config | None = None, retry: Any = None) -> Any:
     """An obstore ``S3Store`` for ``loc`` (keys relative to its prefix).  Credentials: obstore's
     defaults (AWS_* variables, web identity, instance metadata); their values are registered as
@@ -108,12 +73,10 @@ def make_store(loc: Location, s3: S3Config | None = None, retry: Any = None) -> 
     client: dict[str, Any] = {}
     endpoint = (s3.endpoint_url if s3 else "") or os.environ.get("AWS_ENDPOINT_URL", "")
     if endpoint:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"s3.endpoint_url {endpoint!r} is not an http(s) URL")
-        if parts.scheme == "http":
-            if not _is_loopback(parts.hostname):
-                raise ConfigError("s3.endpoint_url: plain http is allowed only to this machine; use https")
+        why = url_refusal(endpoint)
+        if why:
+            raise ConfigError(f"s3.endpoint_url {why}")
+        if urlsplit(endpoint).scheme == "http":
             client["allow_http"] = True
         kwargs["endpoint"] = endpoint
     if s3 and s3.region:

@@ -23,10 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
-import re
 import ssl
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,11 +32,11 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
+from syncer.api.results import CHUNK_SIZE, Download, Listing, content_range, parse_listing
 from syncer.api.retry import RetryPolicy
 from syncer.api.translate import (
     RedactedCause,
     parse_data,
-    payload_reason,
     read_bounded,
     safe_cause,
     status_error,
@@ -50,7 +47,6 @@ from syncer.errors import (
     InsecureUrlError,
     NotFoundError,
     ProtocolError,
-    TruncatedBody,
     UploadOutcomeUnknown,
 )
 from syncer.models import RemoteFile, Target
@@ -58,7 +54,6 @@ from syncer.redact import redact_link, redact_url
 
 log = logging.getLogger("syncer.client")
 
-CHUNK_SIZE = 256 * 1024
 MAX_JSON_BODY = 256 * 1024 * 1024   # a listing of many thousands of files fits; an endless body does not
 THREAD_PARSE_ITEMS = 2000           # and big listings' items
 API_CONNECTIONS = 8                 # the pool for metadata calls (listings, fresh links), apart from transfers
@@ -68,7 +63,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # 5xx answers to an upload after which the file may well be stored: the origin failed while answering
 # (500) or a gateway lost the origin's answer (502, 504).  503 and 429 are refusals made before any work.
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
 def make_session(api: ApiConfig, *, limit: int) -> aiohttp.ClientSession:
@@ -81,106 +75,6 @@ def make_session(api: ApiConfig, *, limit: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ssl=ssl_ctx)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=api.timeout_connect, sock_read=api.timeout_read)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
-
-
-# -- results -----------------------------------------------------------------------------------------
-
-@dataclass
-class Listing:
-    """What ``GET /files`` gave for one target.
-
-    ``files``: the file objects that parsed (duplicates of an id dropped, the first kept).
-    ``bad_items``: one secret-free line per item that could not be parsed (e.g. ``item 3: file object:
-    required field 'id' is missing``).  When it is not empty the listing is incomplete: a caller must
-    not conclude that a file it does not see was deleted remotely (see ``complete``).
-    ``target_missing``: the server answered 404 (contract: an unknown target has no files).
-    Iterating, ``len()`` and indexing act on ``files``.
-    """
-
-    files: list[RemoteFile] = field(default_factory=list)
-    bad_items: list[str] = field(default_factory=list)
-    target_missing: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return not self.bad_items
-
-    def __iter__(self) -> Iterator[RemoteFile]:
-        return iter(self.files)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> RemoteFile:
-        return self.files[index]
-
-
-class Download:
-    """One answer to a download link, open for reading.  Get it from ``FilesClient.download``.
-
-    ``status``: 200 or 206.  ``offset``: where the served bytes start in the file: the requested offset
-    after a matching 206, else 0 (the caller must then start its file over).  ``total_size``: the whole
-    file's size (``Content-Range`` total on a 206, ``Content-Length`` on a 200), None when not announced.
-    ``length``: how many bytes this body should carry, None when not announced.  ``bytes_read``: how
-    many have been read so far.
-    """
-
-    __slots__ = ("status", "offset", "total_size", "length", "content_type", "bytes_read", "_resp", "_url")
-
-    def __init__(self, resp: aiohttp.ClientResponse, url: str, *, offset: int, total_size: int | None,
-                 length: int | None) -> None:
-        self._resp = resp
-        self._url = redact_link(url)  # for errors only: where the link points, not its path or signature
-        self.status = resp.status
-        self.offset = offset
-        self.total_size = total_size
-        self.length = length
-        self.content_type = resp.headers.get("Content-Type", "")
-        self.bytes_read = 0
-
-    def __repr__(self) -> str:
-        return (f"<Download {self._url} status={self.status} offset={self.offset} "
-                f"total_size={self.total_size} bytes_read={self.bytes_read}>")
-
-    async def iter_chunks(self, chunk_size: int = CHUNK_SIZE, *, limit: int | None = None) -> AsyncIterator[bytes]:
-        """Yield the body in pieces of at most ``chunk_size`` bytes.
-
-        ``limit``: the most bytes the whole file may have (``offset`` included), typically the size the
-        listing announced, plus any slack the caller allows.  Receiving more, or an announced size over
-        it, raises ``ProtocolError``: an endless body stops.  A body that ends before its announced
-        length raises ``TruncatedBody``; a connection cut mid-body ``TruncatedBody``/``ConnectionFailed``;
-        a read timeout ``TimeoutError_``.  All of these are transient: the caller retries the transfer.
-        """
-        if limit is not None and self.total_size is not None and self.total_size > limit:
-            raise ProtocolError(f"the server announced {self.total_size} bytes, more than the expected {limit}",
-                                url=self._url)
-        allowed = None if limit is None else limit - self.offset
-        read = self._resp.content.read
-        while True:
-            try:
-                chunk = await read(chunk_size)
-            except aiohttp.ClientPayloadError as exc:
-                of = f" of {self.length}" if self.length is not None else ""
-                raise TruncatedBody(f"the body was cut short after {self.bytes_read}{of} bytes "
-                                    f"({payload_reason(exc)})", url=self._url) from safe_cause(exc)
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise translate_exc(exc, self._url, in_body=True) from safe_cause(exc)
-            if not chunk:
-                break
-            self.bytes_read += len(chunk)
-            if allowed is not None and self.bytes_read > allowed:
-                raise ProtocolError(f"the body goes on past the expected {limit} bytes", url=self._url)
-            yield chunk
-        if self.length is not None and self.bytes_read != self.length:
-            if self.bytes_read < self.length:
-                raise TruncatedBody(f"the body ended after {self.bytes_read} of {self.length} bytes",
-                                    url=self._url)
-            raise ProtocolError(f"the body has {self.bytes_read} bytes, not the announced {self.length}",
-                                url=self._url)
-
-    async def read(self, *, limit: int | None = None) -> bytes:
-        """The whole (remaining) body in memory: for small files and tests."""
-        return b"".join([chunk async for chunk in self.iter_chunks(limit=limit)])
 
 
 class _DownloadContext:
@@ -281,9 +175,9 @@ class FilesClient:
             raise ProtocolError(f"the listing of {target} is a {type(data).__name__}, not a list",
                                 url=str(self._files_url))
         if len(data) > THREAD_PARSE_ITEMS:
-            listing = await asyncio.to_thread(_parse_listing, data, target)
+            listing = await asyncio.to_thread(parse_listing, data, target)
         else:
-            listing = _parse_listing(data, target)
+            listing = parse_listing(data, target)
         if listing.bad_items:
             log.debug("listing of %s: %d unusable items", target, len(listing.bad_items))
         return listing
@@ -317,7 +211,7 @@ class FilesClient:
         if not token:
             raise ValueError("upload needs the uploading user's token")
         path = Path(path)
-        name = _form_filename(filename or path.name)
+        name = form_filename(filename or path.name)
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         # Opened and wrapped here, in the call: aiohttp closes the file once sent and a FormData cannot
         # be sent twice (aiohttp #5577), so every try must build its own.
@@ -401,7 +295,7 @@ class FilesClient:
         resp = await self._get_view(url, headers)
         try:
             if offset > 0 and resp.status in (206, 416):
-                served = _content_range(resp.headers.get("Content-Range", ""))
+                served = content_range(resp.headers.get("Content-Range", ""))
                 if resp.status == 416 or served is None or served[0] != offset:
                     # Not the range asked for: take the whole file instead.
                     log.debug("GET %s: range %d not served as asked (%d); fetching it whole",
@@ -415,7 +309,7 @@ class FilesClient:
             encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
             clen = None if encoded else resp.content_length
             if resp.status == 206 and offset > 0 and not encoded:
-                start, end, total = _content_range(resp.headers.get("Content-Range", ""))  # type: ignore[misc]
+                start, end, total = content_range(resp.headers.get("Content-Range", ""))  # type: ignore[misc]
                 length = clen if clen is not None else end - start + 1
                 return Download(resp, url, offset=start, total_size=total, length=length)
             if resp.status in (200, 203):
@@ -463,57 +357,13 @@ def _check_link(url: str, *, redirected: bool) -> None:
         raise (InsecureUrlError if plain_http else ProtocolError)(f"{what} {refusal}; nothing was fetched")
 
 
-def _parse_listing(items: list[Any], target: Target) -> Listing:
-    listing = Listing()
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        try:
-            rf = RemoteFile.from_api(item)
-        except ProtocolError as exc:
-            listing.bad_items.append(f"item {i}{_item_label(item)}: {exc}")
-            continue
-        if rf.id in seen:
-            log.debug("listing of %s: duplicate file id %s dropped", target, rf.id)
-            continue
-        seen.add(rf.id)
-        listing.files.append(rf)
-    return listing
-
-
-def _item_label(item: Any) -> str:
-    """`` (file <id>)`` for a listing item whose id is usable, so a bad item is named by its file id;
-    else nothing.  Bounded and printable: the id comes from the server."""
-    file_id = item.get("id") if isinstance(item, dict) else None
-    if isinstance(file_id, bool) or not isinstance(file_id, (str, int)):
-        return ""
-    text = str(file_id)
-    if not text or not text.isprintable() or len(text) > 100:
-        return ""
-    return f" (file {text})"
-
-
-def _form_filename(name: str) -> str:
+def form_filename(name: str) -> str:
     """A file name safe inside a multipart part header: CR, LF and NUL percent-encoded the way browsers
     do (WHATWG), so no name can break out of the header; the rest is sent as it is."""
     if not name:
         raise ValueError("an upload needs a file name")
     return name.replace("\r", "%0D").replace("\n", "%0A").replace("\0", "%00")
 
-
-# Public for the uploader (syncer.push.upload), whose reconcile looks for a name in the form it was sent.
-form_filename = _form_filename
-
-
-def _content_range(value: str) -> tuple[int, int, int | None] | None:
-    """``bytes START-END/TOTAL`` as (start, end, total or None); None when it does not parse."""
-    m = _CONTENT_RANGE.match(value)
-    if not m:
-        return None
-    start, end = int(m.group(1)), int(m.group(2))
-    if end < start:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return start, end, total
 
 
 # Re-exported for callers that want to name them without importing errors.

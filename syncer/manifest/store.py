@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 from syncer.errors import LocalIOError, ManifestError
 from syncer.manifest.failures import FailureRecords, now_iso
 from syncer.manifest.opening import open_readonly, private_if_empty, refuse_folder
+from syncer.manifest.reports import ReportQueries
 from syncer.manifest.schema import (  # noqa: F401 - the schema's names, re-exported
     INSERTABLE,
     MIGRATIONS,
@@ -92,7 +93,7 @@ class Update:
     done: asyncio.Future[None] | None = field(default=None, repr=False, compare=False)
 
 
-class Manifest(FailureRecords):
+class Manifest(FailureRecords, ReportQueries):
     """The manifest database; open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection):
@@ -361,30 +362,6 @@ class Manifest(FailureRecords):
     _DONE_PAGE = (f"{_DONE_COLS} WHERE +state IN ('done', 'remote_deleted') AND sha256 IS NOT NULL"
                   " AND path_key > ? ORDER BY path_key LIMIT ?")
 
-    def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        cur = self.conn.execute(sql, args)
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r, strict=True)) for r in cur]
-
-    def pull_done_rows(self) -> list[dict[str, Any]]:
-        return self._rows(self._DONE)
-
-    def pull_done_count(self) -> int:
-        return self.conn.execute(f"SELECT count(*) FROM ({self._DONE})").fetchone()[0]
-
-    def pull_done_sample(self, n: int) -> list[dict[str, Any]]:
-        """``n`` distinct done rows chosen uniformly in SQL: a top-``n`` sort over random keys keeps only
-        ``n`` rows in memory, whatever the manifest's size."""
-        return self._rows(f"{self._DONE} ORDER BY random() LIMIT ?", (max(0, n),))
-
-    def pull_done_pages(self, size: int = 1000) -> Iterator[list[dict[str, Any]]]:
-        """Every done row, ``size`` at a time in path order (the unique path_key index): each page is its
-        own short read, so no read transaction is held open while the caller works through a page."""
-        last = ""
-        while page := self._rows(self._DONE_PAGE, (last, size)):
-            yield page
-            last = page[-1]["path_key"]
-
     # -- push ----------------------------------------------------------------------------------
     def push_rows_for_user(self, user_id: str) -> dict[str, dict[str, Any]]:
         acked = ", error_class, acked_at" if self.version >= 3 else ", error_class, NULL AS acked_at"
@@ -435,60 +412,6 @@ class Manifest(FailureRecords):
                                      "remote_id": remote_id, "uploaded_at": at, "run_id": run_id,
                                      "adopted": int(adopted)}))
 
-    # -- status --------------------------------------------------------------------------------
-    def summary(self, *, runs: int = 10, failures: int = 50) -> dict[str, Any]:
-        """Counts and bytes by state, the last runs, and the failed items: for ``syncer status``."""
-        out: dict[str, Any] = {"manifest": str(self.path), "schema": self.version}
-        for kind, table, size_col in (("pull", "pull_items", "size"), ("push", "push_items", "size")):
-            states = {
-                row[0]: {"count": row[1], "bytes": row[2] or 0}
-                for row in self.conn.execute(
-                    f"SELECT state, count(*), sum({size_col}) FROM {table} GROUP BY state")
-            }
-            if kind == "pull":
-                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
-                failed = self.conn.execute(
-                    "SELECT target_type || ':' || target_id, file_id, state, attempts, error_class, last_error,"
-                    f" updated_at{acks} FROM pull_items WHERE state IN ('failed', 'permanent')"
-                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
-                items = [dict(zip(("target", "file_id", "state", "attempts", "error_class", "last_error",
-                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
-                         for r in failed]
-                acked = {"count": 0, "bytes": 0}
-                if self.version >= 3:
-                    n, b = self.conn.execute(
-                        "SELECT count(*), sum(size) FROM pull_items WHERE state = 'permanent'"
-                        " AND acked_at IS NOT NULL").fetchone()
-                    acked = {"count": n, "bytes": b or 0}
-            else:
-                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
-                failed = self.conn.execute(
-                    "SELECT user_id, rel_path, state, attempts, error_class, last_error, updated_at" + acks
-                    + " FROM push_items WHERE state IN ('failed', 'permanent', 'uploading')"
-                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
-                items = [dict(zip(("user_id", "rel_path", "state", "attempts", "error_class", "last_error",
-                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
-                         for r in failed]
-                acked = {"count": 0, "bytes": 0}
-                if self.version >= 3:
-                    n, b = self.conn.execute(
-                        "SELECT count(*), sum(size) FROM push_items WHERE state = 'permanent'"
-                        " AND acked_at IS NOT NULL").fetchone()
-                    acked = {"count": n, "bytes": b or 0}
-            out[kind] = {"states": states, "failed": items, "acknowledged": acked}
-        cur = self.conn.execute(
-            "SELECT id, kind, started, ended, outcome, files_done, bytes_done, failed, skipped, pid, host"
-            " FROM runs ORDER BY started DESC LIMIT ?", (runs,))
-        cols = [d[0] for d in cur.description]
-        out["runs"] = [dict(zip(cols, r, strict=True)) for r in cur]
-        out["scope_failures"] = []
-        if self.version >= 3:
-            cur = self.conn.execute(
-                "SELECT kind, scope, scope_id, reason, error_class, detail, first_seen, last_seen, run_id, acked_by,"
-                " acked_at FROM scope_failures ORDER BY kind, scope, reason, scope_id")
-            cols = [d[0] for d in cur.description]
-            out["scope_failures"] = [dict(zip(cols, r, strict=True)) for r in cur]
-        return out
 
 
 __all__ = ["Manifest", "Update", "now_iso"]

@@ -1,0 +1,96 @@
+"""The manifest's reads for reports: the finished files ``verify`` checks (a count, a sample chosen in SQL,
+pages along an index: memory stays flat at a million rows) and the summary behind ``syncer status``.
+
+A mixin of :class:`syncer.manifest.store.Manifest` (it uses the manifest's connection and ``version``);
+read-only: nothing here writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+
+class ReportQueries:
+    conn: sqlite3.Connection
+    version: int
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, args)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def pull_done_rows(self) -> list[dict[str, Any]]:
+        return self._rows(self._DONE)
+
+    def pull_done_count(self) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM ({self._DONE})").fetchone()[0]
+
+    def pull_done_sample(self, n: int) -> list[dict[str, Any]]:
+        """``n`` distinct done rows chosen uniformly in SQL: a top-``n`` sort over random keys keeps only
+        ``n`` rows in memory, whatever the manifest's size."""
+        return self._rows(f"{self._DONE} ORDER BY random() LIMIT ?", (max(0, n),))
+
+    def pull_done_pages(self, size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Every done row, ``size`` at a time in path order (the unique path_key index): each page is its
+        own short read, so no read transaction is held open while the caller works through a page."""
+        last = ""
+        while page := self._rows(self._DONE_PAGE, (last, size)):
+            yield page
+            last = page[-1]["path_key"]
+
+    # -- status --------------------------------------------------------------------------------
+    def summary(self, *, runs: int = 10, failures: int = 50) -> dict[str, Any]:
+        """Counts and bytes by state, the last runs, and the failed items: for ``syncer status``."""
+        out: dict[str, Any] = {"manifest": str(self.path), "schema": self.version}
+        for kind, table, size_col in (("pull", "pull_items", "size"), ("push", "push_items", "size")):
+            states = {
+                row[0]: {"count": row[1], "bytes": row[2] or 0}
+                for row in self.conn.execute(
+                    f"SELECT state, count(*), sum({size_col}) FROM {table} GROUP BY state")
+            }
+            if kind == "pull":
+                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
+                failed = self.conn.execute(
+                    "SELECT target_type || ':' || target_id, file_id, state, attempts, error_class, last_error,"
+                    f" updated_at{acks} FROM pull_items WHERE state IN ('failed', 'permanent')"
+                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
+                items = [dict(zip(("target", "file_id", "state", "attempts", "error_class", "last_error",
+                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
+                         for r in failed]
+                acked = {"count": 0, "bytes": 0}
+                if self.version >= 3:
+                    n, b = self.conn.execute(
+                        "SELECT count(*), sum(size) FROM pull_items WHERE state = 'permanent'"
+                        " AND acked_at IS NOT NULL").fetchone()
+                    acked = {"count": n, "bytes": b or 0}
+            else:
+                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
+                failed = self.conn.execute(
+                    "SELECT user_id, rel_path, state, attempts, error_class, last_error, updated_at" + acks
+                    + " FROM push_items WHERE state IN ('failed', 'permanent', 'uploading')"
+                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
+                items = [dict(zip(("user_id", "rel_path", "state", "attempts", "error_class", "last_error",
+                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
+                         for r in failed]
+                acked = {"count": 0, "bytes": 0}
+                if self.version >= 3:
+                    n, b = self.conn.execute(
+                        "SELECT count(*), sum(size) FROM push_items WHERE state = 'permanent'"
+                        " AND acked_at IS NOT NULL").fetchone()
+                    acked = {"count": n, "bytes": b or 0}
+            out[kind] = {"states": states, "failed": items, "acknowledged": acked}
+        cur = self.conn.execute(
+            "SELECT id, kind, started, ended, outcome, files_done, bytes_done, failed, skipped, pid, host"
+            " FROM runs ORDER BY started DESC LIMIT ?", (runs,))
+        cols = [d[0] for d in cur.description]
+        out["runs"] = [dict(zip(cols, r, strict=True)) for r in cur]
+        out["scope_failures"] = []
+        if self.version >= 3:
+            cur = self.conn.execute(
+                "SELECT kind, scope, scope_id, reason, error_class, detail, first_seen, last_seen, run_id, acked_by,"
+                " acked_at FROM scope_failures ORDER BY kind, scope, reason, scope_id")
+            cols = [d[0] for d in cur.description]
+            out["scope_failures"] = [dict(zip(cols, r, strict=True)) for r in cur]
+        return out

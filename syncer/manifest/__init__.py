@@ -3,8 +3,8 @@
 - ``schema``: the tables and their migrations (``PRAGMA user_version``).
 - ``store``: ``Manifest``, the one owner of every read and write.
 - ``recorder``: the run's one writer task, batching outcomes into one transaction.
-- ``reports``: the reads behind ``verify`` and ``status`` (read only); ``failures``: acknowledgements and
-  failures of a whole scope; ``restore_rows``: what a restore put where; ``opening``: the open modes.
+- ``reports``: the reads behind ``verify`` and ``status`` (read only), a mixin of ``Manifest``.
+- ``restore_rows``: what a restore put where (``restore_items``).
 - ``failures``: acknowledgements of permanent failures and failures of a whole target, user or entry of
   a push source (``scope_failures``): a mixin of ``Manifest``.
 - ``opening``: a manifest path that is a folder refused, an empty file made private before it is filled,

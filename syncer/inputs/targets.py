@@ -16,17 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from syncer.errors import ConfigError
+from syncer.inputs.textfile import read_text
 from syncer.models import Target
 
 
 def parse_targets_file(path: Path) -> list[Target]:
     """One ``TYPE:ID`` a line (``#`` comments, blank lines), or a CSV with ``target_type,target_id``."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"targets file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"targets file {path}: cannot read it: {exc}") from exc
+    text = read_text(path, "targets file")
     lines = text.splitlines()
     first = next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
     targets: list[Target] = []

@@ -8,12 +8,11 @@ every token is registered with :func:`syncer.redact.register_secret`, so log lin
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from pathlib import Path
 
 from syncer.errors import ConfigError
+from syncer.inputs.textfile import csv_rows, read_text
 from syncer.local.storage import LoosePermissionsError, check_private_file
 from syncer.redact import register_secret
 
@@ -38,25 +37,14 @@ def load_tokens(path: str | Path) -> dict[str, str]:
         raise ConfigError(f"tokens file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"tokens file {path}: cannot read it: {exc.strerror or exc}") from None
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(f"tokens file {path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"tokens file {path}: cannot read it: {exc.strerror or exc}") from None
-    return parse_tokens(text, str(path))
+    return parse_tokens(read_text(path, "tokens file"), str(path))
 
 
 def parse_tokens(text: str, where: str = "tokens file") -> dict[str, str]:
     """Parse the CSV text of a tokens file (see :func:`load_tokens`); ``where`` names it in errors."""
     tokens: dict[str, str] = {}
     header_seen = False
-    reader = csv.reader(io.StringIO(text), strict=True)
-    try:
-        rows = [(reader.line_num, row) for row in reader]
-    except csv.Error:
-        # csv's message may quote the offending text (a token): say only where.
-        raise ConfigError(f"{where}:{reader.line_num}: not valid CSV") from None
+    rows = csv_rows(text, where)
     for lineno, row in rows:
         cells = [c.strip() for c in row]
         if not cells or not "".join(cells) or cells[0].startswith("#"):

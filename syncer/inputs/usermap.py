@@ -9,11 +9,10 @@ The map holds ids only (no secrets), so unlike the tokens file its mode is not c
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from syncer.errors import ConfigError
+from syncer.inputs.textfile import csv_rows, read_text
 from syncer.inputs.tokens import valid_user_id
 
 HEADER = ("source_user_id", "dest_user_id")
@@ -22,24 +21,12 @@ HEADER = ("source_user_id", "dest_user_id")
 def load_user_map(path: str | Path) -> dict[str, str]:
     """``{source_user_id: dest_user_id}`` from the file; ConfigError naming the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"user map {path} does not exist") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"user map {path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"user map {path}: cannot read it: {exc.strerror or exc}") from None
-    return parse_user_map(text, str(path))
+    return parse_user_map(read_text(path, "user map"), str(path))
 
 
 def parse_user_map(text: str, where: str = "user map") -> dict[str, str]:
     """Parse the CSV text of a user map (see :func:`load_user_map`); ``where`` names it in errors."""
-    reader = csv.reader(io.StringIO(text), strict=True)
-    try:
-        rows = [(reader.line_num, row) for row in reader]
-    except csv.Error as exc:
-        raise ConfigError(f"{where}:{reader.line_num}: not valid CSV ({exc})") from None
+    rows = csv_rows(text, where)
     mapping: dict[str, str] = {}
     dest_line: dict[str, int] = {}
     src_line: dict[str, int] = {}

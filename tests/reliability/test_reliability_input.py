@@ -174,7 +174,7 @@ def test_a_dest_without_write_permission_is_exit_2(tmp_path: Path) -> None:  # p
     (b"user:1\nvisit:\n", "targets.txt:2:"),
     (b"user:1\ngroup:7\n", "targets.txt:2: target 'group:7': type must be one of user, visit"),
     (b"target_type,target_id\nuser,1\nuser,2,extra\n", "targets.txt:3: expected 2 columns"),
-    (b"user:1\n\xff\xfe\x00garbage\n", "cannot read it"),
+    (b"user:1\n\xff\xfe\x00garbage\n", "not UTF-8 text"),
     (b"user:1\nuser:a\x07b\n", "targets.txt:2:"),
 ])
 def test_a_targets_file_with_garbage_is_exit_2_naming_the_line(tmp_path: Path, content: bytes, words: str) -> None:

@@ -30,14 +30,9 @@ from typing import Any
 
 from syncer.errors import (
     AuthError,
-    BadRequestError,
     Kind,
     LocalIOError,
-    SyncerError,
-    TooLargeError,
-    UploadOutcomeUnknown,
     classify,
-    detail_of,
     error_class,
 )
 from syncer.manifest import Manifest, Update
@@ -66,9 +61,8 @@ from syncer.push.upload import (
     Upload,
     Uploader,
     UserRejected,
-    form_name,
+    upload_failure,
 )
-from syncer.redact import scrub, without_name
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
 
@@ -317,34 +311,15 @@ class PushJob:
 
     def _record_failure(self, item: PushItem, exc: BaseException) -> None:
         ctx = self.ctx
-        permanent = classify(exc, upload=True) is Kind.PERMANENT
-        if isinstance(exc, TooLargeError):
-            message = f"the server refused the file as too large (413); not retried until it changes: {exc}"
-        elif isinstance(exc, BadRequestError):
-            message = f"the server refused the upload (400); not retried until the file changes: {exc}"
-        elif isinstance(exc, SyncerError):
-            message = str(exc)
-        else:
-            message = f"unexpected error: {type(exc).__name__}: {exc}"
-        message = without_name(scrub(message), item.name, form_name(item.name))[:500]
-        # The server's own words go only into the event's detail (0600 manifest), the name taken out.
-        detail = detail_of(exc)
-        detail = without_name(detail, item.name, form_name(item.name))[:500] if detail else message
-        fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
-        if permanent:
-            ctx.stats.count_failure("permanent", error_class(exc))
-            # Refused: nothing was stored.  A new refusal voids an earlier acknowledgement.
-            fields.update(state=PushState.PERMANENT.value, intent_at=None, acked_by=None, acked_at=None,
-                          ack_reason=None)
-        else:
-            ctx.stats.count_failure("failed", error_class(exc))
-            if not isinstance(exc, UploadOutcomeUnknown):
-                fields["state"] = PushState.FAILED.value
-            # else: stays 'uploading': the next run looks for the document before sending anything
-        ctx.recorder.put(Update("push_items", item.key, fields, event="failed", error_class=error_class(exc),
-                                detail=detail))
+        verdict = upload_failure(exc, item.name)
+        ctx.stats.count_failure("permanent" if verdict.permanent else "failed", error_class(exc))
+        fields = dict(verdict.fields)
+        if verdict.permanent:  # a new refusal voids an earlier acknowledgement (syncer ack push)
+            fields.update(acked_by=None, acked_at=None, ack_reason=None)
+        ctx.recorder.put(Update("push_items", item.key, fields, event="failed",
+                                error_class=error_class(exc), detail=verdict.detail))
         ctx.log_event("upload_failed", level=logging.WARNING, user=item.user_id, item=item_id(item.rel_path),
-                      error_class=error_class(exc), message=f"user {item.user_id}: {message}")
+                      error_class=error_class(exc), message=f"user {item.user_id}: {verdict.message}")
 
 
 def _rejected_error(user: str) -> AuthError:

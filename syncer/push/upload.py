@@ -39,18 +39,63 @@ from syncer.api.client import LINK_REFRESHES, form_filename
 from syncer.errors import (
     ApiError,
     AuthError,
+    BadRequestError,
     ItemError,
+    Kind,
     LinkExpiredError,
     NotFoundError,
     SyncerError,
+    TooLargeError,
     TransientError,
     UploadOutcomeUnknown,
+    classify,
+    detail_of,
     error_class,
 )
 from syncer.models import RemoteFile, Target
+from syncer.redact import scrub, without_name
 from syncer.run.runner import RunContext
 
 CLOCK_SLACK = 120.0     # seconds: a server clock this far behind ours still finds its own upload
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed upload leaves: the row's new fields and what the log and the audit trail say."""
+
+    permanent: bool
+    fields: dict[str, Any]   # for the item's row: state (unless the outcome is unknown), error, class
+    message: str             # our words, file names taken out: the row, the log
+    detail: str              # the server's words (when it said any), names taken out: the event only
+
+
+def upload_failure(exc: BaseException, *names: str | None, file_id: str | None = None) -> Failure:
+    """The one verdict on a failed upload (push and restore).  400 and 413 are permanent: nothing was
+    stored and the file is not sent again while unchanged; an
+    unknown outcome keeps the row ``uploading`` so the next run looks before sending; anything else is
+    ``failed``, tried again next run.  ``names`` (the file's name, as sent) never reach a message."""
+    permanent = classify(exc, upload=True) is Kind.PERMANENT
+    if isinstance(exc, TooLargeError):
+        message = f"the server refused the file as too large (413); not retried until it changes: {exc}"
+    elif isinstance(exc, BadRequestError):
+        message = f"the server refused the upload (400); not retried until the file changes: {exc}"
+    elif isinstance(exc, SyncerError):
+        message = str(exc)
+    else:
+        message = f"unexpected error: {type(exc).__name__}: {exc}"
+    names = tuple(n for name in names if name for n in (name, form_name(name)))
+    message = without_name(scrub(message), *names)
+    if file_id and file_id not in message:
+        message = f"file {file_id}: {message}"
+    message = message[:500]
+    detail = detail_of(exc)
+    detail = without_name(detail, *names)[:500] if detail else message
+    fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
+    if permanent:
+        fields.update(state="permanent", intent_at=None)
+    elif not isinstance(exc, UploadOutcomeUnknown):
+        fields["state"] = "failed"
+    return Failure(permanent, fields, message, detail)
 
 
 class UserRejected(Exception):

@@ -32,13 +32,9 @@ from syncer.api.client import Listing
 from syncer.errors import (
     ApiError,
     AuthError,
-    BadRequestError,
     Kind,
     LocalIOError,
     NotFoundError,
-    SyncerError,
-    TooLargeError,
-    UploadOutcomeUnknown,
     classify,
     error_class,
 )
@@ -62,9 +58,8 @@ from syncer.push.upload import (
     Upload,
     Uploader,
     UserRejected,
-    form_name,
+    upload_failure,
 )
-from syncer.redact import without_name
 from syncer.restore.options import RestoreOptions
 from syncer.restore.plan import (
     NOT_RESTORABLE,
@@ -353,33 +348,13 @@ class RestoreJob:
 
     def _record_failure(self, item: RestoreItem, exc: BaseException) -> None:
         ctx = self.ctx
-        permanent = classify(exc, upload=True) is Kind.PERMANENT
-        if isinstance(exc, TooLargeError):
-            message = f"the server refused the file as too large (413); not retried while it is unchanged: {exc}"
-        elif isinstance(exc, BadRequestError):
-            message = f"the server refused the upload (400); not retried while the file is unchanged: {exc}"
-        elif isinstance(exc, SyncerError):
-            message = str(exc)
-        else:
-            message = f"unexpected error: {type(exc).__name__}: {exc}"
-        message = without_name(scrub(message), item.sent_name, form_name(item.sent_name), item.source.name)
-        if item.source.file_id not in message:
-            message = f"file {item.source.file_id}: {message}"
-        message = message[:500]
-        fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
-        if permanent:
-            ctx.stats.permanent += 1
-            fields.update(state="permanent", intent_at=None)  # refused: nothing was stored
-        else:
-            ctx.stats.failed += 1
-            if not isinstance(exc, UploadOutcomeUnknown):
-                fields["state"] = "failed"
-            # else: stays 'uploading': the next run looks for the document before sending anything
-        ctx.recorder.put(Update("restore_items", item.key, fields, event="failed", error_class=error_class(exc),
-                                detail=message))
+        verdict = upload_failure(exc, item.sent_name, item.source.name, file_id=item.source.file_id)
+        ctx.stats.count_failure("permanent" if verdict.permanent else "failed", error_class(exc))
+        ctx.recorder.put(Update("restore_items", item.key, verdict.fields, event="failed",
+                                error_class=error_class(exc), detail=verdict.detail))
         ctx.log_event("restore_failed", level=logging.WARNING, user=item.dest_user, item=label(item),
                       file_id=item.source.file_id, error_class=error_class(exc),
-                      message=f"user {item.dest_user}: {message}")
+                      message=f"user {item.dest_user}: {verdict.message}")
 
     # -- the mapping ---------------------------------------------------------------------------
     async def _write_mapping(self) -> None:

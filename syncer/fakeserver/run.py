@@ -13,11 +13,12 @@ import contextlib
 import errno
 import json
 import os
-import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from syncer.run.signals import on_stop_signals
 
 if TYPE_CHECKING:
     from syncer.fakeserver.server import FakeServer
@@ -56,28 +57,19 @@ def tokens_file_place(path: str | os.PathLike[str] | None) -> Iterator[Path]:
 async def serve_forever(srv: FakeServer, on_ready: Callable[[FakeServer], None] | None = None) -> None:
     """Start `srv`, call `on_ready(srv)`, serve until SIGINT/SIGTERM (or cancellation), then stop."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
-        await srv.start()
-    except OSError as exc:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await srv.stop()  # the half-set-up runner and the server's own data folder
-        why = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise ListenError(f"cannot listen on {srv.host}:{srv.port}: {why}") from None
-    try:
-        if on_ready is not None:
-            on_ready(srv)
-        await stop.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await srv.stop()
+    with on_stop_signals(lambda _signum: stop.set()):
+        try:
+            await srv.start()
+        except OSError as exc:
+            await srv.stop()  # the half-set-up runner and the server's own data folder
+            why = "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise ListenError(f"cannot listen on {srv.host}:{srv.port}: {why}") from None
+        try:
+            if on_ready is not None:
+                on_ready(srv)
+            await stop.wait()
+        finally:
+            await srv.stop()
 
 
 def run_blocking(srv: FakeServer, on_ready: Callable[[FakeServer], None] | None = None) -> None:

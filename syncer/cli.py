@@ -155,13 +155,17 @@ def _check_metrics_file(metrics_file: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="List and plan only: print what would be downloaded.")
 @click.option("--shard", metavar="K/N", help="Only targets whose stable hash falls in shard K of N (K from 0).")
 @manifest_option
+@click.option("--reencrypt", is_flag=True,
+              help="With encryption on: also convert files backed up plain to age files (from the local copy).")
+@click.option("--allow-plain", is_flag=True,
+              help="Allow a pull without encryption although the backup holds encrypted files.")
 @run_options
 @handle_errors
 def pull(config_path: str | None, manifest_path: str | None, targets: tuple[str, ...], targets_file: str | None,
          dest: str | None,
          categories: tuple[str, ...], include_shared: bool | None, concurrency: int | None, dry_run: bool,
-         shard: str | None, log_format: str | None, log_level: str | None, quiet: bool,
-         progress_interval: float | None, metrics_file: str | None) -> None:
+         shard: str | None, reencrypt: bool, allow_plain: bool, log_format: str | None, log_level: str | None,
+         quiet: bool, progress_interval: float | None, metrics_file: str | None) -> None:
     """Back up every file of the given targets into DEST, resumably.
 
     Files land in DEST/<type>/<id>/<category>/<safe name>; the manifest records every file, so a
@@ -183,7 +187,8 @@ def pull(config_path: str | None, manifest_path: str | None, targets: tuple[str,
                  "concurrency": concurrency, "targets_file": targets_file},
         "log": {"format": log_format, "level": log_level, "progress_interval": progress_interval},
     })
-    opts = PullOptions.from_config(cfg, targets=targets, targets_file=targets_file, shard=shard, dry_run=dry_run)
+    opts = PullOptions.from_config(cfg, targets=targets, targets_file=targets_file, shard=shard, dry_run=dry_run,
+                                   reencrypt=reencrypt, allow_plain=allow_plain)
     cfg.api_base_url()
     token = cfg.api_token()
     check_dest(opts.dest)
@@ -353,6 +358,18 @@ def demo(workdir: str | None, quiet: bool) -> None:
         click.echo(summary_text(result.restore))
         click.echo(f"verified: {result.restore_verified} deleted documents restored, byte-identical, once"
                    + (f"; MISMATCHES: {len(result.restore_mismatches)}" if result.restore_mismatches else ""))
+    if result.encrypted is not None:
+        click.echo(summary_text(result.encrypted))
+        click.echo(f"verified: {result.encrypted_verified} files stored encrypted (age) in {where / 'encrypted'},"
+                   " each decrypted byte-identical to the server's"
+                   + (f"; MISMATCHES: {len(result.encrypted_mismatches)}" if result.encrypted_mismatches else ""))
+    if result.sample_file is not None and result.key_path is not None:
+        import shlex
+
+        click.echo(f"decrypt:  age -d -i {shlex.quote(str(result.key_path))} "
+                   f"{shlex.quote(str(result.sample_file))}   (or rage; the key is a throwaway)")
+        click.echo(f"          syncer verify --decrypt --identity {shlex.quote(str(result.key_path))} "
+                   f"-c {shlex.quote(str(where / 'encrypted' / 'syncer.toml'))}")
     click.echo(f"backup:   {where / 'backup'}")
     click.echo(f"manifest: {where / 'syncer-manifest.sqlite'}")
     click.echo(f"next:     syncer status -c {where / 'syncer.toml'}")
@@ -411,10 +428,12 @@ def status_cmd(config_path: str | None, manifest_path: str | None, as_json: bool
               help="s3:// only: compare sizes (one listing) and stored checksums; download nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
 @manifest_option
+@click.option("--decrypt", is_flag=True, help="Decrypt encrypted files and check their plaintext (needs --identity).")
+@click.option("--identity", type=click.Path(dir_okay=False), metavar="FILE",
+              help="An age identity file (mode 0600), for --decrypt.")
 @handle_errors
 def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int | None, check_all: bool,
-               dest: str | None, quick: bool,
-               as_json: bool) -> None:
+               dest: str | None, quick: bool, as_json: bool, decrypt: bool, identity: str | None) -> None:
     """Re-hash backed-up files and compare them with the sizes and SHA-256 the manifest recorded.
 
     Reports missing and changed files by target/file id and local path.  Exit 0 when every file
@@ -429,9 +448,16 @@ def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int |
 
     if sample is not None and check_all:
         raise click.UsageError("give --sample N or --all, not both")
+    if decrypt != bool(identity):
+        raise click.UsageError("--decrypt needs --identity FILE (and --identity is only used with --decrypt)")
     cfg = _load(config_path, {"manifest": {"path": manifest_path}, "pull": {"dest": dest}})
     from syncer.store import is_object_dest
 
+    identities = None
+    if decrypt:
+        from syncer.crypto.identity import load_identities
+
+        identities = load_identities(identity)  # type: ignore[arg-type]
     progress = verify_mod.ProgressPrinter(sys.stderr, interval=cfg.log.progress_interval)
     if quick and not is_object_dest(cfg.pull.dest):
         raise click.UsageError("--quick needs an s3:// destination (a folder is checked by re-hashing)")
@@ -446,16 +472,42 @@ def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int |
         else:
             report = verify_mod.verify(cfg.manifest.path, Path(cfg.pull.dest),
                                        sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE),
-                                       on_progress=progress)
+                                       on_progress=progress, identities=identities)
     except KeyboardInterrupt:
         raise Exit("verify interrupted: nothing was concluded", exitcodes.SIGINT) from None
     finally:
         progress.close()
+    if identities and getattr(report, "no_key", 0) and not getattr(report, "decrypted", 0):
+        raise Exit(f"--identity {identity}: none of the {report.no_key} encrypted files checked opens with this"
+                   " key (the wrong identity file?)", exitcodes.USAGE)
     if as_json:
         click.echo(json_text(report.as_dict(), indent=2))
     else:
         click.echo(verify_mod.render_text(report))
     sys.exit(exitcodes.OK if report.passed else exitcodes.ITEMS_FAILED)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the new identity here (mode 0600; never overwrites). Default: print it.")
+@handle_errors
+def keygen(output: str | None) -> None:
+    """Make a new age identity (private key) and print its recipient (public key).
+
+    The file has age-keygen's format, so age, rage and syncer all read it.  Put the recipient in
+    pull.encrypt_to; keep the file offline (only verify --decrypt and restores need it).
+
+    \b
+    Example:
+      syncer keygen -o clinic-backup-key.txt
+    """
+    from syncer.crypto.identity import keygen as make_key
+
+    text, public = make_key(output)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(public)
 
 
 @main.command(context_settings=CONTEXT)

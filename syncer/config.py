@@ -72,6 +72,10 @@ class PullConfig:
     categories: tuple[str, ...] = ()      # empty: every category
     include_shared: bool = False
     concurrency: int = DEFAULT_PULL_CONCURRENCY
+    # Encryption at rest (age): recipients (public keys) and/or an age recipients file.  Checked by
+    # syncer.crypto.recipients when a pull starts (pyrage is imported only then).
+    encrypt_to: tuple[str, ...] = ()
+    encrypt_to_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
 }
 _PATH_KEYS = {("api", "ca_bundle"), ("manifest", "path"), ("pull", "dest"), ("pull", "targets_file"),
+              ("pull", "encrypt_to_file"),
               ("push", "source"), ("push", "tokens_file")}
 
 
@@ -262,6 +267,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError("concurrency must be between 1 and 512")
     for text in cfg.pull.targets:
         Target.parse(text)
+    for i, text in enumerate(cfg.pull.encrypt_to):
+        if not text.strip():
+            raise ConfigError(f"pull.encrypt_to[{i}] is empty: give a recipient (age1... or ssh-ed25519 ...)")
     for cat in cfg.pull.categories:
         if cat not in CATEGORIES:
             raise ConfigError(f"pull.categories: unknown category {cat!r} (known: {', '.join(CATEGORIES)})")

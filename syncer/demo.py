@@ -4,7 +4,10 @@ It starts :class:`~syncer.fakeserver.FakeServer` in-process with seeded patients
 sizes, a few hostile names), pulls everything into ``<workdir>/backup``, checks the copy byte for
 byte against the server, uploads a small folder per patient with push, checks those too, deletes two
 backed-up documents on the server and puts them back with restore, and leaves a ``syncer.toml`` so
-that ``syncer status -c <workdir>/syncer.toml`` works afterwards.
+that ``syncer status -c <workdir>/syncer.toml`` works afterwards.  A last act backs everything up
+again with encryption at rest into ``<workdir>/encrypted`` (its own manifest and config), encrypted to
+a throwaway age key made in the work folder (``demo-key.txt``), and decrypts every file to check it.
+(The first backup stays plain: restore reads it, and restore does not decrypt yet.)
 
 The work folder must be new, empty, or made by an earlier demo (which leaves the 0600 marker file
 ``.syncer-demo``): anything else is refused before a byte is written, since the demo writes a config,
@@ -14,7 +17,10 @@ an earlier demo made starts over: that demo's manifest is removed (the new serve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,12 +72,19 @@ class DemoResult:
     restore_code: int | None = None
     restore_verified: int = 0
     restore_mismatches: list[str] = field(default_factory=list)
+    encrypted: RunStats | None = None    # the encrypted backup (the last act)
+    encrypted_code: int | None = None
+    encrypted_verified: int = 0
+    encrypted_mismatches: list[str] = field(default_factory=list)
+    key_path: Path | None = None         # the throwaway age identity it is encrypted to
+    sample_file: Path | None = None      # one encrypted file, for the decrypt command shown
 
     @property
     def ok(self) -> bool:
         return (self.pull_code == 0 and not self.pull_mismatches
                 and self.push_code in (0, None) and not self.push_mismatches
-                and self.restore_code in (0, None) and not self.restore_mismatches)
+                and self.restore_code in (0, None) and not self.restore_mismatches
+                and self.encrypted_code in (0, None) and not self.encrypted_mismatches)
 
 
 def demo_config(srv: FakeServer, workdir: Path) -> Config:
@@ -92,6 +105,7 @@ def _write_config_file(cfg: Config, path: Path) -> None:
         f'[api]\nbase_url = "{cfg.api.base_url}"\naccount_code = "{cfg.api.account_code}"\n'
         f'[manifest]\npath = "{cfg.manifest.path.name}"\n'
         f'[pull]\ndest = "{cfg.pull.dest.name}"\n'
+        + (f"encrypt_to = {json.dumps(list(cfg.pull.encrypt_to))}\n" if cfg.pull.encrypt_to else "") +
         f'[push]\nsource = "{cfg.push.source.name}"\ntokens_file = "{cfg.push.tokens_file.name}"\n'
     )
     write_private_text(path, text)
@@ -137,6 +151,7 @@ async def run_demo(workdir: Path, *, on_progress: Any = None) -> DemoResult:
         await asyncio.to_thread(_check_pull, srv, cfg, result)
         await _demo_push(srv, cfg, result, on_progress)
         await _demo_restore(srv, cfg, result, on_progress)
+        await _demo_encrypted(srv, cfg, result, on_progress)
         return result
 
 
@@ -208,3 +223,70 @@ async def _demo_restore(srv: FakeServer, cfg: Config, result: DemoResult, on_pro
             result.restore_mismatches.append(f["id"])
     if len(new) != len(gone):
         result.restore_mismatches.append(f"{len(new)} documents uploaded for {len(gone)} deleted")
+
+
+def _demo_key(workdir: Path) -> tuple[Path, str]:
+    """The work folder's throwaway age identity (made once; a rerun in the same folder reuses it)."""
+    from syncer.crypto.identity import keygen
+
+    path = workdir / "demo-key.txt"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# public key: "):
+                return path, line.split(": ", 1)[1].strip()
+    return path, keygen(path)[1]
+
+
+async def _demo_encrypted(srv: FakeServer, cfg: Config, result: DemoResult, on_progress: Any) -> None:
+    """The last act: every file backed up again, encrypted (age) to the demo's throwaway key, into
+    ``<workdir>/encrypted``; each file decrypted and compared with the server's bytes."""
+    import asyncio
+
+    from syncer.crypto.recipients import load_recipients
+    from syncer.pull.job import PullJob
+    from syncer.pull.options import PullOptions
+    from syncer.run.runner import execute
+
+    workdir = result.workdir
+    enc = workdir / "encrypted"
+    await asyncio.to_thread(shutil.rmtree, enc, True)  # an earlier demo's (the folder is the demo's own)
+    await asyncio.to_thread(make_dirs, enc, workdir)
+    result.key_path, public = await asyncio.to_thread(_demo_key, workdir)
+    ecfg = dataclasses.replace(cfg, manifest=ManifestConfig(path=enc / "syncer-manifest.sqlite"),
+                               pull=dataclasses.replace(cfg.pull, dest=enc / "backup", encrypt_to=(public,)))
+    await asyncio.to_thread(_write_config_file, ecfg, enc / "syncer.toml")
+    targets = tuple([Target("user", u) for u in srv.users] + [Target("visit", v) for v in srv.visits])
+    opts = PullOptions(targets=targets, dest=ecfg.pull.dest, concurrency=ecfg.pull.concurrency,
+                       recipients=tuple(load_recipients(ecfg.pull.encrypt_to, None)))
+    result.encrypted, result.encrypted_code = await execute(
+        PullJob, ecfg, opts, token=srv.api_key, concurrency=opts.concurrency, on_progress=on_progress,
+        details={"demo": True, "encrypted": True})
+    await asyncio.to_thread(_check_encrypted, srv, ecfg, result)
+
+
+def _check_encrypted(srv: FakeServer, cfg: Config, result: DemoResult) -> None:
+    import sqlite3
+
+    from syncer.crypto.identity import load_identities
+    from syncer.crypto.stream import open_plaintext
+
+    assert result.key_path is not None
+    identities = load_identities(result.key_path)
+    conn = sqlite3.connect(cfg.manifest.path)
+    try:
+        rows = conn.execute("SELECT file_id, local_path FROM pull_items WHERE state = 'done'").fetchall()
+    finally:
+        conn.close()
+    live = {f["id"] for f in srv.files()}
+    for file_id, local_path in rows:
+        path = cfg.pull.dest / local_path
+        data = srv.file_bytes(file_id)
+        if local_path.endswith(".age") and b"".join(open_plaintext(path, identities)) == data:
+            result.encrypted_verified += 1
+            # The decrypt command shown: a file with content and a name that is not one of the hostile ones.
+            if result.sample_file is None and data and local_path.isascii() and not path.name.startswith("_"):
+                result.sample_file = path
+        else:
+            result.encrypted_mismatches.append(file_id)
+    if len(rows) != len(live):
+        result.encrypted_mismatches.append(f"{len(live) - len(rows)} files not backed up encrypted")

@@ -74,7 +74,7 @@ def _id_hash(file_id: str) -> str:
     return hashlib.sha256(file_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
-def safe_name(name: str, *, file_id: str = "", ext: str = "") -> str:
+def safe_name(name: str, *, file_id: str = "", ext: str = "", reserve: int = 0) -> str:
     """One safe path component for any remote name; deterministic.
 
     NFC; separators, NUL, controls, ``<>:"|?*``, bidi controls and lone surrogates become ``_``;
@@ -87,6 +87,8 @@ def safe_name(name: str, *, file_id: str = "", ext: str = "") -> str:
     ``ext`` (the server's ``ext`` field) is appended as ``.ext`` unless the name already ends with
     it, case-insensitively: the server keeps ``ext`` through renames, so it is the better witness
     of the type (``scan`` + ``pdf`` -> ``scan.pdf``; ``notes.txt`` + ``pdf`` -> ``notes.txt.pdf``).
+
+    ``reserve``: bytes of the 255 kept free for a suffix the caller appends (``.age``: 4).
     """
     base = _clean(name)
     if not base:
@@ -97,12 +99,13 @@ def safe_name(name: str, *, file_id: str = "", ext: str = "") -> str:
         base = f"{base}.{tail}"
     if _is_reserved(base):
         base = "_" + base
-    return _fit(base)
+    return _fit(base, MAX_NAME_BYTES - reserve)
 
 
-def disambiguate(safe: str, file_id: str) -> str:
-    """``safe`` with ``~<8 hex of sha256(file_id)>`` before its extension, still a safe name."""
-    return _fit(safe_name(safe), infix="~" + _id_hash(file_id))
+def disambiguate(safe: str, file_id: str, reserve: int = 0) -> str:
+    """``safe`` with ``~<8 hex of sha256(file_id)>`` before its extension, still a safe name
+    (``reserve`` bytes short of 255, as in :func:`safe_name`)."""
+    return _fit(safe_name(safe, reserve=reserve), MAX_NAME_BYTES - reserve, infix="~" + _id_hash(file_id))
 
 
 def casefold_key(name: str) -> str:

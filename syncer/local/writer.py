@@ -16,6 +16,7 @@ import stat
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Protocol
 
 from syncer.errors import IntegrityError, ItemError
 from syncer.local.names import MAX_NAME_BYTES
@@ -55,6 +56,24 @@ _ready_folders: dict[tuple[str, str], Path] = {}
 _READY_FOLDERS_MAX = 4096
 
 
+class Encryptor(Protocol):
+    """What turns the received bytes into the stored bytes (``syncer.crypto.stream.AgeEncryptor``).
+
+    Called in the writer's worker steps, under its lock: ``write`` for a full batch, ``finish`` at
+    commit with the rest (before the fsync), ``abort`` when the download is abandoned."""
+
+    stored_size: int
+
+    @property
+    def stored_sha256(self) -> str: ...
+
+    def write(self, fd: int, chunks: list[bytes]) -> None: ...
+
+    def finish(self, fd: int, chunks: list[bytes]) -> None: ...
+
+    def abort(self) -> bool: ...
+
+
 def _mark_retrieved(fut: asyncio.Future[object]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -88,6 +107,12 @@ class AtomicWriter:
     ``commit`` failing (size mismatch, disk error) always removes it.  ``existing_bytes`` does not
     depend on ``resume``.  Two writers must never share a final path at the same time; the caller
     (and the run lock) see to that.
+
+    ``encryptor`` (encryption at rest): the received bytes go through it and only what it writes reaches
+    the temp file.  The sha256 and size returned by ``commit`` stay those of the received bytes;
+    ``stored_size``/``stored_sha256`` describe the file on disk.  An encrypted partial can never be
+    resumed (the file key is wrapped for the recipients), so with an encryptor ``existing_bytes`` is 0 and
+    nothing is kept for a Range request.
     """
 
     def __init__(
@@ -99,7 +124,9 @@ class AtomicWriter:
         resume: bool = False,
         chunk_fsync: bool = False,
         sync_dir: bool = True,
+        encryptor: Encryptor | Any = None,
     ):
+        self.encryptor: Encryptor | None = encryptor
         self.final_path = Path(final_path)
         # False: the caller fsyncs the folder itself (see fsync_dirs), once for many files, before it
         # records any of them as done.
@@ -130,6 +157,8 @@ class AtomicWriter:
         0 when there is no plain temp file (a link, a hard-linked file), or when it is not shorter
         than ``expected_size`` (nothing left to ask for: start over).  One ``lstat``.
         """
+        if self.encryptor is not None:
+            return 0  # an age stream cannot be continued without the file key: start over
         try:
             st = os.lstat(self.temp_path)
         except OSError:
@@ -143,6 +172,15 @@ class AtomicWriter:
     @property
     def bytes_written(self) -> int:
         return self._bytes
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes of the file on disk (after commit): the ciphertext's with an encryptor."""
+        return self.encryptor.stored_size if self.encryptor is not None else self._bytes
+
+    @property
+    def stored_sha256(self) -> str:
+        return self.encryptor.stored_sha256 if self.encryptor is not None else self._hash.hexdigest()
 
     # -- steps
 
@@ -277,7 +315,10 @@ class AtomicWriter:
         with self._lock:
             try:
                 fd = self._fd_for_writing()
-                _write_all(fd, chunks)
+                if self.encryptor is not None:
+                    self.encryptor.write(fd, chunks)
+                else:
+                    _write_all(fd, chunks)
                 if self.chunk_fsync:
                     os.fsync(fd)
             except BaseException:
@@ -322,7 +363,10 @@ class AtomicWriter:
         with self._lock:
             try:
                 fd = self._fd_for_writing()
-                _write_all(fd, chunks)
+                if self.encryptor is not None:
+                    self.encryptor.finish(fd, chunks)
+                else:
+                    _write_all(fd, chunks)
                 os.fsync(fd)
             except BaseException:
                 self._failed = True
@@ -371,7 +415,12 @@ class AtomicWriter:
             if self._state in ("committed", "closed"):
                 return  # a second abort (after a cancellation) must not undo the first
             self._state = "closed"
-            keep = keep_partial and not self._failed
+            keep = keep_partial and not self._failed and self.encryptor is None
+            if self.encryptor is not None and not self.encryptor.abort():
+                # Its thread still writes to the fd: leave the fd open (a leak) rather than let it
+                # write into whatever file reuses the number.  The temp is removed below all the same.
+                log.warning("%s", "an encrypting thread did not stop; its temp file descriptor is left open")
+                self._fd = None
             try:
                 if keep and chunks and not self._created:
                     self._open_sync(0)

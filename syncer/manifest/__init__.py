@@ -15,7 +15,7 @@ The recorder imports the store, never the other way round.  May import: ``syncer
 """
 
 from syncer.manifest.recorder import Recorder
-from syncer.manifest.schema import MIGRATIONS, SCHEMA_VERSION
+from syncer.manifest.schema import ENCRYPTION_SCHEMA, MIGRATIONS, SCHEMA_VERSION
 from syncer.manifest.store import Manifest, Update, now_iso
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Manifest", "Recorder", "Update", "now_iso"]
+__all__ = ["ENCRYPTION_SCHEMA", "MIGRATIONS", "SCHEMA_VERSION", "Manifest", "Recorder", "Update", "now_iso"]

@@ -11,13 +11,18 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+from syncer.manifest.schema import ENCRYPTION_SCHEMA
+
 
 class ReportQueries:
     conn: sqlite3.Connection
     version: int
 
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        cur = self.conn.execute(sql, args)
+        # {enc} in the done-rows query: how each file is stored and the stored object's size and digest
+        # (from ENCRYPTION_SCHEMA on; an older manifest read as it is has no such columns).
+        enc = ", encrypted, stored_size, stored_sha256" if self.version >= ENCRYPTION_SCHEMA else ""
+        cur = self.conn.execute(sql.replace("{enc}", enc), args)
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur]
 
@@ -25,7 +30,7 @@ class ReportQueries:
         return self._rows(self._DONE)
 
     def pull_done_count(self) -> int:
-        return self.conn.execute(f"SELECT count(*) FROM ({self._DONE})").fetchone()[0]
+        return self.conn.execute(f"SELECT count(*) FROM ({self._DONE.replace('{enc}', '')})").fetchone()[0]
 
     def pull_done_sample(self, n: int) -> list[dict[str, Any]]:
         """``n`` distinct done rows chosen uniformly in SQL: a top-``n`` sort over random keys keeps only
@@ -39,6 +44,26 @@ class ReportQueries:
         while page := self._rows(self._DONE_PAGE, (last, size)):
             yield page
             last = page[-1]["path_key"]
+
+    def pull_storage_counts(self) -> dict[str, int]:
+        """Backed-up files stored plain and encrypted (age), for ``status``."""
+        if self.version < ENCRYPTION_SCHEMA:
+            n = self.conn.execute(
+                "SELECT count(*) FROM pull_items WHERE state IN ('done', 'remote_deleted')").fetchone()[0]
+            return {"plain": n, "encrypted": 0}
+        counts = {"plain": 0, "encrypted": 0}
+        for enc, n in self.conn.execute(
+                "SELECT encrypted, count(*) FROM pull_items WHERE state IN ('done', 'remote_deleted')"
+                " GROUP BY encrypted"):
+            counts["encrypted" if enc else "plain"] += n
+        return counts
+
+    def pull_encrypted_rows(self) -> int:
+        """Rows recorded as stored encrypted, whatever their state (turning encryption off must not
+        leave them behind silently)."""
+        if self.version < ENCRYPTION_SCHEMA:
+            return 0
+        return self.conn.execute("SELECT count(*) FROM pull_items WHERE encrypted = 1").fetchone()[0]
 
     # -- status --------------------------------------------------------------------------------
     def summary(self, *, runs: int = 10, failures: int = 50) -> dict[str, Any]:
@@ -81,6 +106,8 @@ class ReportQueries:
                         " AND acked_at IS NOT NULL").fetchone()
                     acked = {"count": n, "bytes": b or 0}
             out[kind] = {"states": states, "failed": items, "acknowledged": acked}
+            if kind == "pull":
+                out[kind]["stored"] = self.pull_storage_counts()
         cur = self.conn.execute(
             "SELECT id, kind, started, ended, outcome, files_done, bytes_done, failed, skipped, pid, host"
             " FROM runs ORDER BY started DESC LIMIT ?", (runs,))

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+# The first schema with the encryption columns (pull_items.encrypted, stored_*, prior_path).
+ENCRYPTION_SCHEMA = 5
 # The oldest schema a read-only reader (status, verify, dry runs) can use as it is, without upgrading:
 # migrations since then only add indexes.  Raise it when a migration changes what readers query.
 READABLE_FROM = 1
@@ -126,6 +128,24 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS restore_state ON restore_items(state)")
 
 
+def _schema_v5(db: sqlite_utils.Database) -> None:
+    """v4 -> v5: encryption at rest.  ``encrypted`` (0/1) says how the file at ``local_path`` is stored
+    (an age file when 1; ``local_path`` is always the stored path, ``.age`` included); ``sha256`` and
+    ``bytes`` stay those of the plaintext, ``stored_sha256``/``stored_size`` are those of the file on
+    disk (what ``verify`` checks without a key); ``prior_path`` is the old path of a file moving between
+    plain and encrypted storage, removed once the new file is recorded (kept here so a run killed in
+    between still removes it).  Rows from before stay plain (0).  Readers check ``Manifest.version``
+    against ENCRYPTION_SCHEMA before they query these columns, so READABLE_FROM stays where it is."""
+    cols = {c[1] for c in db.execute("PRAGMA table_info(pull_items)").fetchall()}
+    if "encrypted" not in cols:
+        db.execute("ALTER TABLE pull_items ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0")
+    for col, kind in (("stored_sha256", "TEXT"), ("stored_size", "INTEGER"), ("prior_path", "TEXT")):
+        if col not in cols:
+            db.execute(f"ALTER TABLE pull_items ADD COLUMN {col} {kind}")
+    # `status` counts files stored plain and encrypted: from a narrow index, like the other counts.
+    db.execute("CREATE INDEX IF NOT EXISTS pull_state_encrypted ON pull_items(state, encrypted)")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
-    0: _schema_v1, 1: _schema_v2, 2: _schema_v3, 3: _schema_v4,
+    0: _schema_v1, 1: _schema_v2, 2: _schema_v3, 3: _schema_v4, 4: _schema_v5,
 }

@@ -34,6 +34,7 @@ from syncer.manifest.failures import FailureRecords, now_iso
 from syncer.manifest.opening import open_readonly, private_if_empty, refuse_folder
 from syncer.manifest.reports import ReportQueries
 from syncer.manifest.schema import (  # noqa: F401 - the schema's names, re-exported
+    ENCRYPTION_SCHEMA,
     INSERTABLE,
     MIGRATIONS,
     PULL_KEY,
@@ -315,6 +316,8 @@ class Manifest(FailureRecords, ReportQueries):
         cur = self.conn.execute(
             f"SELECT file_id, remote_name, size, state, local_path, path_key, sha256, category, created,"
             f" modified{', acked_at, listed_own' if self.version >= 3 else ''}"
+            # The encryption columns only when there: a read-only dry run may see an older schema.
+            f"{', encrypted, stored_size, prior_path' if self.version >= ENCRYPTION_SCHEMA else ''}"
             " FROM pull_items WHERE target_type = ? AND target_id = ?", (target_type, target_id))
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur]
@@ -357,7 +360,7 @@ class Manifest(FailureRecords, ReportQueries):
     # The files the manifest says are on disk (verify's subject): done, or kept after a remote delete.
     # (``+state`` in the pages' query keeps SQLite off the state index there: walking the path index in
     # order makes each page a short range read instead of a scan and sort of the whole table.)
-    _DONE_COLS = "SELECT target_type, target_id, file_id, local_path, size, sha256, path_key FROM pull_items"
+    _DONE_COLS = "SELECT target_type, target_id, file_id, local_path, size, sha256, path_key{enc} FROM pull_items"
     _DONE = f"{_DONE_COLS} WHERE state IN ('done', 'remote_deleted') AND sha256 IS NOT NULL"
     _DONE_PAGE = (f"{_DONE_COLS} WHERE +state IN ('done', 'remote_deleted') AND sha256 IS NOT NULL"
                   " AND path_key > ? ORDER BY path_key LIMIT ?")

@@ -8,6 +8,6 @@ downloaders (``job``) -> a sink (``syncer.store``: a folder's atomic writer, or 
 - ``plan``: what to fetch, where it goes (pure decisions plus the one manifest step).
 - ``job``: ``PullJob``, which does it; ``dryrun``: the same plan, reported and not done.
 
-May import: ``syncer.run``, ``syncer.manifest``, ``syncer.local``, ``syncer.store``, ``syncer.inputs``, ``models``,
-``errors``, ``logs``.  Imported by: ``cli``, ``demo``.
+May import: ``syncer.run``, ``syncer.manifest``, ``syncer.local``, ``syncer.store``, ``syncer.crypto``,
+``syncer.inputs``, ``models``, ``errors``, ``logs``.  Imported by: ``cli``, ``demo``.
 """

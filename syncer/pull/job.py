@@ -21,11 +21,13 @@ from syncer.api.client import LINK_REFRESHES
 from syncer.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     ConnectionFailed,
     IntegrityError,
     ItemError,
     Kind,
     LinkExpiredError,
+    LocalIOError,
     ProtocolError,
     SyncerError,
     TransientError,
@@ -35,7 +37,7 @@ from syncer.errors import (
     error_class,
 )
 from syncer.local.writer import SizeMismatchError
-from syncer.manifest import Update, now_iso
+from syncer.manifest import ENCRYPTION_SCHEMA, Update, now_iso
 from syncer.models import PullState, Target
 from syncer.pull.options import PullOptions
 from syncer.pull.plan import WorkItem, plan_and_record
@@ -70,6 +72,10 @@ class PullJob:
             ctx, self._fetch, workers=0 if opts.dry_run else 2 * opts.concurrency,
             queue_size=max(16, opts.concurrency * 4), name="download")
         self.dry_run_report: list[DryRunTarget] = []
+        # Stored size and sha256 of each finished file, by key, until recorded (None: a manifest older
+        # than the encryption schema, which has no column for them, e.g. a read-only dry run's).
+        self._stored: dict[tuple[str, str, str], tuple[int, str]] | None = \
+            {} if getattr(ctx.manifest, "version", ENCRYPTION_SCHEMA) >= ENCRYPTION_SCHEMA else None
         self.listed_ok = 0
         self.list_unreachable = 0
         self.scope_open: dict[str, str] = {}  # targets with a failure on record -> its reason
@@ -167,7 +173,8 @@ class PullJob:
             plan_and_record, ctx.manifest, None if self.opts.dry_run else ctx.run_id, target, files,
             dest=self.dest, categories=self.opts.categories,
             listing_complete=listing.complete and not listing.target_missing,
-            include_shared=self.opts.include_shared, presence=presence)
+            include_shared=self.opts.include_shared, presence=presence,
+            encrypt=self.opts.encrypt, reencrypt=self.opts.reencrypt)
         ctx.stats.skipped += plan.up_to_date
         ctx.stats.files_total += len(plan.todo)
         ctx.stats.bytes_total += plan.todo_bytes
@@ -197,8 +204,14 @@ class PullJob:
     # -- stage 2: downloading --------------------------------------------------------------------
     async def _fetch(self, item: WorkItem) -> None:
         started = time.monotonic()
+        converted = None
         try:
-            nbytes, sha, folder = await self.ctx.policy.call(self._transfer, item)
+            if item.convert:
+                converted = await self._convert(item)
+            if converted is not None:
+                nbytes, sha, folder = converted
+            else:
+                nbytes, sha, folder = await self.ctx.policy.call(self._transfer, item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every item error is recorded; a fatal one also stops the run
@@ -210,14 +223,57 @@ class PullJob:
             return
         self.ctx.stats.files_done += 1
         self.ctx.stats.bytes_done += nbytes
-        self.ctx.recorder.put(Update(
-            "pull_items", item.key,
-            {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": now_iso(),
-             "last_error": None, "error_class": None, "acked_by": None, "acked_at": None, "ack_reason": None},
-            event="done", bump_attempts=True, sync_dir=str(folder) if folder is not None else None))
+        fields = {"state": PullState.DONE.value, "sha256": sha, "bytes": nbytes, "done_at": now_iso(),
+                  "last_error": None, "error_class": None, "acked_by": None, "acked_at": None, "ack_reason": None}
+        if self._stored is not None:
+            # How the file is stored, and the stored object's size and digest (verify without a key).
+            stored = self._stored.pop(item.key, (nbytes, sha))
+            fields.update(encrypted=int(item.encrypted), stored_size=stored[0], stored_sha256=stored[1])
+        update = Update("pull_items", item.key, fields, event="converted" if converted else "done",
+                        bump_attempts=True, sync_dir=str(folder) if folder is not None else None)
+        if item.replaces:
+            # The file it replaces (stored the other way) goes only once this one is recorded.
+            await self.ctx.recorder.put_and_wait(update)
+            await self._remove_replaced(item.key, item.replaces)
+        else:
+            self.ctx.recorder.put(update)
         self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
                            bytes=nbytes,
                            duration=round(time.monotonic() - started, 3))
+
+    async def _convert(self, item: WorkItem) -> tuple[int, str, Path] | None:
+        """``--reencrypt``: encrypt the local plain copy; None (download it instead) when it is gone or
+        not the recorded file.  A disk error stops the run, as for downloads.  (Folder sinks only: the
+        options refuse encryption for a bucket.)"""
+        from syncer.crypto.convert import LocalCopyChanged, convert_plain
+
+        assert item.replaces is not None and item.sha256 is not None
+        try:
+            size, sha, stored_size, stored_sha, folder = await asyncio.to_thread(
+                convert_plain, Path(self.dest), item.replaces, item.local_path, self.opts.recipients,
+                size=item.size, sha256=item.sha256)
+        except (LocalCopyChanged, UnsafeNameError) as exc:
+            self.ctx.log_event("convert_fallback", level=logging.WARNING, file_id=item.file_id,
+                               target=str(item.target), message=f"{exc}; downloading it again")
+            return None
+        except OSError as exc:
+            raise LocalIOError(f"cannot encrypt a backed-up file in {self.dest}: {exc.strerror or exc}") from exc
+        if self._stored is not None:
+            self._stored[item.key] = (stored_size, stored_sha)
+        return size, sha, folder
+
+    async def _remove_replaced(self, key: tuple[str, str, str], old: str) -> None:
+        from syncer.crypto.convert import remove_old
+
+        try:
+            await asyncio.to_thread(remove_old, Path(self.dest), old)
+        except (OSError, UnsafeNameError) as exc:
+            # Kept in prior_path: the next run tries again.
+            why = getattr(exc, "strerror", None) or exc
+            self.ctx.log_event("remove_failed", level=logging.WARNING, item="/".join(key),
+                               message=f"cannot remove a file stored the old way: {why}")
+            return
+        self.ctx.recorder.put(Update("pull_items", key, {"prior_path": None}, event="removed_prior"))
 
     def _record_failure(self, item: WorkItem, exc: BaseException, kind: Kind) -> None:
         """Record and count one item's failure.  A fatal one (the disk) is recorded as failed: like any
@@ -257,7 +313,16 @@ class PullJob:
         rel = Path(item.local_path)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination")
-        writer = self.sink.writer(item.local_path, expected_size=item.size, replace=item.replace)
+        encryptor = None
+        if item.encrypted:
+            from syncer.crypto.stream import AgeEncryptor
+
+            if not self.opts.recipients:
+                raise ConfigError("an encrypted file is due but no recipient is configured")
+            encryptor = AgeEncryptor(self.opts.recipients)
+        # Only the folder sink takes an encryptor (the options refuse encryption for a bucket).
+        extra = {"encryptor": encryptor} if encryptor is not None else {}
+        writer = self.sink.writer(item.local_path, expected_size=item.size, replace=item.replace, **extra)
         url = item.fullpath
         for _ in range(LINK_REFRESHES + 1):
             if not url:
@@ -295,6 +360,8 @@ class PullJob:
                     # not hold a download slot (run() starts twice as many workers as connections).
                     try:
                         nbytes, sha = await writer.commit()
+                        if self._stored is not None:
+                            self._stored[item.key] = (writer.stored_size, writer.stored_sha256)
                         return nbytes, sha, writer.folder
                     finally:
                         await writer.abort(keep_partial=False)  # a no-op after commit()

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from syncer.config import Config
 from syncer.errors import ConfigError
@@ -22,12 +23,20 @@ class PullOptions:
     include_shared: bool = False
     concurrency: int = 32
     dry_run: bool = False
+    recipients: tuple[Any, ...] = ()  # pyrage recipients: files fetched are stored as age files
+    reencrypt: bool = False           # also convert plain finished files (from the local copy)
+
+    @property
+    def encrypt(self) -> bool:
+        return bool(self.recipients)
 
     @classmethod
     def from_config(cls, cfg: Config, *, targets: Iterable[str] = (), targets_file: str | None = None,
-                    shard: str | None = None, dry_run: bool = False) -> PullOptions:
+                    shard: str | None = None, dry_run: bool = False, reencrypt: bool = False,
+                    allow_plain: bool = False) -> PullOptions:
         """The run's options: ``--target``/``--targets-file`` replace the config's targets; ``--shard K/N``
-        keeps this shard's share.  ConfigError (exit 2) for what cannot work, before anything is written."""
+        keeps this shard's share.  ConfigError (exit 2) for what cannot work, before anything is written
+        (a malformed recipient, encryption turned off over encrypted files: see syncer.crypto.policy)."""
         shard_kn = parse_shard(shard)
         if targets or targets_file:
             texts, files = list(targets), [Path(targets_file)] if targets_file else []
@@ -38,8 +47,12 @@ class PullOptions:
         if not chosen and shard_kn is None:
             raise ConfigError("no targets: give --target TYPE:ID, --targets-file, or pull.targets in the config")
         dest = cfg.pull.dest if is_object_dest(cfg.pull.dest) else Path(cfg.pull.dest)
+        from syncer.crypto.policy import pull_recipients
+
+        recipients = pull_recipients(cfg, reencrypt=reencrypt, allow_plain=allow_plain)
         return cls(targets=tuple(chosen), dest=dest, categories=cfg.pull.categories,
-                   include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency, dry_run=dry_run)
+                   include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency, dry_run=dry_run,
+                   recipients=tuple(recipients), reencrypt=reencrypt)
 
 
 def check_dest(dest: Path | str) -> None:

@@ -112,6 +112,8 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
             "acknowledged": raw[kind].get("acknowledged", {"count": 0, "bytes": 0}),
             "failed": failed,
         }
+        if "stored" in raw[kind]:
+            out[kind]["stored"] = dict(raw[kind]["stored"])  # backed-up files stored plain / encrypted
     out["scope_failures"] = [dict(f, detail=scrub(f["detail"]) if f.get("detail") else f.get("detail"))
                              for f in raw.get("scope_failures", [])]
     out["restore"] = _shape_restore(raw.get("restore"))
@@ -211,6 +213,8 @@ def render_text(st: dict[str, Any]) -> str:
         sec = st[kind]
         lines.append(f"{kind}: {sec['total']['count']} items ({human_bytes(sec['total']['bytes'])}): "
                      f"{_states_line(sec)}")
+        if "stored" in sec:
+            lines.append(f"pull: stored {sec['stored']['plain']} plain, {sec['stored']['encrypted']} encrypted (age)")
     if st.get("restore") and st["restore"]["total"]["count"]:
         lines.append(f"restore: {st['restore']['total']['count']} items: {_states_line(st['restore'])}"
                      f" ({len(st['restore']['mapping'])} restored, see --json for the id mapping)")
@@ -256,6 +260,9 @@ def print_rich(st: dict[str, Any], stream: TextIO | None = None, *, console: Any
             counts.add_row(Text(kind if i == 0 else ""), Text(state, style=style), Text(str(v["count"])),
                            Text(human_bytes(v["bytes"])))
     console.print(counts)
+    if "stored" in st["pull"]:
+        console.print(Text(f"pull files stored: {st['pull']['stored']['plain']} plain, "
+                           f"{st['pull']['stored']['encrypted']} encrypted (age)"))
     if st["runs"]:
         runs = Table(title="last runs", title_justify="left", box=box.SIMPLE, show_edge=False, pad_edge=False)
         for col in ("run", "kind", "started", "ended", "outcome", "done", "bytes", "failed", "skipped"):

@@ -25,6 +25,12 @@ Decisions:
   the exit code); a later version may record them as an event.
 - A pull that is running may replace a file while it is being checked (a changed remote file is
   fetched again): run verify between runs, or re-check the files it reports.
+- Encrypted files (age, ``encrypted`` in the manifest): without a key the stored object is checked
+  (its size and sha256: a flipped byte or a truncation is ``changed``).  With ``identities``
+  (``verify --decrypt --identity FILE``) each is decrypted and its plaintext size and sha256 compared
+  with the recorded ones; a file that fails age's authentication is ``changed``.  A file no identity
+  opens is ``changed`` too, and counted in ``no_key``: when no file checked could be opened at all,
+  the CLI says the key is wrong (exit 2) instead of reporting every file changed.
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ class VerifyReport:
     checked: int = 0
     ok: int = 0
     bytes_hashed: int = 0
+    decrypted: int = 0              # encrypted files opened with the identities given
+    no_key: int = 0                 # encrypted files none of the identities opens
     elapsed: float = 0.0
     problems: list[Problem] = field(default_factory=list)
 
@@ -93,9 +101,13 @@ class VerifyReport:
         return out
 
 
-def check_file(dest: Path, row: dict[str, Any]) -> tuple[Problem | None, int]:
+def check_file(dest: Path, row: dict[str, Any], identities: list[Any] | None = None) -> tuple[Problem | None, int]:
     """Check one manifest row against its file; (the problem or None, bytes hashed).  Blocking."""
-    expected_size, expected_sha = row["size"], row["sha256"]
+    encrypted = bool(row.get("encrypted"))
+    if encrypted:
+        expected_size, expected_sha = row.get("stored_size"), row.get("stored_sha256")
+    else:
+        expected_size, expected_sha = row["size"], row["sha256"]
 
     def problem(kind: str, detail: str, actual_size: int | None = None, actual_sha: str | None = None) -> Problem:
         return Problem(kind, f"{row['target_type']}:{row['target_id']}", row["file_id"], row["local_path"],
@@ -116,6 +128,8 @@ def check_file(dest: Path, row: dict[str, Any]) -> tuple[Problem | None, int]:
         return problem(CHANGED, "not a regular file"), 0
     if expected_size is not None and st.st_size != expected_size:
         return problem(CHANGED, f"size {st.st_size}, expected {expected_size}", st.st_size), 0
+    if encrypted and identities:
+        return _check_plaintext(path, row, identities, problem)
     try:
         size, digest = sha256_file(path)
     except UnsafePathError:
@@ -131,12 +145,45 @@ def check_file(dest: Path, row: dict[str, Any]) -> tuple[Problem | None, int]:
     return None, size
 
 
+def _check_plaintext(path: Path, row: dict[str, Any], identities: list[Any],
+                     problem: Callable[..., Problem]) -> tuple[Problem | None, int]:
+    """Decrypt an age file and compare its plaintext with the recorded size and sha256."""
+    from syncer.crypto.stream import DecryptFailed, NoMatchingKey, decrypt_sha256
+
+    def plain_problem(kind: str, detail: str, size: int | None = None, sha: str | None = None) -> Problem:
+        p = problem(kind, detail, size, sha)
+        p.expected_size, p.expected_sha256 = row["size"], row["sha256"]
+        return p
+
+    try:
+        size, digest = decrypt_sha256(path, identities)
+    except NoMatchingKey as exc:
+        p = plain_problem(CHANGED, f"cannot decrypt it: {exc}")
+        p.detail = "no_key: " + p.detail
+        return p, 0
+    except DecryptFailed as exc:
+        return plain_problem(CHANGED, f"it fails age's authentication: {exc}"), 0
+    except UnsafePathError:
+        return plain_problem(CHANGED, "replaced by a symbolic link or a special file"), 0
+    except FileNotFoundError:
+        return plain_problem(MISSING, "no file at this path"), 0
+    except OSError as exc:
+        return plain_problem(UNREADABLE, f"cannot read it: {exc.strerror or exc}"), 0
+    if row["size"] is not None and size != row["size"]:
+        return plain_problem(CHANGED, f"decrypted size {size}, expected {row['size']}", size, digest), size
+    if digest != row["sha256"]:
+        return plain_problem(CHANGED, "decrypted content differs from the recorded SHA-256", size, digest), size
+    return None, size
+
+
 ProgressFn = Callable[[int, int, int], None]  # (checked, total, bytes hashed)
 
 
 def verify(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, sample: int | None = DEFAULT_SAMPLE,
-           workers: int | None = None, on_progress: ProgressFn | None = None) -> VerifyReport:
-    """Check ``sample`` random backed-up files (``None``: all of them); ManifestError without a manifest."""
+           workers: int | None = None, on_progress: ProgressFn | None = None,
+           identities: list[Any] | None = None) -> VerifyReport:
+    """Check ``sample`` random backed-up files (``None``: all of them); ManifestError without a manifest.
+    ``identities``: decrypt encrypted files and check their plaintext (see the module docstring)."""
     started = time.monotonic()
     manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
     try:
@@ -148,7 +195,7 @@ def verify(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, sample:
         else:
             chosen = sorted(manifest.pull_done_sample(sample), key=lambda r: r["local_path"])
             total, rows = len(chosen), iter(chosen)
-        _check_all(Path(dest), rows, total, report, workers or default_workers(), on_progress)
+        _check_all(Path(dest), rows, total, report, workers or default_workers(), on_progress, identities)
     finally:
         manifest.close()
     report.problems.sort(key=lambda p: (p.kind, p.local_path))
@@ -157,7 +204,7 @@ def verify(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, sample:
 
 
 def _check_all(dest: Path, rows: Iterator[dict[str, Any]], total: int, report: VerifyReport, workers: int,
-               on_progress: ProgressFn | None) -> None:
+               on_progress: ProgressFn | None, identities: list[Any] | None = None) -> None:
     pending = rows
     window = 4 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
@@ -165,7 +212,9 @@ def _check_all(dest: Path, rows: Iterator[dict[str, Any]], total: int, report: V
         try:
             while True:
                 for row in pending:
-                    inflight.add(pool.submit(check_file, dest, row))
+                    fut = pool.submit(check_file, dest, row, identities)
+                    fut.encrypted = bool(row.get("encrypted"))  # type: ignore[attr-defined]
+                    inflight.add(fut)
                     if len(inflight) >= window:
                         break
                 if not inflight:
@@ -179,12 +228,22 @@ def _check_all(dest: Path, rows: Iterator[dict[str, Any]], total: int, report: V
                         report.ok += 1
                     else:
                         report.problems.append(problem)
+                    if identities and row_encrypted(fut):
+                        if problem is not None and problem.detail.startswith("no_key: "):
+                            report.no_key += 1
+                            problem.detail = problem.detail[len("no_key: "):]
+                        elif problem is None or problem.actual_sha256 is not None:
+                            report.decrypted += 1  # opened with the key (its plaintext compared)
                 if on_progress is not None:
                     on_progress(report.checked, total, report.bytes_hashed)
         except BaseException:
             # Ctrl-C or a bug: do not start the queued files; only those being hashed finish.
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def row_encrypted(fut: Future[Any]) -> bool:
+    return bool(getattr(fut, "encrypted", False))
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -196,6 +255,9 @@ def render_text(report: VerifyReport) -> str:
         f"{report.ok} ok, {len(report.of_kind(MISSING))} missing, {len(report.of_kind(CHANGED))} changed, "
         f"{len(report.of_kind(UNREADABLE))} unreadable"
     ]
+    if report.decrypted or report.no_key:
+        lines.append(f"decrypted with the identity given: {report.decrypted} encrypted files"
+                     + (f"; {report.no_key} it does not open" if report.no_key else ""))
     if report.eligible == 0:
         lines.append("nothing to verify: the manifest records no backed-up file yet")
     for p in report.problems:

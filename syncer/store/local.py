@@ -13,7 +13,7 @@ from pathlib import Path
 
 from syncer.errors import LocalIOError
 from syncer.local.storage import TEMP_SUFFIX, make_dirs, sha256_file
-from syncer.local.writer import AtomicWriter
+from syncer.local.writer import AtomicWriter, Encryptor
 
 
 class LocalPresence:
@@ -79,9 +79,12 @@ class LocalSink:
     async def presence(self, target: object) -> LocalPresence:
         return LocalPresence(self.dest)
 
-    def writer(self, rel: str, *, expected_size: int | None, replace: bool = True) -> AtomicWriter:
-        """An atomic writer for ``rel`` (already checked to stay inside the folder lexically)."""
-        return AtomicWriter(self.dest / rel, root=self.dest, expected_size=expected_size, sync_dir=False)
+    def writer(self, rel: str, *, expected_size: int | None, replace: bool = True,
+               encryptor: Encryptor | None = None) -> AtomicWriter:
+        """An atomic writer for ``rel`` (already checked to stay inside the folder lexically); with an
+        ``encryptor`` (``syncer.crypto.stream.AgeEncryptor``) only its ciphertext reaches the disk."""
+        return AtomicWriter(self.dest / rel, root=self.dest, expected_size=expected_size, sync_dir=False,
+                            encryptor=encryptor)
 
     async def close(self) -> None:
         return None

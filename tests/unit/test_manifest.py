@@ -86,7 +86,7 @@ def test_a_new_manifest_is_created_at_the_current_schema_and_private(tmp_path: P
     finally:
         os.umask(old)
     m.close()
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert user_version(path) == SCHEMA_VERSION
     assert V2_INDEXES <= indexes(path) and {"pull_todo", "pull_path", "push_todo"} <= indexes(path)
     assert {"restore_dest", "restore_state"} <= indexes(path)  # v3: restore_items
@@ -302,3 +302,29 @@ def test_sqlite_utils_plugins_never_touch_the_manifest(tmp_path: Path) -> None:
         su_plugins.pm.unregister(spy)
     assert len(seen) == 1
     assert user_version(tmp_path / "m.sqlite") == SCHEMA_VERSION
+
+
+def test_the_v4_to_v5_step_adds_the_encryption_columns_rows_stay_plain(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite"
+    make_v1(path)
+    m = Manifest.open(path)
+    try:
+        MIGRATIONS[4](m.db)  # idempotent: once more on a v5 manifest
+        cols = {c.name for c in m.db["pull_items"].columns}
+        assert {"encrypted", "stored_sha256", "stored_size", "prior_path"} <= cols
+        assert {r[0] for r in m.conn.execute("SELECT encrypted FROM pull_items")} == {0}
+        assert m.pull_storage_counts() == {"plain": 33, "encrypted": 0}
+        assert m.pull_encrypted_rows() == 0
+        assert {"encrypted", "stored_size", "stored_sha256"} <= set(m.pull_done_rows()[0])
+    finally:
+        m.close()
+    assert user_version(path) == 5 and "pull_state_encrypted" in indexes(path)
+    # A reader of an older manifest (read only, not upgraded) sees every file as plain.
+    old = tmp_path / "old.sqlite"
+    make_v1(old)
+    m = Manifest.open(old, create=False, readonly=True)
+    try:
+        assert m.pull_storage_counts() == {"plain": 33, "encrypted": 0} and m.pull_encrypted_rows() == 0
+        assert "encrypted" not in m.pull_done_rows()[0]
+    finally:
+        m.close()

@@ -1,0 +1,52 @@
+"""What a pull does about encryption, decided before it starts: the recipients to encrypt to, and
+the refusal to turn encryption off silently while the backup holds encrypted files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from syncer.crypto.recipients import load_recipients
+from syncer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from syncer.config import Config
+
+
+def pull_recipients(cfg: Config, *, reencrypt: bool = False, allow_plain: bool = False) -> list[Any]:
+    """The pyrage recipients for this pull (empty: store plain); ConfigError (exit 2) naming a malformed
+    recipient, ``--reencrypt`` without recipients, or encryption turned off while the manifest
+    records encrypted files and ``--allow-plain`` was not given."""
+    recipients = load_recipients(cfg.pull.encrypt_to, cfg.pull.encrypt_to_file)
+    if recipients:
+        from syncer.store import is_object_dest
+
+        if is_object_dest(cfg.pull.dest):
+            # Not built yet: the age stream lives inside the folder sink's writer.  Refused rather than
+            # storing patient files in a bucket in the clear when encryption was asked for.
+            raise ConfigError("pull.encrypt_to: encryption at rest is not available for an s3:// destination "
+                              "yet (use a folder destination, or the bucket's own encryption)")
+        return recipients
+    if reencrypt:
+        raise ConfigError("--reencrypt needs encryption on: set pull.encrypt_to or pull.encrypt_to_file")
+    if not allow_plain:
+        n = encrypted_files(Path(cfg.manifest.path))
+        if n:
+            raise ConfigError(
+                f"the backup holds {n} encrypted files but no recipient is configured (pull.encrypt_to): "
+                "new files would be stored in the clear. Restore the recipients, or give --allow-plain "
+                "to store new and changed files unencrypted")
+    return recipients
+
+
+def encrypted_files(manifest_path: Path) -> int:
+    """How many rows the manifest records as encrypted (0 when there is no manifest yet)."""
+    from syncer.manifest import Manifest
+
+    if not manifest_path.is_file():
+        return 0
+    manifest = Manifest.open(manifest_path, create=False, readonly=True)
+    try:
+        return manifest.pull_encrypted_rows()
+    finally:
+        manifest.close()

@@ -284,7 +284,7 @@ def _check_encrypted(srv: FakeServer, cfg: Config, result: DemoResult) -> None:
         if local_path.endswith(".age") and b"".join(open_plaintext(path, identities)) == data:
             result.encrypted_verified += 1
             # The decrypt command shown: a file with content and a name that is not one of the hostile ones.
-            if result.sample_file is None and data and local_path.isascii() and not path.name.startswith("_"):
+            if result.sample_file is None and data and local_path.isascii() and not path.name.startswith(("_", "-")):
                 result.sample_file = path
         else:
             result.encrypted_mismatches.append(file_id)

@@ -41,11 +41,15 @@ def pull_recipients(cfg: Config, *, reencrypt: bool = False, allow_plain: bool =
 
 def encrypted_files(manifest_path: Path) -> int:
     """How many rows the manifest records as encrypted (0 when there is no manifest yet)."""
+    from syncer.errors import ManifestError
     from syncer.manifest import Manifest
 
-    if not manifest_path.is_file():
-        return 0
-    manifest = Manifest.open(manifest_path, create=False, readonly=True)
+    try:
+        if not manifest_path.is_file() or manifest_path.stat().st_size == 0:
+            return 0
+        manifest = Manifest.open(manifest_path, create=False, readonly=True)
+    except (OSError, ManifestError):
+        return 0  # nothing readable to protect here; the run itself opens (or refuses) the manifest
     try:
         return manifest.pull_encrypted_rows()
     finally:

@@ -360,7 +360,9 @@ class PullJob:
                     # not hold a download slot (run() starts twice as many workers as connections).
                     try:
                         nbytes, sha = await writer.commit()
-                        if self._stored is not None:
+                        if self._stored is not None and item.encrypted:
+                            # Plain files (and any sink's) are stored as received: no entry, the
+                            # plaintext's size and digest are recorded for the stored object too.
                             self._stored[item.key] = (writer.stored_size, writer.stored_sha256)
                         return nbytes, sha, writer.folder
                     finally:

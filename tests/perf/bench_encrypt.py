@@ -171,10 +171,14 @@ def main() -> None:
     results: dict = {"started": time.strftime("%Y-%m-%dT%H%M"), "host": rb.platform.node(),
                      "loadavg": open("/proc/loadavg").read().split()[:3], "repeat": args.repeat}
     recipient = make_recipient(work)
-    if "a" in args.only:
-        section_a(args, work, recipient, results)
-    if "b" in args.only:
-        section_b(args, work, recipient, results)
+    try:
+        if "a" in args.only:
+            section_a(args, work, recipient, results)
+        if "b" in args.only:
+            section_b(args, work, recipient, results)
+    finally:
+        if not args.workdir:  # a folder of our own, with a throwaway private key in it: never left behind
+            rb.shutil.rmtree(work, ignore_errors=True)
     text = render(results)
     print(text)
     out = Path(args.results)

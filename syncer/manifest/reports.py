@@ -32,6 +32,15 @@ class ReportQueries:
     def pull_done_count(self) -> int:
         return self.conn.execute(f"SELECT count(*) FROM ({self._DONE.replace('{enc}', '')})").fetchone()[0]
 
+    def pull_not_backed_up(self) -> tuple[int, int]:
+        """(files the manifest knows that are not backed up and not acknowledged, acknowledged ones):
+        pending, failed or permanent.  A backup with such files is not whole, whatever its files hash to."""
+        acked = "acked_at IS NOT NULL" if self.version >= 3 else "0"
+        row = self.conn.execute(
+            f"SELECT count(*) - coalesce(sum({acked}), 0), coalesce(sum({acked}), 0) FROM pull_items"
+            " WHERE state IN ('pending', 'failed', 'permanent')").fetchone()
+        return int(row[0]), int(row[1])
+
     def pull_done_sample(self, n: int) -> list[dict[str, Any]]:
         """``n`` distinct done rows chosen uniformly in SQL: a top-``n`` sort over random keys keeps only
         ``n`` rows in memory, whatever the manifest's size."""

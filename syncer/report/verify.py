@@ -82,12 +82,15 @@ class VerifyReport:
     bytes_hashed: int = 0
     decrypted: int = 0              # encrypted files opened with the identities given
     no_key: int = 0                 # encrypted files none of the identities opens
+    not_backed_up: int = 0          # files the manifest knows that are not backed up (failed, never fetched)
+    acknowledged: int = 0           # of the files not backed up, those an operator acknowledged (syncer ack)
     elapsed: float = 0.0
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return not self.problems
+        # A backup missing files is not whole, however well the files it has hash: never "passed" then.
+        return not self.problems and not self.not_backed_up
 
     def of_kind(self, kind: str) -> list[Problem]:
         return [p for p in self.problems if p.kind == kind]
@@ -188,8 +191,10 @@ def verify(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, sample:
     manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
     try:
         eligible = manifest.pull_done_count()
+        not_backed_up, acknowledged = manifest.pull_not_backed_up()
         report = VerifyReport(manifest=str(manifest_path), dest=str(dest),
-                              mode="all" if sample is None else "sample", eligible=eligible)
+                              mode="all" if sample is None else "sample", eligible=eligible,
+                              not_backed_up=not_backed_up, acknowledged=acknowledged)
         if sample is None or sample >= eligible:
             total, rows = eligible, (row for page in manifest.pull_done_pages() for row in page)
         else:
@@ -258,6 +263,11 @@ def render_text(report: VerifyReport) -> str:
     if report.decrypted or report.no_key:
         lines.append(f"decrypted with the identity given: {report.decrypted} encrypted files"
                      + (f"; {report.no_key} it does not open" if report.no_key else ""))
+    if report.not_backed_up:
+        lines.append(f"not whole: {report.not_backed_up} files the manifest knows are not backed up (failed or"
+                     " not fetched yet): see syncer status")
+    if report.acknowledged:
+        lines.append(f"{report.acknowledged} files not backed up were acknowledged by an operator (syncer ack)")
     if report.eligible == 0:
         lines.append("nothing to verify: the manifest records no backed-up file yet")
     for p in report.problems:

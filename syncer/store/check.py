@@ -96,10 +96,12 @@ async def verify_objects(sink: ObjectSink, manifest_path: Path, *, sample: int |
     manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
     try:
         rows = manifest.pull_done_rows()
+        not_backed_up, acknowledged = manifest.pull_not_backed_up()
     finally:
         manifest.close()
     mode = ("quick-" if quick else "") + ("all" if sample is None else "sample")
-    report = VerifyReport(manifest=str(manifest_path), dest=str(sink.loc), mode=mode, eligible=len(rows))
+    report = VerifyReport(manifest=str(manifest_path), dest=str(sink.loc), mode=mode, eligible=len(rows),
+                          not_backed_up=not_backed_up, acknowledged=acknowledged)
     if sample is not None and sample < len(rows):
         rows = (rng or random.SystemRandom()).sample(rows, max(0, sample))
     rows.sort(key=lambda r: r["local_path"])

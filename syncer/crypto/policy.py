@@ -19,13 +19,6 @@ def pull_recipients(cfg: Config, *, reencrypt: bool = False, allow_plain: bool =
     records encrypted files and ``--allow-plain`` was not given."""
     recipients = load_recipients(cfg.pull.encrypt_to, cfg.pull.encrypt_to_file)
     if recipients:
-        from syncer.store import is_object_dest
-
-        if is_object_dest(cfg.pull.dest):
-            # Not built yet: the age stream lives inside the folder sink's writer.  Refused rather than
-            # storing patient files in a bucket in the clear when encryption was asked for.
-            raise ConfigError("pull.encrypt_to: encryption at rest is not available for an s3:// destination "
-                              "yet (use a folder destination, or the bucket's own encryption)")
         return recipients
     if reencrypt:
         raise ConfigError("--reencrypt needs encryption on: set pull.encrypt_to or pull.encrypt_to_file")

@@ -243,11 +243,13 @@ class PullJob:
 
     async def _convert(self, item: WorkItem) -> tuple[int, str, Path] | None:
         """``--reencrypt``: encrypt the local plain copy; None (download it instead) when it is gone or
-        not the recorded file.  A disk error stops the run, as for downloads.  (Folder sinks only: the
-        options refuse encryption for a bucket.)"""
+        not the recorded file.  A disk error stops the run, as for downloads.  (Folder sinks only: a
+        bucket's plain objects are fetched again, encrypted, see ``syncer.pull.plan``.)"""
         from syncer.crypto.convert import LocalCopyChanged, convert_plain
 
         assert item.replaces is not None and item.sha256 is not None
+        if self.sink.kind != "folder":
+            return None  # no local copy of a bucket's object: it is fetched again, encrypted
         try:
             size, sha, stored_size, stored_sha, folder = await asyncio.to_thread(
                 convert_plain, Path(self.dest), item.replaces, item.local_path, self.opts.recipients,
@@ -266,8 +268,11 @@ class PullJob:
         from syncer.crypto.convert import remove_old
 
         try:
-            await asyncio.to_thread(remove_old, Path(self.dest), old)
-        except (OSError, UnsafeNameError) as exc:
+            if self.sink.kind == "folder":
+                await asyncio.to_thread(remove_old, Path(self.dest), old)
+            else:
+                await self.sink.remove(old)
+        except (OSError, SyncerError) as exc:  # a disk's, or a store's (translated)
             # Kept in prior_path: the next run tries again.
             why = getattr(exc, "strerror", None) or exc
             self.ctx.log_event("remove_failed", level=logging.WARNING, item="/".join(key),
@@ -313,16 +318,12 @@ class PullJob:
         rel = Path(item.local_path)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination")
-        encryptor = None
-        if item.encrypted:
-            from syncer.crypto.stream import AgeEncryptor
+        if item.encrypted and not self.opts.recipients:
+            raise ConfigError("an encrypted file is due but no recipient is configured")
+        from syncer.crypto.sinkwriter import writer_for  # the sink's writer, behind age when encrypted
 
-            if not self.opts.recipients:
-                raise ConfigError("an encrypted file is due but no recipient is configured")
-            encryptor = AgeEncryptor(self.opts.recipients)
-        # Only the folder sink takes an encryptor (the options refuse encryption for a bucket).
-        extra = {"encryptor": encryptor} if encryptor is not None else {}
-        writer = self.sink.writer(item.local_path, expected_size=item.size, replace=item.replace, **extra)
+        writer = writer_for(self.sink, item.local_path, expected_size=item.size, replace=item.replace,
+                            recipients=self.opts.recipients if item.encrypted else (), owner=item.file_id)
         url = item.fullpath
         for _ in range(LINK_REFRESHES + 1):
             if not url:

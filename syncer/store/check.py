@@ -1,7 +1,9 @@
 """``syncer verify`` for a bucket: the objects against the manifest's sizes and SHA-256 digests.
 
 The same rows and report as a folder's verify (:mod:`syncer.report.verify`): ``done`` items and
-``remote_deleted`` ones with a digest, a random sample (default 100) or ``--all``.
+``remote_deleted`` ones with a digest, a random sample (default 100) or ``--all``.  An encrypted
+(``.age``) object is checked against the stored size and sha256 the manifest recorded for it (the
+ciphertext's): no key is needed.
 
 - Full (default): each object is read back (streamed, never held whole) and hashed: ``ok``,
   ``missing`` (no object at its key), ``changed`` (size or digest differs), ``unreadable`` (the store
@@ -28,10 +30,18 @@ from syncer.store.s3 import ObjectSink, translate
 CONCURRENCY = 4
 
 
+def _stored(row: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The size and sha256 the object itself should have: an age object's are the ciphertext's."""
+    if row.get("encrypted"):
+        return row.get("stored_size"), row.get("stored_sha256")
+    return row["size"], row["sha256"]
+
+
 def _problem(row: dict[str, Any], kind: str, detail: str, size: int | None = None,
              sha: str | None = None) -> Problem:
+    want_size, want_sha = _stored(row)
     return Problem(kind, f"{row['target_type']}:{row['target_id']}", row["file_id"], row["local_path"], detail,
-                   row["size"], size, row["sha256"], sha)
+                   want_size, size, want_sha, sha)
 
 
 async def _check_full(sink: ObjectSink, row: dict[str, Any]) -> tuple[Problem | None, int]:
@@ -50,9 +60,10 @@ async def _check_full(sink: ObjectSink, row: dict[str, Any]) -> tuple[Problem | 
     except Exception as exc:  # noqa: BLE001 - reported, never raised
         return _problem(row, UNREADABLE, str(translate(exc, "reading an object"))), size
     digest = h.hexdigest()
-    if row["size"] is not None and size != row["size"]:
-        return _problem(row, CHANGED, f"size {size}, expected {row['size']}", size, digest), size
-    if digest != row["sha256"]:
+    want_size, want_sha = _stored(row)
+    if want_size is not None and size != want_size:
+        return _problem(row, CHANGED, f"size {size}, expected {want_size}", size, digest), size
+    if digest != want_sha:
         return _problem(row, CHANGED, "content differs from the recorded SHA-256", size, digest), size
     return None, size
 
@@ -61,8 +72,9 @@ async def _check_quick(sink: ObjectSink, row: dict[str, Any], sizes: dict[str, i
     size = sizes.get(row["local_path"])
     if size is None:
         return _problem(row, MISSING, "no object at this key"), 0
-    if row["size"] is not None and size != row["size"]:
-        return _problem(row, CHANGED, f"size {size}, expected {row['size']}", size), 0
+    want_size, want_sha = _stored(row)
+    if want_size is not None and size != want_size:
+        return _problem(row, CHANGED, f"size {size}, expected {want_size}", size), 0
     from syncer.store.s3 import MULTIPART_THRESHOLD
 
     if size <= MULTIPART_THRESHOLD:
@@ -70,7 +82,7 @@ async def _check_quick(sink: ObjectSink, row: dict[str, Any], sizes: dict[str, i
             stored = await sink.stored_sha256(row["local_path"])
         except Exception as exc:  # noqa: BLE001 - reported, never raised
             return _problem(row, UNREADABLE, str(exc)), 0
-        if stored is not None and stored != row["sha256"]:
+        if stored is not None and stored != want_sha:
             return _problem(row, CHANGED, "the object's stored SHA-256 differs from the recorded one", size,
                             stored), 0
     return None, 0

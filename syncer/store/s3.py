@@ -55,6 +55,7 @@ MULTIPART_THRESHOLD = 8 << 20   # bigger files go up in parts; smaller ones in o
 PART_SIZE = 8 << 20             # S3 wants parts of at least 5 MiB (the last excepted)
 PARTS_IN_FLIGHT = 2             # per upload: memory per big file ~ (2 + 1) * PART_SIZE
 FEED_BYTES = 1 << 20            # the downloader hands the uploader 1 MiB at a time
+OWNER_ATTR = "file-id"          # user metadata: the file id an object was stored for (x-amz-meta-file-id)
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
@@ -112,11 +113,13 @@ class ObjectWriter:
 
     folder = None  # nothing for the recorder to fsync
 
-    def __init__(self, sink: ObjectSink, key: str, *, expected_size: int | None, replace: bool = True):
+    def __init__(self, sink: ObjectSink, key: str, *, expected_size: int | None, replace: bool = True,
+                 owner: str | None = None):
         self.sink = sink
         self.key = key
         self.expected_size = expected_size
         self.replace = replace
+        self.owner = owner
         self._hash = hashlib.sha256()
         self._bytes = 0
         self._buf: list[bytes] = []
@@ -172,7 +175,7 @@ class ObjectWriter:
         # mode="create" would make obstore buffer the whole file for one PUT: a multipart upload
         # overwrites (and becomes visible only when complete).
         self._task = asyncio.ensure_future(obstore.put_async(
-            self.sink.store, self.key, body(), attributes=self.sink.attributes(None), use_multipart=True,
+            self.sink.store, self.key, body(), attributes=self.sink.attributes(None, self.owner), use_multipart=True,
             chunk_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT))
 
     async def _feed(self, last: bool = False) -> None:
@@ -238,16 +241,26 @@ class ObjectWriter:
         import obstore
         import obstore.exceptions as oe
 
+        attrs = self.sink.attributes(digest, self.owner)
         try:
-            await obstore.put_async(self.sink.store, self.key, data, attributes=self.sink.attributes(digest),
+            await obstore.put_async(self.sink.store, self.key, data, attributes=attrs,
                                     mode="overwrite" if self.replace else "create", use_multipart=False)
+            return
         except oe.AlreadyExistsError as exc:
             # A key new to this manifest is taken: the same bytes (a killed run's, or a snapshot that
-            # missed them) are ours; other bytes belong to someone else and are never replaced.
-            if await self.sink.stored_sha256(self.key) == digest:
+            # missed them) are ours; so is an object stored for this same file id (an encrypted copy
+            # differs on every run: age's file key is random).  Anything else is never replaced.
+            there = await self.sink.stored_attributes(self.key)
+            if there.get("sha256") == digest:
                 return
-            raise StoreItemError("object store: the key is taken by another object with different"
-                                 " content; it is not replaced") from exc
+            if not (self.owner and there.get(OWNER_ATTR) == self.owner):
+                raise StoreItemError("object store: the key is taken by another object with different"
+                                     " content; it is not replaced") from exc
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise translate(exc, "writing an object") from exc
+        try:
+            await obstore.put_async(self.sink.store, self.key, data, attributes=attrs, mode="overwrite",
+                                    use_multipart=False)
         except Exception as exc:  # noqa: BLE001 - translated
             raise translate(exc, "writing an object") from exc
 
@@ -305,6 +318,7 @@ class ObjectSink:
     """Backup files as objects under ``s3://bucket/prefix``."""
 
     kind = "bucket"
+    labels_owner = True  # writer(owner=file id): the object's metadata names the file it holds
 
     def __init__(self, loc: Location, store: Any, s3: S3Config | None = None):
         self.loc = loc
@@ -321,12 +335,14 @@ class ObjectSink:
     def __str__(self) -> str:
         return str(self.loc)
 
-    def attributes(self, digest: str | None) -> dict[str, str]:
+    def attributes(self, digest: str | None, owner: str | None = None) -> dict[str, str]:
         attrs: dict[str, str] = {"Content-Type": "application/octet-stream"}
         if self.s3 is not None and self.s3.storage_class:
             attrs["Storage-Class"] = self.s3.storage_class
         if digest:
             attrs["sha256"] = digest
+        if owner:
+            attrs[OWNER_ATTR] = owner
         return attrs
 
     async def prepare(self) -> None:
@@ -357,17 +373,34 @@ class ObjectSink:
             raise translate(exc, "listing a target's objects") from exc
         return ObjectPresence(self, sizes)
 
-    def writer(self, rel: str, *, expected_size: int | None, replace: bool = True) -> ObjectWriter:
-        return ObjectWriter(self, rel, expected_size=expected_size, replace=replace)
+    def writer(self, rel: str, *, expected_size: int | None, replace: bool = True,
+               owner: str | None = None) -> ObjectWriter:
+        """A writer for the object at ``rel``; ``owner`` (the file id) goes into its metadata."""
+        return ObjectWriter(self, rel, expected_size=expected_size, replace=replace, owner=owner)
 
-    async def stored_sha256(self, key: str) -> str | None:
+    async def remove(self, rel: str) -> None:
+        """Delete the object at ``rel`` (one stored the other way, replaced); gone already is fine."""
+        import obstore
+        import obstore.exceptions as oe
+
+        try:
+            await obstore.delete_async(self.store, rel)
+        except (oe.NotFoundError, FileNotFoundError):
+            return
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise translate(exc, "deleting a replaced object") from exc
+
+    async def stored_attributes(self, key: str) -> dict[str, Any]:
         import obstore
 
         try:
             got = await obstore.get_async(self.store, key, options={"head": True})
         except Exception as exc:  # noqa: BLE001 - translated
             raise translate(exc, "reading an object's metadata") from exc
-        return got.attributes.get("sha256")
+        return dict(got.attributes)
+
+    async def stored_sha256(self, key: str) -> str | None:
+        return (await self.stored_attributes(key)).get("sha256")
 
     def stored_sha256_sync(self, key: str) -> str | None:
         import obstore

@@ -442,14 +442,3 @@ def test_a_plain_pull_never_imports_pyrage(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                              env=dict(os.environ, VSEE_API_TOKEN=srv.api_key), cwd=tmp_path)
         assert out.stdout.split() == ["0", "False"], out.stdout + out.stderr
-
-
-def test_encryption_with_a_bucket_destination_is_refused_not_stored_plain(tmp_path: Path) -> None:
-    _, pub = make_key(tmp_path, "k.txt")
-    srv = FakeServer(seed=10, users=1, files_per_user=1)
-    with srv.run_in_thread():
-        cfg = enc_config(tmp_path, srv, [pub], dest="s3://clinic-backup/nightly")
-        res = cli(["pull", "-q", "-c", str(cfg)], token=srv.api_key)
-        assert res.exit_code == 2, res.output
-        assert "not available for an s3:// destination" in res.output
-        assert srv.counters.get("view_bytes", 0) == 0

@@ -1,0 +1,192 @@
+"""Encryption at rest into an S3-compatible bucket (issues 15 and 16): the age stream sits between the
+download and the object sink's writer.  moto's S3 server and the built-in Files API server over loopback,
+the real CLI; the bucket is read back with boto3 and the objects decrypted with pyrage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pyrage
+from helpers import write_config
+
+from syncer.crypto.identity import keygen
+from syncer.fakeserver import FakeServer
+
+MIB = 1 << 20
+PREFIX = "clinic/enc"
+AGE_MAGIC = b"age-encryption.org/v1\n"
+# Small ones (one PUT, one pyrage call), some above the encrypting writer's 1 MiB batch (the pyrage
+# thread), and two above the multipart threshold (8 MiB) so the ciphertext streams in parts.
+SIZES = (0, 1, 700, 40_000, 1_500_000, 3_000, 9 * MIB, 70_000, 20 * MIB, 5_000) + (2_000, 300_000) * 10
+
+
+def toml(tmp: Path, srv: FakeServer, s3, recipients: list[str], *, name: str = "syncer.toml") -> Path:
+    extra = f'encrypt_to = {json.dumps(recipients)}\n' if recipients else ""
+    return write_config(tmp, srv, dest=f"s3://{s3.bucket}/{PREFIX}", concurrency=4, attempts=4, min_wait=0.01,
+                        max_wait=0.2, name=name,
+                        extra=extra + f'[s3]\nendpoint_url = "{s3.endpoint}"\nregion = "us-east-1"\n')
+
+
+def run_cli(cfg: Path, srv: FakeServer, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VSEE_API_TOKEN=srv.api_key)
+    return subprocess.run([sys.executable, "-m", "syncer", *args, "-c", str(cfg)], env=env, cwd=cfg.parent,
+                          capture_output=True, text=True, timeout=300)
+
+
+def rows(db: Path) -> list[dict]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM pull_items")]
+    finally:
+        conn.close()
+
+
+def identities(path: Path) -> list:
+    return [pyrage.x25519.Identity.from_str(line) for line in path.read_text().splitlines()
+            if line.startswith("AGE-SECRET-KEY-")]
+
+
+def probes(srv: FakeServer) -> list[bytes]:
+    """Distinctive windows of every server file: its first 64 bytes and 64 from its middle."""
+    out = []
+    for f in srv.files():
+        data = srv.file_bytes(f["id"])
+        if len(data) >= 64:
+            out += [data[:64], data[len(data) // 2:len(data) // 2 + 64]]
+    return out
+
+
+def data_objects(s3) -> dict[str, dict]:
+    return {k: o for k, o in s3.keys(PREFIX + "/").items() if "/_syncer/" not in k}
+
+
+def test_encrypted_pull_into_a_bucket_two_recipients_hostile_names_rerun_and_verify(s3, tmp_path: Path) -> None:
+    key1, pub1 = tmp_path / "operator.txt", keygen(tmp_path / "operator.txt")[1]
+    key2, pub2 = tmp_path / "recovery.txt", keygen(tmp_path / "recovery.txt")[1]
+    with FakeServer(seed=31, users=5, files_per_user=4, visits=2, files_per_visit=3, hostile_names=True,
+                    sizes=SIZES).run_in_thread() as srv:
+        n = len(srv.files())
+        assert n >= 50
+        cfg = toml(tmp_path, srv, s3, [pub1, pub2])
+        res = run_cli(cfg, srv, "pull", "-q")
+        assert res.returncode == 0, res.stderr[-3000:]
+        recs = rows(tmp_path / "manifest.sqlite")
+        objects = data_objects(s3)
+        assert len(recs) == n and {r["state"] for r in recs} == {"done"}
+        assert set(objects) == {f"{PREFIX}/{r['local_path']}" for r in recs}
+        ids1, ids2 = identities(key1), identities(key2)
+        multipart = 0
+        for r in recs:
+            key = f"{PREFIX}/{r['local_path']}"
+            assert r["encrypted"] == 1 and key.endswith(".age")
+            ct = s3.read(key)
+            assert ct.startswith(AGE_MAGIC)
+            want = srv.file_bytes(r["file_id"])
+            # The manifest: the plaintext's size and digest, and the stored object's (the ciphertext's).
+            assert (r["size"], r["sha256"]) == (len(want), hashlib.sha256(want).hexdigest())
+            assert (r["stored_size"], r["stored_sha256"]) == (len(ct), hashlib.sha256(ct).hexdigest())
+            assert objects[key]["Size"] == len(ct)
+            assert pyrage.decrypt(ct, ids1) == want
+            assert pyrage.decrypt(ct, ids2) == want
+            head = s3.client.head_object(Bucket=s3.bucket, Key=key)
+            assert head["Metadata"].get("file-id") == r["file_id"]
+            if "-" in head["ETag"]:
+                multipart += 1
+            else:  # one PUT: its sha256 metadata is the ciphertext's, never the plaintext's
+                assert head["Metadata"]["sha256"] == r["stored_sha256"] != r["sha256"]
+        assert multipart >= 2, "no encrypted multipart upload happened: the test proved nothing"
+        windows = probes(srv)
+        assert len(windows) > 50
+        for key in s3.keys(PREFIX + "/"):
+            if "/_syncer/" in key:
+                continue  # the manifest snapshot (names and digests, as a folder backup's manifest)
+            body = s3.read(key)
+            for w in windows:
+                assert w not in body, f"plaintext of a server file found in an object ({len(body)} bytes)"
+        assert not s3.uploads()
+
+        # A rerun downloads and uploads nothing.
+        s3.requests.clear()
+        views = srv.counters["view"]
+        res = run_cli(cfg, srv, "pull", "-q")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert srv.counters["view"] == views, "a rerun downloaded files again"
+        assert [p for p in s3.puts() if "/_syncer/" not in p] == [], "a rerun uploaded objects again"
+        assert {k: o["LastModified"] for k, o in data_objects(s3).items()} == \
+            {k: o["LastModified"] for k, o in objects.items()}
+
+        # verify (full, and --quick) without any key: the objects against the stored digests.
+        for args in (["verify", "--all"], ["verify", "--all", "--quick"]):
+            ok = run_cli(cfg, srv, *args, "--json")
+            assert ok.returncode == 0, ok.stdout + ok.stderr
+            report = json.loads(ok.stdout)
+            assert report["passed"] and report["checked"] == n, report
+        small = min((r for r in recs if r["size"] > 0), key=lambda r: r["size"])
+        ct = bytearray(s3.read(f"{PREFIX}/{small['local_path']}"))
+        ct[-1] ^= 1
+        s3.client.put_object(Bucket=s3.bucket, Key=f"{PREFIX}/{small['local_path']}", Body=bytes(ct),
+                             Metadata={"sha256": hashlib.sha256(ct).hexdigest()})
+        for args in (["verify", "--all"], ["verify", "--all", "--quick"]):
+            bad = run_cli(cfg, srv, *args, "--json")
+            assert bad.returncode == 1, bad.stdout + bad.stderr
+            assert [p["file_id"] for p in json.loads(bad.stdout)["changed"]] == [small["file_id"]]
+
+
+def test_a_killed_runs_encrypted_object_is_replaced_and_encryption_turned_on_leaves_no_plain_object(
+        s3, tmp_path: Path) -> None:
+    key, pub = tmp_path / "k.txt", keygen(tmp_path / "k.txt")[1]
+    with FakeServer(seed=32, users=2, files_per_user=4, sizes=(3_000, 50_000, 2 * MIB)).run_in_thread() as srv:
+        # A plain backup first; then encryption on with --reencrypt: every object moves to <name>.age
+        # (fetched again: a bucket has no local copy to convert) and the plain object is deleted.
+        plain_cfg = toml(tmp_path, srv, s3, [], name="plain.toml")
+        assert run_cli(plain_cfg, srv, "pull", "-q").returncode == 0
+        plain_keys = set(data_objects(s3))
+        assert len(plain_keys) == 8 and not any(k.endswith(".age") for k in plain_keys)
+        cfg = toml(tmp_path, srv, s3, [pub])
+        res = run_cli(cfg, srv, "pull", "-q", "--reencrypt")
+        assert res.returncode == 0, res.stderr[-3000:]
+        recs = rows(tmp_path / "manifest.sqlite")
+        assert {(r["state"], r["encrypted"], r["prior_path"]) for r in recs} == {("done", 1, None)}
+        keys = set(data_objects(s3))
+        assert keys == {f"{PREFIX}/{r['local_path']}" for r in recs} and not keys & plain_keys
+        windows = probes(srv)
+        for k in keys:
+            body = s3.read(k)
+            assert not any(w in body for w in windows)
+            rec = next(r for r in recs if f"{PREFIX}/{r['local_path']}" == k)
+            assert pyrage.decrypt(body, identities(key)) == srv.file_bytes(rec["file_id"])
+
+        # As if killed after an object's PUT but before the manifest heard of it: the object is there,
+        # the row is not done.  The rerun's new ciphertext differs (age's file key is random), so only
+        # the object's file-id label proves it ours: it is replaced, not refused as someone else's.
+        victim = recs[0]
+        conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+        conn.execute("UPDATE pull_items SET state='pending', sha256=NULL WHERE file_id=?", (victim["file_id"],))
+        conn.commit()
+        conn.close()
+        res = run_cli(cfg, srv, "pull", "-q")
+        assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+        again = {r["file_id"]: r for r in rows(tmp_path / "manifest.sqlite")}[victim["file_id"]]
+        assert again["state"] == "done" and again["stored_sha256"] != victim["stored_sha256"]
+        body = s3.read(f"{PREFIX}/{again['local_path']}")
+        assert hashlib.sha256(body).hexdigest() == again["stored_sha256"]
+        assert pyrage.decrypt(body, identities(key)) == srv.file_bytes(victim["file_id"])
+
+        # An object of another file at a key new to this manifest is still never replaced.
+        other = recs[1]
+        conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+        conn.execute("UPDATE pull_items SET state='pending', sha256=NULL WHERE file_id=?", (other["file_id"],))
+        conn.commit()
+        conn.close()
+        s3.client.put_object(Bucket=s3.bucket, Key=f"{PREFIX}/{other['local_path']}", Body=b"someone else's",
+                             Metadata={"file-id": "another-file"})
+        res = run_cli(cfg, srv, "pull", "-q")
+        assert res.returncode == 1, res.stdout + res.stderr[-3000:]
+        assert s3.read(f"{PREFIX}/{other['local_path']}") == b"someone else's"

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import mimetypes
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -201,12 +202,13 @@ class FilesClient:
         return _DownloadContext(self, url, offset)
 
     async def upload(self, path: Path, *, category: str = "user_document", token: str,
-                     filename: str | None = None) -> RemoteFile:
+                     filename: str | None = None, body: Callable[[str], Any] | None = None) -> RemoteFile:
         """``POST /files``: upload ``path`` as the user whose ``token`` is given (that user owns it).
 
-        Streams the file from disk.  Never retried here; see the module docstring for which errors mean
-        "not stored" (TransientError, PermanentError, AuthError) and which mean "maybe stored"
-        (UploadOutcomeUnknown).
+        Streams the file from disk; or, with ``body``, what ``body(content_type)`` returns (bytes, or an
+        aiohttp payload of known size: restore's decrypted plaintext, never written to disk).  Never
+        retried here; see the module docstring for which errors mean "not stored" (TransientError,
+        PermanentError, AuthError) and which mean "maybe stored" (UploadOutcomeUnknown).
         """
         if not token:
             raise ValueError("upload needs the uploading user's token")
@@ -214,18 +216,19 @@ class FilesClient:
         name = form_filename(filename or path.name)
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         # Opened and wrapped here, in the call: aiohttp closes the file once sent and a FormData cannot
-        # be sent twice (aiohttp #5577), so every try must build its own.
-        fh = await asyncio.to_thread(open, path, "rb")
+        # be sent twice (aiohttp #5577), so every try must build its own (a body too).
+        fh = await asyncio.to_thread(open, path, "rb") if body is None else None
         try:
             # quote_fields=False: the name goes as UTF-8 in a quoted-string, as browsers and curl send it;
             # aiohttp's quoting would percent-encode it ("my%20report.pdf") and servers store that as is.
             form = aiohttp.FormData(quote_fields=False)
             form.add_field("meta.category", category)
-            form.add_field("file", fh, filename=name, content_type=ctype)
+            form.add_field("file", fh if body is None else body(ctype), filename=name, content_type=ctype)
             data = await self._call("POST", self._files_url, data=form, headers=self._api_headers(token),
                                     upload=True)
         finally:
-            fh.close()
+            if fh is not None:
+                fh.close()
         try:
             return RemoteFile.from_api(data)
         except ProtocolError as exc:

@@ -185,13 +185,15 @@ def push(config_path: str | None, manifest_path: str | None, source: str | None,
               help="Write every restored pair (old id -> new id) here as CSV (0600) at the end of the run.")
 @click.option("--concurrency", type=int, help="Uploads at once (default: push.concurrency, 16).")
 @click.option("--dry-run", is_flag=True, help="Plan only: per user, what would be uploaded; send and write nothing.")
+@click.option("--identity", type=click.Path(dir_okay=False), metavar="FILE",
+              help="An age identity file (mode 0600) that opens an encrypted backup's files.")
 @manifest_option
 @run_options
 @handle_errors
 def restore(config_path: str | None, manifest_path: str | None, backup_path: str | None, tokens_file: str | None,
             user_map: str | None,
             targets: tuple[str, ...], categories: tuple[str, ...], mapping_out: str | None, concurrency: int | None,
-            dry_run: bool, log_format: str | None, log_level: str | None, quiet: bool,
+            dry_run: bool, identity: str | None, log_format: str | None, log_level: str | None, quiet: bool,
             progress_interval: float | None, metrics_file: str | None) -> None:
     """Put a backup back: into the account it came from, or into another one with a user map.
 
@@ -203,6 +205,7 @@ def restore(config_path: str | None, manifest_path: str | None, backup_path: str
     Example:
       syncer restore -c syncer.toml                          # put deleted documents back
       syncer restore -c new.toml --backup old.toml --user-map users.csv --mapping-out ids.csv
+      syncer restore -c syncer.toml --identity key.txt      # an encrypted backup (.age files)
     """
     from syncer.report.progress import human_bytes, make_reporter
     from syncer.restore.options import options_from_config
@@ -217,7 +220,7 @@ def restore(config_path: str | None, manifest_path: str | None, backup_path: str
     backup_cfg = config_mod.load(backup_path, env={k: v for k, v in os.environ.items()
                                                    if k != config_mod.MANIFEST_ENV}) if backup_path else cfg
     opts = options_from_config(cfg, backup_cfg, user_map=user_map, targets=targets, categories=categories,
-                               mapping_out=mapping_out)
+                               mapping_out=mapping_out, identity=identity, need_key=not dry_run)
     if not cfg.api.base_url:
         raise ConfigError("api.base_url is not set in the config")
     check_metrics_file(metrics_file)

@@ -318,3 +318,27 @@ def decrypt_sha256(path: str | os.PathLike, identities: Sequence[Any]) -> tuple[
         h.update(chunk)
         n += len(chunk)
     return n, h.hexdigest()
+
+
+def probe_identities(dest: Path, rels: Sequence[str], identities: Sequence[Any]) -> tuple[int, int]:
+    """``(tried, opened)``: how many of the age files ``dest/rel`` could be tried (missing or damaged
+    ones are not counted: the run reports those) and how many the identities open (the header and the
+    first chunk authenticate; the rest is not read)."""
+    from syncer.local.storage import ensure_inside
+
+    tried = opened = 0
+    for rel in rels:
+        try:
+            chunks = open_plaintext(ensure_inside(dest, rel), identities)
+            try:
+                next(chunks, None)
+            finally:
+                chunks.close()
+        except NoMatchingKey:
+            tried += 1
+            continue
+        except Exception:  # noqa: BLE001 - missing, damaged, an unusable path: the run reports it per file
+            continue
+        tried += 1
+        opened += 1
+    return tried, opened

@@ -25,9 +25,11 @@ def has_restore_table(manifest: Manifest) -> bool:
 
 def backup_rows(manifest: Manifest) -> list[dict[str, Any]]:
     """Every file a backup's manifest knows (any state; the plan decides what can be restored)."""
+    have = {r[1] for r in manifest.conn.execute("PRAGMA table_info(pull_items)")}
+    encrypted = ", encrypted" if "encrypted" in have else ""  # a manifest from before encryption has none
     cur = manifest.conn.execute(
         "SELECT target_type, target_id, file_id, category, remote_name, size, sha256, local_path, state, owner_id"
-        " FROM pull_items ORDER BY target_type, target_id, created, file_id")
+        f"{encrypted} FROM pull_items ORDER BY target_type, target_id, created, file_id")
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur]
 

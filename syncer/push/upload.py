@@ -131,6 +131,7 @@ class Upload:
     size: int
     sha256: str
     label: str                          # what logs call it: an item id, never its name
+    body: Callable[[str], Any] | None = field(default=None, repr=False)  # instead of reading path: see client.upload
 
 
 class InFlight:
@@ -185,7 +186,8 @@ class Uploader:
             since = now if since is None else since
             await intent(since)
             try:
-                remote = await ctx.client.upload(up.path, category=up.category, token=up.token, filename=up.name)
+                remote = await ctx.client.upload(up.path, category=up.category, token=up.token, filename=up.name,
+                                                 body=up.body)
             except AuthError:
                 raise UserRejected() from None
             except NotFoundError as exc:  # no upload endpoint there: every file would fail the same way

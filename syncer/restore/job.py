@@ -70,7 +70,7 @@ from syncer.restore.plan import (
     plan_user,
     select,
 )
-from syncer.restore.reader import BackupReader, PlainBackup
+from syncer.restore.reader import BackupFolder, BackupReader
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
 
@@ -122,7 +122,7 @@ class RestoreJob:
     def __init__(self, ctx: RunContext, opts: RestoreOptions, *, reader: BackupReader | None = None):
         self.ctx = ctx
         self.opts = opts
-        self.reader = reader or PlainBackup(opts.backup_dest)
+        self.reader = reader or BackupFolder(opts.backup_dest, opts.identities)
         self.pool: WorkerPool[tuple[RestoreItem, str]] = WorkerPool(
             ctx, self._one, workers=opts.concurrency, queue_size=max(16, opts.concurrency * 4), name="restore")
         self.claimed: dict[str, set[str]] = {}    # destination user -> documents some file owns
@@ -289,12 +289,12 @@ class RestoreJob:
             if found is not None:
                 await self._record_done(item, found, adopted=True)
                 return
-            up.path = plain.path
+            up.path, up.body = plain.path, plain.body  # body: an encrypted file's checked plaintext
             remote, adopted = await self.uploader.send(
                 up, intent=lambda since: self._intent(item, since),
                 unchanged=lambda: asyncio.to_thread(plain.unchanged))
         finally:
-            if plain.cleanup is not None:  # a decrypted temporary copy (none for a plain backup)
+            if plain.cleanup is not None:
                 await asyncio.to_thread(plain.close)
         await self._record_done(item, remote, adopted=adopted)
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from syncer.config import Config
 from syncer.errors import ConfigError
@@ -33,6 +34,7 @@ class RestoreOptions:
     link_pull: bool = False                  # same account, same manifest: the next pull relinks
     dest_account: str = ""                   # base_url#account_code of the destination (no secret)
     notes: list[str] = field(default_factory=list, compare=False)  # filled by the job: what was left out, why
+    identities: tuple[Any, ...] = field(default=(), repr=False)  # --identity: open the backup's .age files
 
     def dest_for(self, source_user: str) -> str | None:
         """The destination user of a backed-up user, or None when the map leaves it out."""
@@ -47,8 +49,10 @@ def _account(cfg: Config) -> tuple[str, str]:
 
 def options_from_config(cfg: Config, backup: Config, *, user_map: str | os.PathLike | None = None,
                         targets: Iterable[str] = (), categories: Iterable[str] = (),
-                        mapping_out: str | os.PathLike | None = None) -> RestoreOptions:
-    """RestoreOptions for restoring ``backup``'s files into ``cfg``'s account; ConfigError otherwise."""
+                        mapping_out: str | os.PathLike | None = None, identity: str | os.PathLike | None = None,
+                        need_key: bool = True) -> RestoreOptions:
+    """RestoreOptions for restoring ``backup``'s files into ``cfg``'s account; ConfigError otherwise.
+    An encrypted backup needs ``identity`` (unless ``need_key`` is False: a dry run reads no file)."""
     if cfg.push.tokens_file is None:
         raise ConfigError("no tokens file: give --tokens-file PATH or push.tokens_file in the config "
                           "(CSV with the header user_id,token, mode 0600)")
@@ -74,6 +78,7 @@ def options_from_config(cfg: Config, backup: Config, *, user_map: str | os.PathL
         raise ConfigError("the backup comes from another account (api.base_url or api.account_code differ):"
                           " give --user-map CSV (header source_user_id,dest_user_id)")
     tokens = load_tokens(cfg.push.tokens_file)
+    identities = _identities(backup_manifest, Path(backup.pull.dest), identity, need_key)
     try:
         same_file = os.path.samefile(backup_manifest, cfg.manifest.path)
     except OSError:
@@ -82,4 +87,40 @@ def options_from_config(cfg: Config, backup: Config, *, user_map: str | os.PathL
         backup_manifest=backup_manifest, backup_dest=Path(backup.pull.dest), tokens=tokens, user_map=mapping,
         same_account=same_account, users=tuple(dict.fromkeys(users)), categories=tuple(dict.fromkeys(categories)),
         concurrency=cfg.push.concurrency, mapping_out=Path(mapping_out) if mapping_out else None,
-        link_pull=same_account and same_file, dest_account="#".join(_account(cfg)))
+        link_pull=same_account and same_file, dest_account="#".join(_account(cfg)), identities=tuple(identities))
+
+
+PROBE_FILES = 5  # encrypted files tried with the identity before the run (the smallest: cheap to open)
+
+
+def _identities(manifest: Path, dest: Path, identity: str | os.PathLike | None, need_key: bool) -> list[Any]:
+    """The identities for an encrypted backup (0600 file enforced); ConfigError when the backup holds
+    encrypted files and no ``--identity`` was given, or when the key opens none of those tried (the
+    wrong identity file: refused before anything is sent, like ``verify --decrypt``)."""
+    from syncer.crypto.policy import encrypted_files
+
+    n = encrypted_files(manifest)
+    if identity is None:
+        if n and need_key:
+            raise ConfigError(f"the backup holds {n} encrypted files (.age): give --identity FILE, an age identity"
+                              " (mode 0600) that opens them")
+        return []
+    from syncer.crypto.identity import load_identities
+
+    identities = load_identities(identity)
+    if n and need_key:
+        from syncer.crypto.stream import probe_identities
+        from syncer.manifest import Manifest
+
+        m = Manifest.open(manifest, create=False, readonly=True)
+        try:
+            paths = [r[0] for r in m.conn.execute(
+                "SELECT local_path FROM pull_items WHERE encrypted = 1 AND sha256 IS NOT NULL"
+                " AND state IN ('done', 'remote_deleted') ORDER BY size LIMIT ?", (PROBE_FILES,))]
+        finally:
+            m.close()
+        tried, opened = probe_identities(dest, paths, identities)
+        if tried and not opened:
+            raise ConfigError(f"--identity {identity}: none of the {tried} encrypted files tried opens with this key"
+                              " (the wrong identity file?); nothing was sent")
+    return identities

@@ -59,6 +59,7 @@ class BackupFile:
     local_path: str
     state: str
     owner_id: str | None = None
+    encrypted: bool = False       # stored as an age file (its sha256 and size are the plaintext's)
 
     @property
     def source_target(self) -> str:
@@ -67,7 +68,8 @@ class BackupFile:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> BackupFile:
         return cls(row["target_type"], row["target_id"], row["file_id"], row["category"], row["remote_name"] or "",
-                   row["size"] or 0, row["sha256"], row["local_path"], row["state"], row.get("owner_id"))
+                   row["size"] or 0, row["sha256"], row["local_path"], row["state"], row.get("owner_id"),
+                   bool(row.get("encrypted")))
 
 
 @dataclass

@@ -1,38 +1,57 @@
 """The backup's bytes for one backed-up file, checked before anything is sent.
 
-The seam where decryption plugs in: a reader turns a backed-up row into a :class:`Plaintext` (a
-regular file of the original bytes, already checked against the manifest's size and sha256) and
-releases it after the upload.  :class:`PlainBackup` reads a plain backup folder in place; an encrypted
-backup's reader (``--identity``) would decrypt into a private temporary file and delete it on
-``close``, with the same checks.  Blocking: call these in a thread.
+A reader turns a backed-up row into a :class:`Plaintext`: the original bytes, already checked against
+the manifest's size and sha256, and how the upload gets them.  :class:`BackupFolder` reads a backup
+folder in place: a plain file is hashed where it is and sent from there; an encrypted one (``.age``,
+``--identity``) is decrypted through :func:`syncer.crypto.stream.open_plaintext` and its plaintext is
+never written to disk:
 
-Messages name the file id, never the file's name or local path (patient data).
+- up to ``HOLD_BYTES`` it is decrypted into memory, checked, and sent from there (at most
+  ``push.concurrency`` such files are held at once);
+- a bigger one is decrypted twice: once to check it (hashed, nothing kept), then again while it is
+  sent, in pieces of ``PIECE_BYTES`` (memory stays flat).  The second pass is hashed too and its last
+  piece held back until the digest matches: a copy that changed in between never arrives whole (the
+  request is cut, the server stores nothing), and the upload reports the file changed.
+
+Blocking: call ``open`` in a thread.  Messages name the file id, never the file's name or local path
+(patient data).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from syncer.errors import ItemError
 from syncer.local.storage import ensure_inside, sha256_file
 from syncer.push.plan import file_ident
 from syncer.restore.plan import BackupFile
 
+HOLD_BYTES = 4 << 20      # encrypted files up to this size are decrypted into memory, once
+PIECE_BYTES = 1 << 20     # a streamed plaintext goes to the upload a MiB at a time
+NOTHING_SENT = "nothing was sent"
+
 
 @dataclass
 class Plaintext:
-    """A backed-up file's original bytes, ready to send: ``path`` holds exactly what the manifest hashed."""
+    """A backed-up file's original bytes, ready to send.  ``path`` is the backed-up copy (for an encrypted
+    file, the age file); ``body`` (None: send ``path`` as it is) gives the upload a fresh body per try."""
 
     path: Path
     ident: tuple[int, ...]
     cleanup: Callable[[], None] | None = None
+    body: Callable[[str], Any] | None = None
+    torn: list[str] = field(default_factory=list)   # a streamed pass that did not match (see module doc)
 
     def unchanged(self) -> bool:
-        """Whether the file still is the one that was checked (size, mtime, ctime, inode, device)."""
+        """Whether the copy still is the one that was checked (size, mtime, ctime, inode, device)."""
+        if self.torn:
+            return False
         try:
             return file_ident(os.lstat(self.path)) == self.ident
         except OSError:
@@ -47,30 +66,147 @@ class BackupReader(Protocol):
     def open(self, f: BackupFile) -> Plaintext: ...
 
 
-class PlainBackup:
-    """A plain (unencrypted) backup folder: ``<dest>/<local_path>`` as pull wrote it."""
+def _changed(f: BackupFile) -> ItemError:
+    return ItemError(f"file {f.file_id}: its backed-up copy has changed since the backup (size or sha256"
+                     f" differ from the manifest's); {NOTHING_SENT}")
 
-    def __init__(self, dest: Path):
+
+class BackupFolder:
+    """A backup folder as pull wrote it: ``<dest>/<local_path>``, plain or age files.  ``identities``
+    (``--identity``) open the encrypted ones; without them an encrypted row fails (the options refuse
+    such a restore before it starts)."""
+
+    def __init__(self, dest: Path, identities: Sequence[Any] | None = None):
         self.dest = Path(dest)
+        self.identities = list(identities or [])
 
     def open(self, f: BackupFile) -> Plaintext:
-        """The backed-up copy, hashed and compared with the manifest; ItemError when it is missing,
-        unreadable or changed (then nothing may be sent for it)."""
+        """The checked plaintext; ItemError when the copy is missing, unreadable, changed, or (encrypted)
+        opens with none of the identities or fails age's authentication: then nothing may be sent."""
         try:
             path = ensure_inside(self.dest, f.local_path)
             before = os.lstat(path)
-            size, digest = sha256_file(path)
+            if f.encrypted:
+                got = self._decrypted(path, f)
+            else:
+                size, digest = sha256_file(path)
+                got = None
             after = os.lstat(path)
         except FileNotFoundError:
             raise ItemError(f"file {f.file_id}: its backed-up copy is missing from the backup folder;"
-                            " nothing was sent") from None
-        except ItemError:  # a path that would leave the backup folder, a symlink (its text names the path)
+                            f" {NOTHING_SENT}") from None
+        except ItemError as exc:
+            if exc.args and str(exc.args[0]).startswith(f"file {f.file_id}:"):
+                raise  # ours, from _decrypted
+            # a path that would leave the backup folder, a symlink (its text names the path)
             raise ItemError(f"file {f.file_id}: its backed-up copy is not a regular file inside the backup folder;"
-                            " nothing was sent") from None
+                            f" {NOTHING_SENT}") from None
         except OSError as exc:
             raise ItemError(f"file {f.file_id}: cannot read its backed-up copy ({exc.strerror or exc});"
-                            " nothing was sent") from None
-        if size != f.size or digest != f.sha256 or file_ident(before) != file_ident(after):
-            raise ItemError(f"file {f.file_id}: its backed-up copy has changed since the backup (size or sha256"
-                            " differ from the manifest's); nothing was sent")
-        return Plaintext(path, file_ident(after))
+                            f" {NOTHING_SENT}") from None
+        if file_ident(before) != file_ident(after):
+            raise _changed(f)
+        if got is None:
+            if size != f.size or digest != f.sha256:
+                raise _changed(f)
+            return Plaintext(path, file_ident(after))
+        return got.finish(path, file_ident(after))
+
+    def _decrypted(self, path: Path, f: BackupFile) -> _Decrypted:
+        from syncer.crypto.stream import DecryptFailed, NoMatchingKey, open_plaintext
+
+        if not self.identities:
+            raise ItemError(f"file {f.file_id}: its backed-up copy is encrypted and no --identity was given;"
+                            f" {NOTHING_SENT}")
+        held: list[bytes] | None = [] if f.size <= HOLD_BYTES else None
+        h = hashlib.sha256()
+        n = 0
+        try:
+            for chunk in open_plaintext(path, self.identities):
+                n += len(chunk)
+                if n > f.size:
+                    raise _changed(f)
+                h.update(chunk)
+                if held is not None:
+                    held.append(chunk)
+        except NoMatchingKey:
+            raise ItemError(f"file {f.file_id}: none of the identities given opens its backed-up copy (another"
+                            f" key?); {NOTHING_SENT}") from None
+        except DecryptFailed:
+            raise ItemError(f"file {f.file_id}: its backed-up copy fails age's authentication (altered or"
+                            f" truncated); {NOTHING_SENT}") from None
+        if n != f.size or h.hexdigest() != f.sha256:
+            raise _changed(f)
+        return _Decrypted(self.identities, f, b"".join(held) if held is not None else None)
+
+
+@dataclass
+class _Decrypted:
+    identities: list[Any]
+    f: BackupFile
+    data: bytes | None          # held in memory; None: streamed on each try
+
+    def finish(self, path: Path, ident: tuple[int, ...]) -> Plaintext:
+        plain = Plaintext(path, ident)
+        if self.data is not None:
+            data = self.data
+            plain.body = lambda ctype: data
+        else:
+            plain.body = lambda ctype: _sized_stream(_stream(path, self.identities, self.f, plain.torn),
+                                                     self.f.size, ctype)
+        return plain
+
+
+async def _stream(path: Path, identities: list[Any], f: BackupFile, torn: list[str]) -> AsyncIterator[bytes]:
+    """The plaintext again, decrypted while it is sent; the last piece only once the whole matched."""
+    from syncer.crypto.stream import open_plaintext
+
+    chunks = open_plaintext(path, identities)
+
+    def take() -> bytes:
+        out: list[bytes] = []
+        size = 0
+        while size < PIECE_BYTES:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            out.append(chunk)
+            size += len(chunk)
+        return b"".join(out)
+
+    h = hashlib.sha256()
+    n = 0
+    held: bytes | None = None
+    try:
+        while True:
+            try:
+                piece = await asyncio.to_thread(take)
+            except Exception as exc:  # noqa: BLE001 - altered or unreadable since it was checked
+                torn.append(type(exc).__name__)
+                raise _changed(f) from None
+            if not piece:
+                break
+            n += len(piece)
+            h.update(piece)
+            if held is not None:
+                yield held
+            held = piece
+            if n > f.size:
+                break
+        if n != f.size or h.hexdigest() != f.sha256:
+            torn.append("digest")
+            raise _changed(f)
+        if held is not None:
+            yield held
+    finally:
+        await asyncio.to_thread(chunks.close)
+
+
+def _sized_stream(chunks: AsyncIterator[bytes], size: int, ctype: str) -> Any:
+    """An aiohttp payload of ``chunks`` that announces its size (a Content-Length, not chunked)."""
+    from aiohttp.payload import AsyncIterablePayload
+
+    payload = AsyncIterablePayload(chunks, content_type=ctype)
+    payload._size = size  # aiohttp has no public way to give an iterable's length
+    return payload

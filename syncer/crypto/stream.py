@@ -15,7 +15,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +235,9 @@ def encrypt_file(src: Path, dst_fd: int, recipients: Sequence[Any]) -> tuple[int
     return size, plain.hexdigest(), sink.stored_size, sink.stored_sha256
 
 
-def open_plaintext(path: str | os.PathLike, identities: Sequence[Any]) -> Iterator[bytes]:
-    """The plaintext of the age file at ``path``, in chunks, decrypted on the fly in a thread.
+def open_plaintext(path: str | os.PathLike | Any, identities: Sequence[Any]) -> Iterator[bytes]:
+    """The plaintext of the age file at ``path`` (or read from ``path.read(n)``, a file-like such as a
+    bucket object's stream), in chunks, decrypted on the fly in a thread.
 
     Raises :class:`NoMatchingKey` when no identity opens it, :class:`DecryptFailed` when it is not an
     authentic, complete age file (a flipped byte or a truncation: age authenticates every 64 KiB),
@@ -287,8 +288,11 @@ def open_plaintext(path: str | os.PathLike, identities: Sequence[Any]) -> Iterat
         else:
             q.put(None)
 
-    fd = open_nofollow(Path(path))
-    f = os.fdopen(fd, "rb", buffering=DECRYPT_CHUNK)
+    if hasattr(path, "read"):
+        f = path
+    else:
+        fd = open_nofollow(Path(path))
+        f = os.fdopen(fd, "rb", buffering=DECRYPT_CHUNK)
     thread = threading.Thread(target=run, args=(f,), name="age-decrypt", daemon=True)
     thread.start()
     try:
@@ -307,7 +311,8 @@ def open_plaintext(path: str | os.PathLike, identities: Sequence[Any]) -> Iterat
             except queue.Empty:
                 pass
         thread.join()
-        f.close()
+        if hasattr(f, "close"):
+            f.close()
 
 
 def decrypt_sha256(path: str | os.PathLike, identities: Sequence[Any]) -> tuple[int, str]:
@@ -320,16 +325,14 @@ def decrypt_sha256(path: str | os.PathLike, identities: Sequence[Any]) -> tuple[
     return n, h.hexdigest()
 
 
-def probe_identities(dest: Path, rels: Sequence[str], identities: Sequence[Any]) -> tuple[int, int]:
-    """``(tried, opened)``: how many of the age files ``dest/rel`` could be tried (missing or damaged
-    ones are not counted: the run reports those) and how many the identities open (the header and the
-    first chunk authenticate; the rest is not read)."""
-    from syncer.local.storage import ensure_inside
-
+def probe_identities(sources: Iterable[Callable[[], Any]], identities: Sequence[Any]) -> tuple[int, int]:
+    """``(tried, opened)``: of the age files ``source()`` gives (a path or a file-like), how many could be
+    tried (missing or damaged ones are not counted: the run reports those) and how many the identities
+    open (the header and the first chunk authenticate; the rest is not read)."""
     tried = opened = 0
-    for rel in rels:
+    for source in sources:
         try:
-            chunks = open_plaintext(ensure_inside(dest, rel), identities)
+            chunks = open_plaintext(source(), identities)
             try:
                 next(chunks, None)
             finally:

@@ -70,7 +70,7 @@ from syncer.restore.plan import (
     plan_user,
     select,
 )
-from syncer.restore.reader import BackupFolder, BackupReader
+from syncer.restore.reader import BackupReader, open_reader
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
 
@@ -122,7 +122,7 @@ class RestoreJob:
     def __init__(self, ctx: RunContext, opts: RestoreOptions, *, reader: BackupReader | None = None):
         self.ctx = ctx
         self.opts = opts
-        self.reader = reader or BackupFolder(opts.backup_dest, opts.identities)
+        self.reader = reader or open_reader(opts.backup_dest, opts.identities, opts.backup_config)
         self.pool: WorkerPool[tuple[RestoreItem, str]] = WorkerPool(
             ctx, self._one, workers=opts.concurrency, queue_size=max(16, opts.concurrency * 4), name="restore")
         self.claimed: dict[str, set[str]] = {}    # destination user -> documents some file owns

@@ -23,7 +23,8 @@ from syncer.restore.plan import NOT_RESTORABLE, UPLOADABLE
 @dataclass(frozen=True)
 class RestoreOptions:
     backup_manifest: Path                    # read only, never changed
-    backup_dest: Path                        # where the backed-up files are (the backup's pull.dest)
+    backup_dest: Path | str                  # where the backed-up files are (the backup's pull.dest: a folder
+                                             # or s3://bucket/prefix)
     tokens: dict[str, str] = field(repr=False)   # destination user id -> token: secrets, never printed
     user_map: dict[str, str] | None = None   # source user -> destination user; None: each to itself
     same_account: bool = True                # the backup's account is the destination account
@@ -35,6 +36,7 @@ class RestoreOptions:
     dest_account: str = ""                   # base_url#account_code of the destination (no secret)
     notes: list[str] = field(default_factory=list, compare=False)  # filled by the job: what was left out, why
     identities: tuple[Any, ...] = field(default=(), repr=False)  # --identity: open the backup's .age files
+    backup_config: Config | None = field(default=None, repr=False, compare=False)  # its s3 settings
 
     def dest_for(self, source_user: str) -> str | None:
         """The destination user of a backed-up user, or None when the map leaves it out."""
@@ -70,30 +72,36 @@ def options_from_config(cfg: Config, backup: Config, *, user_map: str | os.PathL
     where = f" (the backup config {backup.source_path})" if backup.source_path else ""
     if not backup_manifest.is_file():
         raise ConfigError(f"the backup's manifest {backup_manifest}{where} does not exist: nothing to restore from")
-    if not Path(backup.pull.dest).is_dir():
+    from syncer.store import is_object_dest
+
+    in_bucket = is_object_dest(backup.pull.dest)
+    if not in_bucket and not Path(backup.pull.dest).is_dir():
         raise ConfigError(f"the backup folder {backup.pull.dest}{where} does not exist")
+    backup_dest = str(backup.pull.dest) if in_bucket else Path(backup.pull.dest)
     same_account = _account(cfg) == _account(backup)
     mapping = load_user_map(user_map) if user_map is not None else None
     if mapping is None and not same_account:
         raise ConfigError("the backup comes from another account (api.base_url or api.account_code differ):"
                           " give --user-map CSV (header source_user_id,dest_user_id)")
     tokens = load_tokens(cfg.push.tokens_file)
-    identities = _identities(backup_manifest, Path(backup.pull.dest), identity, need_key)
+    identities = _identities(backup_manifest, backup_dest, backup, identity, need_key)
     try:
         same_file = os.path.samefile(backup_manifest, cfg.manifest.path)
     except OSError:
         same_file = False
     return RestoreOptions(
-        backup_manifest=backup_manifest, backup_dest=Path(backup.pull.dest), tokens=tokens, user_map=mapping,
+        backup_manifest=backup_manifest, backup_dest=backup_dest, tokens=tokens, user_map=mapping,
         same_account=same_account, users=tuple(dict.fromkeys(users)), categories=tuple(dict.fromkeys(categories)),
         concurrency=cfg.push.concurrency, mapping_out=Path(mapping_out) if mapping_out else None,
-        link_pull=same_account and same_file, dest_account="#".join(_account(cfg)), identities=tuple(identities))
+        link_pull=same_account and same_file, dest_account="#".join(_account(cfg)), identities=tuple(identities),
+        backup_config=backup)
 
 
 PROBE_FILES = 5  # encrypted files tried with the identity before the run (the smallest: cheap to open)
 
 
-def _identities(manifest: Path, dest: Path, identity: str | os.PathLike | None, need_key: bool) -> list[Any]:
+def _identities(manifest: Path, dest: Path | str, backup: Config, identity: str | os.PathLike | None,
+                need_key: bool) -> list[Any]:
     """The identities for an encrypted backup (0600 file enforced); ConfigError when the backup holds
     encrypted files and no ``--identity`` was given, or when the key opens none of those tried (the
     wrong identity file: refused before anything is sent, like ``verify --decrypt``)."""
@@ -119,7 +127,10 @@ def _identities(manifest: Path, dest: Path, identity: str | os.PathLike | None, 
                 " AND state IN ('done', 'remote_deleted') ORDER BY size LIMIT ?", (PROBE_FILES,))]
         finally:
             m.close()
-        tried, opened = probe_identities(dest, paths, identities)
+        from syncer.restore.reader import open_reader
+
+        reader = open_reader(dest, identities, backup)
+        tried, opened = probe_identities([lambda rel=rel: reader.source(rel) for rel in paths], identities)
         if tried and not opened:
             raise ConfigError(f"--identity {identity}: none of the {tried} encrypted files tried opens with this key"
                               " (the wrong identity file?); nothing was sent")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,11 +47,14 @@ class Plaintext:
     cleanup: Callable[[], None] | None = None
     body: Callable[[str], Any] | None = None
     torn: list[str] = field(default_factory=list)   # a streamed pass that did not match (see module doc)
+    in_bucket: bool = False   # an object: each pass reads it only if its ETag is still the one checked
 
     def unchanged(self) -> bool:
         """Whether the copy still is the one that was checked (size, mtime, ctime, inode, device)."""
         if self.torn:
             return False
+        if self.in_bucket:
+            return True
         try:
             return file_ident(os.lstat(self.path)) == self.ident
         except OSError:
@@ -84,7 +87,7 @@ class BackupFolder:
         """The checked plaintext; ItemError when the copy is missing, unreadable, changed, or (encrypted)
         opens with none of the identities or fails age's authentication: then nothing may be sent."""
         try:
-            path = ensure_inside(self.dest, f.local_path)
+            path = self.source(f.local_path)
             before = os.lstat(path)
             if f.encrypted:
                 got = self._decrypted(path, f)
@@ -112,56 +115,65 @@ class BackupFolder:
             return Plaintext(path, file_ident(after))
         return got.finish(path, file_ident(after))
 
-    def _decrypted(self, path: Path, f: BackupFile) -> _Decrypted:
-        from syncer.crypto.stream import DecryptFailed, NoMatchingKey, open_plaintext
+    def _decrypted(self, path: Path, f: BackupFile) -> _Checked:
+        from syncer.crypto.stream import open_plaintext
 
         if not self.identities:
             raise ItemError(f"file {f.file_id}: its backed-up copy is encrypted and no --identity was given;"
                             f" {NOTHING_SENT}")
-        held: list[bytes] | None = [] if f.size <= HOLD_BYTES else None
-        h = hashlib.sha256()
-        n = 0
-        try:
-            for chunk in open_plaintext(path, self.identities):
-                n += len(chunk)
-                if n > f.size:
-                    raise _changed(f)
-                h.update(chunk)
-                if held is not None:
-                    held.append(chunk)
-        except NoMatchingKey:
-            raise ItemError(f"file {f.file_id}: none of the identities given opens its backed-up copy (another"
-                            f" key?); {NOTHING_SENT}") from None
-        except DecryptFailed:
-            raise ItemError(f"file {f.file_id}: its backed-up copy fails age's authentication (altered or"
-                            f" truncated); {NOTHING_SENT}") from None
-        if n != f.size or h.hexdigest() != f.sha256:
-            raise _changed(f)
-        return _Decrypted(self.identities, f, b"".join(held) if held is not None else None)
+        return _check(f, lambda: open_plaintext(path, self.identities))
+
+    def source(self, rel: str) -> Path:
+        """Where the age file at ``rel`` is read from (for the identity probe)."""
+        return ensure_inside(self.dest, rel)
+
+
+def _check(f: BackupFile, chunks: Callable[[], Iterator[bytes]]) -> _Checked:
+    """One pass over the plaintext ``chunks()`` gives: hashed and compared with the manifest, and kept
+    when it is small enough to hold (else the upload makes a second pass)."""
+    from syncer.crypto.stream import DecryptFailed, NoMatchingKey
+
+    held: list[bytes] | None = [] if f.size <= HOLD_BYTES else None
+    h = hashlib.sha256()
+    n = 0
+    try:
+        for chunk in chunks():
+            n += len(chunk)
+            if n > f.size:
+                raise _changed(f)
+            h.update(chunk)
+            if held is not None:
+                held.append(chunk)
+    except NoMatchingKey:
+        raise ItemError(f"file {f.file_id}: none of the identities given opens its backed-up copy (another"
+                        f" key?); {NOTHING_SENT}") from None
+    except DecryptFailed:
+        raise ItemError(f"file {f.file_id}: its backed-up copy fails age's authentication (altered or"
+                        f" truncated); {NOTHING_SENT}") from None
+    if n != f.size or h.hexdigest() != f.sha256:
+        raise _changed(f)
+    return _Checked(chunks, f, b"".join(held) if held is not None else None)
 
 
 @dataclass
-class _Decrypted:
-    identities: list[Any]
+class _Checked:
+    chunks: Callable[[], Iterator[bytes]]   # the plaintext again (a second pass), for a file not held
     f: BackupFile
     data: bytes | None          # held in memory; None: streamed on each try
 
-    def finish(self, path: Path, ident: tuple[int, ...]) -> Plaintext:
-        plain = Plaintext(path, ident)
+    def finish(self, path: Path, ident: tuple[int, ...], in_bucket: bool = False) -> Plaintext:
+        plain = Plaintext(path, ident, in_bucket=in_bucket)
         if self.data is not None:
             data = self.data
             plain.body = lambda ctype: data
         else:
-            plain.body = lambda ctype: _sized_stream(_stream(path, self.identities, self.f, plain.torn),
-                                                     self.f.size, ctype)
+            plain.body = lambda ctype: _sized_stream(_stream(self.chunks, self.f, plain.torn), self.f.size, ctype)
         return plain
 
 
-async def _stream(path: Path, identities: list[Any], f: BackupFile, torn: list[str]) -> AsyncIterator[bytes]:
-    """The plaintext again, decrypted while it is sent; the last piece only once the whole matched."""
-    from syncer.crypto.stream import open_plaintext
-
-    chunks = open_plaintext(path, identities)
+async def _stream(source: Callable[[], Iterator[bytes]], f: BackupFile, torn: list[str]) -> AsyncIterator[bytes]:
+    """The plaintext again, read (decrypted) while it is sent; the last piece only once the whole matched."""
+    chunks = await asyncio.to_thread(source)
 
     def take() -> bytes:
         out: list[bytes] = []
@@ -200,7 +212,9 @@ async def _stream(path: Path, identities: list[Any], f: BackupFile, torn: list[s
         if held is not None:
             yield held
     finally:
-        await asyncio.to_thread(chunks.close)
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
 
 
 def _sized_stream(chunks: AsyncIterator[bytes], size: int, ctype: str) -> Any:
@@ -210,3 +224,95 @@ def _sized_stream(chunks: AsyncIterator[bytes], size: int, ctype: str) -> Any:
     payload = AsyncIterablePayload(chunks, content_type=ctype)
     payload._size = size  # aiohttp has no public way to give an iterable's length
     return payload
+
+
+class BackupBucket:
+    """A backup in an S3-compatible bucket (``s3://``), read through the object sink's store: objects are
+    never written to disk.  Plain and age objects alike are checked in one pass (held in memory up to
+    ``HOLD_BYTES``, else read again while sent, and only if the object's ETag is still the one checked)."""
+
+    def __init__(self, sink: Any, identities: Sequence[Any] | None = None):
+        self.sink = sink
+        self.identities = list(identities or [])
+
+    def source(self, rel: str) -> _ObjectReader:
+        return _ObjectReader(self.sink, rel)
+
+    def open(self, f: BackupFile) -> Plaintext:
+        import obstore.exceptions as oe
+
+        from syncer.store.s3 import translate
+
+        first = _ObjectReader(self.sink, f.local_path)
+        try:
+            if f.encrypted:
+                if not self.identities:
+                    raise ItemError(f"file {f.file_id}: its backed-up copy is encrypted and no --identity was given;"
+                                    f" {NOTHING_SENT}")
+                from syncer.crypto.stream import open_plaintext
+
+                checked = _check(f, lambda: open_plaintext(first, self.identities))
+                again = lambda: open_plaintext(_ObjectReader(self.sink, f.local_path, first.etag),  # noqa: E731
+                                               self.identities)
+            else:
+                checked = _check(f, first.chunks)
+                again = _ObjectReader(self.sink, f.local_path, first.etag).chunks
+        except (oe.NotFoundError, FileNotFoundError):
+            raise ItemError(f"file {f.file_id}: its backed-up object is missing from the bucket; {NOTHING_SENT}"
+                            ) from None
+        except ItemError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the store's failure, translated (no key or URL in it)
+            raise translate(exc, f"file {f.file_id}: reading its backed-up object") from exc
+        checked.chunks = again
+        return checked.finish(Path(f.local_path), (), in_bucket=True)
+
+
+class _ObjectReader:
+    """One object's bytes, read with the store's blocking API (restore's reader runs in a thread): as
+    chunks, or as a file-like for pyrage.  ``etag``: read only that version (else the read fails)."""
+
+    def __init__(self, sink: Any, key: str, etag: str | None = None):
+        self.sink = sink
+        self.key = key
+        self.etag = etag
+        self._it: Iterator[Any] | None = None
+        self._buf = memoryview(b"")
+
+    def _open(self) -> Iterator[Any]:
+        import obstore
+
+        options: dict[str, Any] = {"if_match": self.etag} if self.etag else {}
+        got = obstore.get(self.sink.store, self.key, options=options)
+        if self.etag is None:
+            self.etag = got.meta.get("e_tag")
+        return iter(got.stream(min_chunk_size=PIECE_BYTES))
+
+    def chunks(self) -> Iterator[bytes]:
+        for chunk in self._open():
+            yield bytes(chunk)
+
+    def read(self, n: int = -1) -> bytes:
+        if self._it is None:
+            self._it = self._open()
+        while not self._buf:
+            try:
+                self._buf = memoryview(bytes(next(self._it)))
+            except StopIteration:
+                return b""
+        if n is None or n < 0:
+            n = len(self._buf)
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return bytes(out)
+
+
+def open_reader(dest: Path | str, identities: Sequence[Any] = (),
+                backup_config: Any = None) -> BackupFolder | BackupBucket:
+    """The reader for a backup: its folder, or its bucket (``s3://``, with the backup config's s3 settings)."""
+    from syncer.store import is_object_dest
+
+    if is_object_dest(dest):
+        from syncer.store.s3 import ObjectSink
+
+        return BackupBucket(ObjectSink.from_config(str(dest), backup_config), identities)
+    return BackupFolder(Path(dest), identities)

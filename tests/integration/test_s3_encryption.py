@@ -190,3 +190,58 @@ def test_a_killed_runs_encrypted_object_is_replaced_and_encryption_turned_on_lea
         res = run_cli(cfg, srv, "pull", "-q")
         assert res.returncode == 1, res.stdout + res.stderr[-3000:]
         assert s3.read(f"{PREFIX}/{other['local_path']}") == b"someone else's"
+
+
+# -- restore from a bucket -------------------------------------------------------------------------------
+
+def user_docs(srv: FakeServer) -> list[tuple[str, str, str, str]]:
+    return sorted((f["target_id"], f["name"], f["sha256"], f["category"]) for f in srv.files()
+                  if f["target_type"] == "user")
+
+
+def test_restore_from_a_bucket_plain_and_encrypted_never_touches_the_disk(s3, tmp_path: Path) -> None:
+    from syncer.restore.plan import UPLOADABLE
+    from syncer.restore.reader import HOLD_BYTES
+
+    key, pub = tmp_path / "k.txt", keygen(tmp_path / "k.txt")[1]
+    with FakeServer(seed=33, users=3, files_per_user=6, sizes=(100, 3_000, 70_000, 6 * MIB)).run_in_thread() as srv:
+        tokens = tmp_path / "tokens.csv"
+        tokens.write_text("user_id,token\n" + "".join(f"{u},{srv.token_for(u)}\n" for u in srv.users))
+        os.chmod(tokens, 0o600)
+        for encrypt in (False, True):
+            s3.empty()
+            work = tmp_path / ("enc" if encrypt else "plain")
+            work.mkdir()
+            cfg = toml(work, srv, s3, [pub] if encrypt else [])
+            assert run_cli(cfg, srv, "pull", "-q").returncode == 0
+            before = user_docs(srv)
+            docs = [f for f in srv.files() if f["target_type"] == "user" and f["category"] in UPLOADABLE]
+            big = [f for f in docs if f["size"] > HOLD_BYTES][:1]
+            assert big, "no streamed file: the test would prove less"
+            gone = [f for f in docs if f["size"] <= HOLD_BYTES][:4] + big
+            for f in gone:
+                srv.delete_file(f["id"])
+            count = len(srv.files())
+            args = ["restore", "--tokens-file", str(tokens)] + (["--identity", str(key)] if encrypt else [])
+            res = run_cli(cfg, srv, *args)
+            assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+            assert user_docs(srv) == before
+            assert len(srv.files()) == count + len(gone)
+            assert not [p for p in work.rglob("*") if p.is_file() and p.suffix not in (".toml", ".sqlite", ".log")
+                        and not p.name.startswith("manifest.sqlite")], "something was written beside the manifest"
+            res = run_cli(cfg, srv, *args)  # a rerun sends nothing
+            assert res.returncode == 0 and len(srv.files()) == count + len(gone), res.stderr[-3000:]
+
+        # An altered object fails its item by id; nothing is sent for it.
+        recs = {r["file_id"]: r for r in rows(work / "manifest.sqlite")}
+        victim = next(f for f in srv.files() if f["target_type"] == "user" and f["category"] in UPLOADABLE
+                      and f["id"] in recs)
+        okey = f"{PREFIX}/{recs[victim['id']]['local_path']}"
+        ct = bytearray(s3.read(okey))
+        ct[len(ct) // 2] ^= 1
+        s3.client.put_object(Bucket=s3.bucket, Key=okey, Body=bytes(ct))
+        srv.delete_file(victim["id"])
+        count = len(srv.files())
+        res = run_cli(cfg, srv, "restore", "--tokens-file", str(tokens), "--identity", str(key))
+        assert res.returncode == 1, res.stdout + res.stderr[-3000:]
+        assert f"file {victim['id']}" in res.stdout + res.stderr and len(srv.files()) == count

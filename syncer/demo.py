@@ -7,7 +7,8 @@ backed-up documents on the server and puts them back with restore, and leaves a 
 that ``syncer status -c <workdir>/syncer.toml`` works afterwards.  A last act backs everything up
 again with encryption at rest into ``<workdir>/encrypted`` (its own manifest and config), encrypted to
 a throwaway age key made in the work folder (``demo-key.txt``), and decrypts every file to check it.
-(The first backup stays plain: restore reads it, and restore does not decrypt yet.)
+(The first backup stays plain, so its folder can be browsed as it is; restore also reads an encrypted
+one, with ``--identity``.)
 
 The work folder must be new, empty, or made by an earlier demo (which leaves the 0600 marker file
 ``.syncer-demo``): anything else is refused before a byte is written, since the demo writes a config,

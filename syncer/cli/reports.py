@@ -132,6 +132,8 @@ def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int |
 
         identities = load_identities(identity)  # type: ignore[arg-type]
     progress = verify_mod.ProgressPrinter(sys.stderr, interval=cfg.log.progress_interval)
+    if quick and decrypt:
+        raise click.UsageError("--quick downloads nothing, so it cannot --decrypt: give one or the other")
     if quick and not is_object_dest(cfg.pull.dest):
         raise click.UsageError("--quick needs an s3:// destination (a folder is checked by re-hashing)")
     try:
@@ -141,7 +143,8 @@ def verify_cmd(config_path: str | None, manifest_path: str | None, sample: int |
 
             report = run_async(verify_objects(
                 ObjectSink.from_config(str(cfg.pull.dest), cfg), cfg.manifest.path,
-                sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE), quick=quick))
+                sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE), quick=quick,
+                identities=identities))
         else:
             report = verify_mod.verify(cfg.manifest.path, Path(cfg.pull.dest),
                                        sample=None if check_all else (sample or verify_mod.DEFAULT_SAMPLE),

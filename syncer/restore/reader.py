@@ -4,7 +4,8 @@ A reader turns a backed-up row into a :class:`Plaintext`: the original bytes, al
 the manifest's size and sha256, and how the upload gets them.  :class:`BackupFolder` reads a backup
 folder in place: a plain file is hashed where it is and sent from there; an encrypted one (``.age``,
 ``--identity``) is decrypted through :func:`syncer.crypto.stream.open_plaintext` and its plaintext is
-never written to disk:
+never written to disk.  :class:`BackupBucket` reads an ``s3://`` backup's objects through the store
+(:mod:`syncer.store.reading`), plain or age, never to disk either.  Either way:
 
 - up to ``HOLD_BYTES`` it is decrypted into memory, checked, and sent from there (at most
   ``push.concurrency`` such files are held at once);
@@ -235,15 +236,18 @@ class BackupBucket:
         self.sink = sink
         self.identities = list(identities or [])
 
-    def source(self, rel: str) -> _ObjectReader:
-        return _ObjectReader(self.sink, rel)
+    def source(self, rel: str) -> Any:
+        from syncer.store.reading import ObjectReader
+
+        return ObjectReader(self.sink, rel)
 
     def open(self, f: BackupFile) -> Plaintext:
         import obstore.exceptions as oe
 
+        from syncer.store.reading import ObjectReader
         from syncer.store.s3 import translate
 
-        first = _ObjectReader(self.sink, f.local_path)
+        first = ObjectReader(self.sink, f.local_path)
         try:
             if f.encrypted:
                 if not self.identities:
@@ -252,11 +256,11 @@ class BackupBucket:
                 from syncer.crypto.stream import open_plaintext
 
                 checked = _check(f, lambda: open_plaintext(first, self.identities))
-                again = lambda: open_plaintext(_ObjectReader(self.sink, f.local_path, first.etag),  # noqa: E731
+                again = lambda: open_plaintext(ObjectReader(self.sink, f.local_path, first.etag),  # noqa: E731
                                                self.identities)
             else:
                 checked = _check(f, first.chunks)
-                again = _ObjectReader(self.sink, f.local_path, first.etag).chunks
+                again = ObjectReader(self.sink, f.local_path, first.etag).chunks
         except (oe.NotFoundError, FileNotFoundError):
             raise ItemError(f"file {f.file_id}: its backed-up object is missing from the bucket; {NOTHING_SENT}"
                             ) from None
@@ -266,44 +270,6 @@ class BackupBucket:
             raise translate(exc, f"file {f.file_id}: reading its backed-up object") from exc
         checked.chunks = again
         return checked.finish(Path(f.local_path), (), in_bucket=True)
-
-
-class _ObjectReader:
-    """One object's bytes, read with the store's blocking API (restore's reader runs in a thread): as
-    chunks, or as a file-like for pyrage.  ``etag``: read only that version (else the read fails)."""
-
-    def __init__(self, sink: Any, key: str, etag: str | None = None):
-        self.sink = sink
-        self.key = key
-        self.etag = etag
-        self._it: Iterator[Any] | None = None
-        self._buf = memoryview(b"")
-
-    def _open(self) -> Iterator[Any]:
-        import obstore
-
-        options: dict[str, Any] = {"if_match": self.etag} if self.etag else {}
-        got = obstore.get(self.sink.store, self.key, options=options)
-        if self.etag is None:
-            self.etag = got.meta.get("e_tag")
-        return iter(got.stream(min_chunk_size=PIECE_BYTES))
-
-    def chunks(self) -> Iterator[bytes]:
-        for chunk in self._open():
-            yield bytes(chunk)
-
-    def read(self, n: int = -1) -> bytes:
-        if self._it is None:
-            self._it = self._open()
-        while not self._buf:
-            try:
-                self._buf = memoryview(bytes(next(self._it)))
-            except StopIteration:
-                return b""
-        if n is None or n < 0:
-            n = len(self._buf)
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return bytes(out)
 
 
 def open_reader(dest: Path | str, identities: Sequence[Any] = (),

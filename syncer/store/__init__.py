@@ -2,7 +2,8 @@
 
 A pull writes every file through a :class:`Sink`.  ``sink.writer(rel, ...)`` returns a writer-like
 object (``existing_bytes`` / ``open`` / ``write`` / ``commit`` / ``abort``, the shape of
-:class:`syncer.local.writer.AtomicWriter`), so a stream transform (age encryption) can wrap either.
+:class:`syncer.local.writer.AtomicWriter`), so a stream transform (age encryption) can wrap either:
+``syncer.crypto.sinkwriter.writer_for`` is where a pull gets its writer.
 ``sink.presence(target)`` answers the planner's questions about what is already there (is the finished
 copy still present, can a complete copy left by a killed run be adopted, is there a partial to resume).
 ``rel`` is always ``<target_type>/<target_id>/<category>/<safe name>`` (``syncer.pull.plan``).
@@ -14,7 +15,9 @@ copy still present, can a complete copy left by a killed run be adopted, is ther
 - ``s3errors``: obstore's failures translated, once, into syncer's errors (no key, URL or secret).
 - ``snapshot``: the manifest's snapshot in the bucket (upload at the end of a run, fetch on a fresh
   machine), the run mark and the clean-up after a killed run, the fleet view of ``status --all-shards``.
-- ``check``: ``verify`` for a bucket (re-read and hash a sample, or compare the listing only).
+- ``check``: ``verify`` for a bucket (re-read and hash a sample, or compare the listing only; age
+  objects against their stored digests, or decrypted with ``--decrypt``).
+- ``reading``: one object read back with the blocking API (restore from a bucket, verify's decryption).
 
 May import: ``syncer.errors``, ``syncer.logs``, ``syncer.local``, ``syncer.manifest`` (snapshot, check),
 ``syncer.config`` (types only), ``syncer.report.verify`` (check: its report types).  Imported by:

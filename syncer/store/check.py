@@ -3,7 +3,8 @@
 The same rows and report as a folder's verify (:mod:`syncer.report.verify`): ``done`` items and
 ``remote_deleted`` ones with a digest, a random sample (default 100) or ``--all``.  An encrypted
 (``.age``) object is checked against the stored size and sha256 the manifest recorded for it (the
-ciphertext's): no key is needed.
+ciphertext's): no key is needed.  With ``--decrypt --identity`` an age object is decrypted
+(streamed, never held or written) and its plaintext checked, as for a folder.
 
 - Full (default): each object is read back (streamed, never held whole) and hashed: ``ok``,
   ``missing`` (no object at its key), ``changed`` (size or digest differs), ``unreadable`` (the store
@@ -28,6 +29,7 @@ from syncer.report.verify import CHANGED, MISSING, UNREADABLE, Problem, VerifyRe
 from syncer.store.s3 import ObjectSink, translate
 
 CONCURRENCY = 4
+NO_KEY = "no_key: "
 
 
 def _stored(row: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -68,6 +70,42 @@ async def _check_full(sink: ObjectSink, row: dict[str, Any]) -> tuple[Problem | 
     return None, size
 
 
+def _decrypt_sync(sink: ObjectSink, row: dict[str, Any], identities: list[Any]) -> tuple[Problem | None, int]:
+    """An age object decrypted and its plaintext compared with the manifest (``verify --decrypt``)."""
+    import obstore.exceptions as oe
+
+    from syncer.crypto.stream import DecryptFailed, NoMatchingKey, open_plaintext
+    from syncer.store.reading import ObjectReader
+
+    def plain_problem(kind: str, detail: str, size: int | None = None, sha: str | None = None) -> Problem:
+        p = _problem(row, kind, detail, size, sha)
+        p.expected_size, p.expected_sha256 = row["size"], row["sha256"]
+        return p
+
+    h = hashlib.sha256()
+    size = 0
+    try:
+        for chunk in open_plaintext(ObjectReader(sink, row["local_path"]), identities):
+            h.update(chunk)
+            size += len(chunk)
+    except NoMatchingKey as exc:
+        p = plain_problem(CHANGED, f"cannot decrypt it: {exc}")
+        p.detail = NO_KEY + p.detail
+        return p, 0
+    except DecryptFailed as exc:
+        return plain_problem(CHANGED, f"it fails age's authentication: {exc}"), 0
+    except (oe.NotFoundError, FileNotFoundError):
+        return plain_problem(MISSING, "no object at this key"), 0
+    except Exception as exc:  # noqa: BLE001 - reported, never raised
+        return plain_problem(UNREADABLE, str(translate(exc, "reading an object"))), 0
+    digest = h.hexdigest()
+    if row["size"] is not None and size != row["size"]:
+        return plain_problem(CHANGED, f"decrypted size {size}, expected {row['size']}", size, digest), size
+    if digest != row["sha256"]:
+        return plain_problem(CHANGED, "decrypted content differs from the recorded SHA-256", size, digest), size
+    return None, size
+
+
 async def _check_quick(sink: ObjectSink, row: dict[str, Any], sizes: dict[str, int]) -> tuple[Problem | None, int]:
     size = sizes.get(row["local_path"])
     if size is None:
@@ -102,8 +140,9 @@ async def _listing(sink: ObjectSink) -> dict[str, int]:
 
 
 async def verify_objects(sink: ObjectSink, manifest_path: Path, *, sample: int | None, quick: bool = False,
-                         rng: random.Random | None = None) -> VerifyReport:
-    """Check ``sample`` random backed-up objects (``None``: all); ManifestError without a manifest."""
+                         rng: random.Random | None = None, identities: list[Any] | None = None) -> VerifyReport:
+    """Check ``sample`` random backed-up objects (``None``: all); ManifestError without a manifest.
+    ``identities`` (``--decrypt``): age objects are decrypted and their plaintext checked instead."""
     started = time.monotonic()
     manifest = Manifest.open(Path(manifest_path), create=False, readonly=True)
     try:
@@ -122,15 +161,23 @@ async def verify_objects(sink: ObjectSink, manifest_path: Path, *, sample: int |
 
     async def one(row: dict[str, Any]) -> tuple[Problem | None, int]:
         async with gate:
+            if identities and row.get("encrypted") and not quick:
+                return await asyncio.to_thread(_decrypt_sync, sink, row, identities)
             return await (_check_quick(sink, row, sizes) if quick else _check_full(sink, row))
 
-    for problem, nbytes in await asyncio.gather(*(one(r) for r in rows)):
+    for row, (problem, nbytes) in zip(rows, await asyncio.gather(*(one(r) for r in rows)), strict=True):
         report.checked += 1
         report.bytes_hashed += nbytes
         if problem is None:
             report.ok += 1
         else:
             report.problems.append(problem)
+        if identities and row.get("encrypted") and not quick:
+            if problem is not None and problem.detail.startswith(NO_KEY):
+                report.no_key += 1
+                problem.detail = problem.detail[len(NO_KEY):]
+            elif problem is None or problem.actual_sha256 is not None:
+                report.decrypted += 1  # opened with the key (its plaintext compared)
     report.problems.sort(key=lambda p: (p.kind, p.local_path))
     report.elapsed = time.monotonic() - started
     return report

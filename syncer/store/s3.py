@@ -16,6 +16,9 @@ Decisions:
   and part carries ``x-amz-checksum-sha256``).  A single-PUT object also carries our whole-file
   sha256 as user metadata (``x-amz-meta-sha256``), which ``verify --quick`` and adoption read with a
   HEAD.  A multipart object cannot (its metadata is sent before its bytes): verify re-reads it.
+- Every object is labelled with the file id it holds (``x-amz-meta-file-id``, ``writer(owner=)``): a key
+  new to this manifest that holds an object of the same file id is ours (a killed run's encrypted copy,
+  whose bytes differ on every run) and is replaced; another file's object never is.
 - Errors are translated once (:func:`translate`): no URL, key (file names are patient data) or
   secret in a message.  5xx (503 SlowDown) and connection errors are retried by obstore with the
   run's retry settings; what still fails is a TransientError (the item is retried next run).

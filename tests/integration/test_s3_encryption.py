@@ -128,12 +128,22 @@ def test_encrypted_pull_into_a_bucket_two_recipients_hostile_names_rerun_and_ver
             assert ok.returncode == 0, ok.stdout + ok.stderr
             report = json.loads(ok.stdout)
             assert report["passed"] and report["checked"] == n, report
+        # --decrypt: every object decrypted (streamed from the bucket) and its plaintext checked.
+        ok = run_cli(cfg, srv, "verify", "--all", "--json", "--decrypt", "--identity", str(key2))
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        report = json.loads(ok.stdout)
+        assert report["passed"] and report["decrypted"] == n, report
+        wrong = tmp_path / "wrong.txt"
+        keygen(wrong)
+        res = run_cli(cfg, srv, "verify", "--all", "--decrypt", "--identity", str(wrong))
+        assert res.returncode == 2 and "opens with this key" in res.stdout + res.stderr, res.stdout + res.stderr
         small = min((r for r in recs if r["size"] > 0), key=lambda r: r["size"])
         ct = bytearray(s3.read(f"{PREFIX}/{small['local_path']}"))
         ct[-1] ^= 1
         s3.client.put_object(Bucket=s3.bucket, Key=f"{PREFIX}/{small['local_path']}", Body=bytes(ct),
                              Metadata={"sha256": hashlib.sha256(ct).hexdigest()})
-        for args in (["verify", "--all"], ["verify", "--all", "--quick"]):
+        for args in (["verify", "--all"], ["verify", "--all", "--quick"],
+                     ["verify", "--all", "--decrypt", "--identity", str(key1)]):
             bad = run_cli(cfg, srv, *args, "--json")
             assert bad.returncode == 1, bad.stdout + bad.stderr
             assert [p["file_id"] for p in json.loads(bad.stdout)["changed"]] == [small["file_id"]]

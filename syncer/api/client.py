@@ -33,7 +33,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
-from syncer.api.results import CHUNK_SIZE, Download, Listing, content_range, parse_listing
+from syncer.api.results import CHUNK_SIZE, Download, Listing, content_range, parse_listing, ranged_download
 from syncer.api.retry import RetryPolicy
 from syncer.api.translate import (
     RedactedCause,
@@ -81,16 +81,21 @@ def make_session(api: ApiConfig, *, limit: int) -> aiohttp.ClientSession:
 class _DownloadContext:
     """``async with client.download(url) as dl:`` — opens the link on enter, releases it on exit."""
 
-    __slots__ = ("_client", "_url", "_offset", "_resp")
+    __slots__ = ("_client", "_url", "_offset", "_resp", "_span")
 
-    def __init__(self, client: FilesClient, url: str, offset: int) -> None:
+    def __init__(self, client: FilesClient, url: str, offset: int,
+                 span: tuple[int, int, int] | None = None) -> None:
         self._client = client
         self._url = url
         self._offset = offset
+        self._span = span
         self._resp: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> Download:
-        dl = await self._client._open_download(self._url, self._offset)
+        if self._span is not None:
+            dl = await self._client._open_range(self._url, *self._span)
+        else:
+            dl = await self._client._open_download(self._url, self._offset)
         self._resp = dl._resp
         return dl
 
@@ -200,6 +205,15 @@ class FilesClient:
         if offset < 0:
             raise ValueError("offset must not be negative")
         return _DownloadContext(self, url, offset)
+
+    def download_range(self, url: str, start: int, end: int, total: int) -> _DownloadContext:
+        """Open bytes ``start``..``end`` (inclusive) of a ``total``-byte file at a download link:
+        ``async with client.download_range(fp, a, b, n) as dl:``.  Raises ``RangeNotServed`` unless the
+        answer is a 206 whose ``Content-Range`` is exactly ``bytes start-end/total`` (and whose length,
+        when given, matches); otherwise as ``download``.  For syncer.pull.segments."""
+        if not 0 <= start <= end < total:
+            raise ValueError("the range must lie within the file")
+        return _DownloadContext(self, url, 0, (start, end, total))
 
     async def upload(self, path: Path, *, category: str = "user_document", token: str,
                      filename: str | None = None, body: Callable[[str], Any] | None = None) -> RemoteFile:
@@ -317,6 +331,16 @@ class FilesClient:
                 return Download(resp, url, offset=start, total_size=total, length=length)
             if resp.status in (200, 203):
                 return Download(resp, url, offset=0, total_size=clen, length=clen)
+            raise await status_error(resp, redact_link(url), view=True, secrets=(self._token,))
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _open_range(self, url: str, start: int, end: int, total: int) -> Download:
+        resp = await self._get_view(url, {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end}"})
+        try:
+            if resp.status in (200, 203, 206, 416):
+                return ranged_download(resp, url, start, end, total)
             raise await status_error(resp, redact_link(url), view=True, secrets=(self._token,))
         except BaseException:
             resp.close()

@@ -1,6 +1,6 @@
 """What the client hands back: a target's ``Listing`` and an open ``Download`` (with the parsing of both).
 
-Imported by :mod:`syncer.api.client` only (and re-exported there).
+Imported by :mod:`syncer.api.client` (and re-exported there); ``RangeNotServed`` also by :mod:`syncer.pull.segments`.
 """
 
 from __future__ import annotations
@@ -122,6 +122,25 @@ class Download:
     async def read(self, *, limit: int | None = None) -> bytes:
         """The whole (remaining) body in memory: for small files and tests."""
         return b"".join([chunk async for chunk in self.iter_chunks(limit=limit)])
+
+
+class RangeNotServed(ProtocolError):
+    """A ranged request (``download_range``) was not answered with the 206 asked for: the server ignores
+    Range (a whole 200), or its 206 does not match (another start, end or total).  The caller falls back
+    to one whole download; nothing of this answer was read."""
+
+
+def ranged_download(resp: aiohttp.ClientResponse, url: str, start: int, end: int, total: int) -> Download:
+    """The answer to ``Range: bytes=start-end`` of a ``total``-byte file as a ``Download``, when it is a
+    206 whose ``Content-Range`` is exactly that (and whose length, when given, matches, uncompressed);
+    ``RangeNotServed`` for a 200, 203, 416 or any other 206.  Other statuses are the caller's."""
+    served = content_range(resp.headers.get("Content-Range", "")) if resp.status == 206 else None
+    encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    clen = resp.content_length
+    if served != (start, end, total) or encoded or (clen is not None and clen != end - start + 1):
+        other = " with another range" if resp.status == 206 else ""
+        raise RangeNotServed(f"a ranged request was answered {resp.status}{other}", url=redact_link(url))
+    return Download(resp, url, offset=start, total_size=total, length=end - start + 1)
 
 
 def parse_listing(items: list[Any], target: Target) -> Listing:

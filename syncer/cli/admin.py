@@ -35,6 +35,8 @@ from syncer.run.runner import run_async
 @click.option("--link-ttl", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               help="Seconds a view link lives.")
 @click.option("--no-range", is_flag=True, help="Ignore Range requests (always answer 200 whole).")
+@click.option("--conn-rate-mbps", type=float, default=0.0,
+              help="Cap each download connection at this many MB/s (10^6 bytes/s); 0: no cap.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
               help="Inject a fault, e.g. --fault error_500=0.1 --fault reset_mid_body=0.05; repeatable.")
 @click.option("--api-key", envvar="SYNCER_FAKE_API_KEY", help="The account API key to accept (default: random).")
@@ -42,7 +44,7 @@ from syncer.run.runner import run_async
               help="Write the patients' upload tokens here (0600; never overwrites a file). "
                    "Default: tokens.csv in a new private temporary folder, removed when the server stops.")
 def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visits: int, files_per_visit: int,
-                hostile_names: bool, latency_ms: float, link_ttl: float, no_range: bool,
+                hostile_names: bool, latency_ms: float, link_ttl: float, no_range: bool, conn_rate_mbps: float,
                 faults: tuple[str, ...], api_key: str | None, tokens_file: str | None) -> None:
     """Run the built-in Files API server on 127.0.0.1, for rehearsals.
 
@@ -55,7 +57,7 @@ def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visi
     """
     from syncer.fakeserver import FakeServer, Faults, ListenError, run_blocking, tokens_file_place, write_tokens_file
 
-    fault_kw: dict[str, float] = {"latency_ms": latency_ms}
+    fault_kw: dict[str, float] = {"latency_ms": latency_ms, "conn_rate_mbps": conn_rate_mbps}
     for item in faults:
         name, sep, rate = item.partition("=")
         if not sep or name not in Faults.__dataclass_fields__:
@@ -68,7 +70,7 @@ def fake_server(port: int, seed: int, seed_users: int, files_per_user: int, visi
     try:
         fault_set = Faults(**fault_kw)  # a rate outside 0..1, a negative or NaN duration: ValueError
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--fault / --latency-ms") from None
+        raise click.BadParameter(str(exc), param_hint="--fault / --latency-ms / --conn-rate-mbps") from None
     if link_ttl != link_ttl:  # NaN passes FloatRange
         raise click.BadParameter("must be a number", param_hint="--link-ttl")
 

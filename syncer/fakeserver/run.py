@@ -89,13 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hostile-names", action="store_true")
     p.add_argument("--link-ttl", type=float, default=3600)
     p.add_argument("--data-dir")
+    p.add_argument("--conn-rate-mbps", type=float, default=0.0,
+                   help="cap each download answer at this many MB/s (10**6 bytes/s); 0: no cap")
     a = p.parse_args(argv)
-    from syncer.fakeserver.server import FakeServer
+    from syncer.fakeserver.server import FakeServer, Faults
 
     srv = FakeServer(
         seed=a.seed, users=a.users, files_per_user=a.files_per_user, visits=a.visits,
         files_per_visit=a.files_per_visit, hostile_names=a.hostile_names, link_ttl=a.link_ttl,
-        data_dir=a.data_dir, port=a.port,
+        data_dir=a.data_dir, port=a.port, faults=Faults(conn_rate_mbps=a.conn_rate_mbps),
     )  # fmt: skip
 
     def ready(s: FakeServer) -> None:

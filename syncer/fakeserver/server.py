@@ -62,7 +62,7 @@ _HTML_503 = (
     "<h1>503 Service Temporarily Unavailable</h1></center><hr><center>nginx</center></body></html>"
 )
 _GENERAL_FAULTS = ("error_500", "error_503_html", "error_429", "error_429_no_header")
-_DURATIONS = ("retry_after", "latency_ms")  # the Faults fields that are not probabilities
+_DURATIONS = ("retry_after", "latency_ms", "conn_rate_mbps")  # the Faults fields that are not probabilities
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Faults:
     truncate_body: float = 0.0  # view: Content-Length N, half of it sent, then a clean close
     store_then_drop: float = 0.0  # POST /files: store the file, then drop the connection unanswered
     latency_ms: float = 0.0  # added to every request
+    conn_rate_mbps: float = 0.0  # view: each answer's body paced to this many MB/s (10**6 bytes/s); 0: no cap
     # hostile-server modes
     garbage_json: float = 0.0  # /api_v3 GET: 200 with a body that is not JSON
     html_200: float = 0.0  # /api_v3 GET: 200 with an HTML body
@@ -86,7 +87,7 @@ class Faults:
     redirect_other_host: float = 0.0  # view: 302 to http://127.0.0.2:<port>/... (another host)
 
     def __post_init__(self) -> None:
-        """ValueError naming the field unless every rate is in 0..1 and the two durations are >= 0."""
+        """ValueError naming the field unless every rate is in 0..1 and the durations and the rate cap are >= 0."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in _DURATIONS:
@@ -133,6 +134,8 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
         self.account_code = account_code
         self.clock = clock
         self.counters: collections.Counter[str] = collections.Counter()
+        # Body bytes the view link sent, by file id (cut bodies count what was sent): "resumed, not restarted".
+        self.served: collections.Counter[str] = collections.Counter()
         self.api_key = api_key if api_key is not None else seedlib.hex_token(self._rng)
         self._secret = self._rng.randbytes(32)
         self.users: list[str] = []
@@ -160,6 +163,10 @@ class FakeServer(StoreMixin, ApiMixin, ViewMixin):
         self._seed(users, files_per_user, visits, files_per_visit, hostile_names, sizes)
 
     # ---- faults --------------------------------------------------------------------------------
+
+    def served_bytes(self, file_id: str) -> int:
+        """How many body bytes of this file the view link has sent so far (every answer, cut ones too)."""
+        return self.served[file_id]
 
     def set_faults(self, **kw: float) -> None:
         """Change fault rates while running, e.g. `set_faults(error_500=0.1)`."""

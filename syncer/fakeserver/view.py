@@ -70,8 +70,9 @@ class ViewMixin:
                 cut = "reset"
             elif self._draw("truncate_body"):
                 cut = "truncate"
-        if cut is None and rec.cached is not None:
+        if cut is None and rec.cached is not None and not self.faults.conn_rate_mbps:
             self.counters["view_bytes"] += length
+            self.served[rec.id] += length
             return web.Response(status=status, body=rec.cached[start:end], headers=headers)
         return await self._send_file(request, rec, start, length, status, headers, cut)
 
@@ -86,6 +87,9 @@ class ViewMixin:
         await resp.prepare(request)
         to_send = length // 2 if cut else length
         sent = 0
+        # The per-connection cap: each answer (one at a time on a connection) is paced to the rate.
+        rate = self.faults.conn_rate_mbps * 1e6
+        began = loop_time()
         f = None if rec.cached is not None else await asyncio.to_thread(open, rec.path, "rb")
         try:
             if f is not None and start:
@@ -98,6 +102,11 @@ class ViewMixin:
                     chunk = await asyncio.to_thread(f.read, n)
                 if not chunk:
                     break
+                if rate > 0:  # a chunk leaves no earlier than the rate allows for it
+                    ahead = began + (sent + len(chunk)) / rate - loop_time()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                self.served[rec.id] += len(chunk)  # counted as it leaves: final once the client has it
                 await resp.write(chunk)
                 sent += len(chunk)
                 self.counters["view_bytes"] += len(chunk)
@@ -130,6 +139,10 @@ class ViewMixin:
         except ConnectionError:
             pass  # the client gave up: that is the expected end
         return resp
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:

@@ -41,6 +41,7 @@ from syncer.manifest import ENCRYPTION_SCHEMA, Update, now_iso
 from syncer.models import PullState, Target
 from syncer.pull.options import PullOptions
 from syncer.pull.plan import WorkItem, plan_and_record
+from syncer.pull.segments import Segmenter
 from syncer.redact import scrub, without_name
 from syncer.run.pool import WorkerPool
 from syncer.run.runner import RunContext
@@ -71,6 +72,9 @@ class PullJob:
         self.pool: WorkerPool[WorkItem] = WorkerPool(
             ctx, self._fetch, workers=0 if opts.dry_run else 2 * opts.concurrency,
             queue_size=max(16, opts.concurrency * 4), name="download")
+        # Transfer slots shared by whole files and big files' Range segments (syncer.pull.segments).
+        self.segments = Segmenter(ctx, concurrency=opts.concurrency, threshold=opts.segment_threshold,
+                                  segments=opts.segments)
         self.dry_run_report: list[DryRunTarget] = []
         # Stored size and sha256 of each finished file, by key, until recorded (None: a manifest older
         # than the encryption schema, which has no column for them, e.g. a read-only dry run's).
@@ -324,6 +328,10 @@ class PullJob:
 
         writer = writer_for(self.sink, item.local_path, expected_size=item.size, replace=item.replace,
                             recipients=self.opts.recipients if item.encrypted else (), owner=item.file_id)
+        if not item.encrypted and self.segments.wants(item, writer):  # a big plain file into a folder
+            done = await self.segments.transfer(item, writer)  # None: the server does not serve ranges
+            if done is not None:
+                return done
         url = item.fullpath
         for _ in range(LINK_REFRESHES + 1):
             if not url:
@@ -334,7 +342,7 @@ class PullJob:
             item.tried = True
             try:
                 try:
-                    async with self.ctx.client.download(url, offset=offset) as dl:
+                    async with self.segments.download(url, offset=offset) as dl:
                         limit = item.size
                         if limit is None:
                             # No size in the listing: the answer's own length bounds (and checks) the body.

@@ -23,6 +23,8 @@ class PullOptions:
     include_shared: bool = False
     concurrency: int = 32
     dry_run: bool = False
+    segment_threshold: int = 64 * 2**20   # see syncer.pull.segments
+    segments: int = 8
     recipients: tuple[Any, ...] = ()  # pyrage recipients: files fetched are stored as age files
     reencrypt: bool = False           # also convert plain finished files (from the local copy)
 
@@ -52,7 +54,8 @@ class PullOptions:
         recipients = pull_recipients(cfg, reencrypt=reencrypt, allow_plain=allow_plain)
         return cls(targets=tuple(chosen), dest=dest, categories=cfg.pull.categories,
                    include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency, dry_run=dry_run,
-                   recipients=tuple(recipients), reencrypt=reencrypt)
+                   recipients=tuple(recipients), reencrypt=reencrypt,
+                   segment_threshold=cfg.pull.segment_threshold, segments=cfg.pull.segments)
 
 
 def check_dest(dest: Path | str) -> None:

@@ -25,13 +25,14 @@ def main() -> None:
     p.add_argument("--files-per-user", type=int, default=100)
     p.add_argument("--sizes", default="32000,40000,48000", help="comma-separated sizes, cycled over the files")
     p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--conn-rate-mbps", type=float, default=0.0, help="cap each view answer at this many MB/s")
     p.add_argument("--big-bytes", type=int, default=0, help="add one more user holding one file of this size")
     p.add_argument("--data-dir", help="where the server keeps its files (default: a temp folder)")
     a = p.parse_args()
     sizes = tuple(int(s) for s in a.sizes.split(",") if s)
     srv = FakeServer(seed=a.seed, users=a.users, files_per_user=a.files_per_user, sizes=sizes,
-                     hostile_names=False, faults=Faults(latency_ms=a.latency_ms), data_dir=a.data_dir,
-                     link_ttl=4 * 3600)
+                     hostile_names=False, faults=Faults(latency_ms=a.latency_ms, conn_rate_mbps=a.conn_rate_mbps),
+                     data_dir=a.data_dir, link_ttl=4 * 3600)
     big_user = None
     if a.big_bytes:
         big_user = srv.add_user()

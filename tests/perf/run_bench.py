@@ -14,6 +14,9 @@ Not collected by pytest (no ``test_`` prefix).  See tests/perf/README.md for wha
 (c) the manifest at 200,000 files: tests/perf/bench_scale.py.
 (d) push of 1,000 files of about 40 KB at 50 ms against a sequential curl -F loop (skipped, saying
     so, while ``syncer push`` does not exist).
+(e) one 1 GiB file in parallel Range segments: at 20 ms and 40 MB/s a connection against curl -o and
+    aria2c -x8 -s8; uncapped into tmpfs against curl -s | tee FILE | sha256sum (syncer hashes every byte).
+    Not in the default --only (run it with --only e).
 
 The server is tests/perf/perf_server.py in its own process: the client's CPU time comes from wait4()
 on the measured process (its reaped children included), the server's from /proc/<pid>/stat.  Each
@@ -76,9 +79,11 @@ class Server:
     """perf_server.py in its own process; ``info`` is its JSON line."""
 
     def __init__(self, *, users: int, files_per_user: int, sizes: str = "32000,40000,48000",
-                 latency_ms: float = 0.0, big_bytes: int = 0, data_dir: Path | None = None) -> None:
+                 latency_ms: float = 0.0, big_bytes: int = 0, data_dir: Path | None = None,
+                 conn_rate_mbps: float = 0.0) -> None:
         cmd = [PY, str(HERE / "perf_server.py"), "--users", str(users), "--files-per-user", str(files_per_user),
-               "--sizes", sizes, "--latency-ms", str(latency_ms), "--big-bytes", str(big_bytes)]
+               "--sizes", sizes, "--latency-ms", str(latency_ms), "--big-bytes", str(big_bytes),
+               "--conn-rate-mbps", str(conn_rate_mbps)]
         if data_dir is not None:
             cmd += ["--data-dir", str(data_dir)]
         self.latency_ms = latency_ms
@@ -173,13 +178,15 @@ def list_links(info: dict, targets: list[str] | None = None) -> list[dict]:
 
 
 def write_syncer_config(work: Path, info: dict, targets: list[str], dest: Path, concurrency: int | None,
-                        push: dict | None = None) -> Path:
+                        push: dict | None = None, pull_extra: str = "") -> Path:
     cfg = work / "syncer.toml"
     lines = ["[api]", f'base_url = "{info["base_url"]}"', f'account_code = "{info["account_code"]}"',
              "[manifest]", f'path = "{work / "manifest.sqlite"}"', "[log]", 'level = "warning"',
              "[pull]", f'dest = "{dest}"', "targets = [" + ", ".join(f'"{t}"' for t in targets) + "]"]
     if concurrency is not None:
         lines.append(f"concurrency = {concurrency}")
+    if pull_extra:
+        lines.append(pull_extra)
     if push is not None:
         lines += ["[push]", f'source = "{push["source"]}"', f'tokens_file = "{push["tokens_file"]}"']
         if push.get("concurrency"):
@@ -225,11 +232,13 @@ def syncer_env(info: dict, src: str | None) -> dict:
 
 
 def run_syncer_pull(srv: Server, work: Path, dest: Path, concurrency: int | None, targets: list[str] | None = None,
-                    expect: int | None = None, src: str | None = None) -> dict:
+                    expect: int | None = None, src: str | None = None, pull_extra: str = "",
+                    env_extra: dict | None = None) -> dict:
     fresh(work)
     dest = new_dest(dest)
-    cfg = write_syncer_config(work, srv.info, targets or srv.info["targets"], dest, concurrency)
-    env = syncer_env(srv.info, src)
+    cfg = write_syncer_config(work, srv.info, targets or srv.info["targets"], dest, concurrency,
+                              pull_extra=pull_extra)
+    env = dict(syncer_env(srv.info, src), **(env_extra or {}))
     r = measure([PY, "-m", "syncer", "pull", "-c", str(cfg), "-q"], server=srv, cwd=work, env=env)
     r["files"], r["bytes"] = count_files(dest)
     r["ok"] = r["rc"] == 0 and (expect is None or r["files"] == expect)
@@ -405,6 +414,78 @@ def section_b(args, work: Path, results: dict) -> None:
                 shutil.rmtree(dest_root, ignore_errors=True)
         out["runs"] = runs
     shutil.rmtree(work / "srvdata", ignore_errors=True)
+
+
+def section_e(args, work: Path, results: dict) -> None:
+    """(e) one big file in parallel Range segments: capped per connection (20 ms, 40 MB/s a connection)
+    against curl -o and aria2c -x8 -s8, and uncapped into tmpfs against curl | tee | sha256sum."""
+    size = 256 * 2**20 if args.quick else 2**30
+    dest_root = Path(args.big_dir) / "syncer-bench-e"
+    out: dict = {"bytes": size, "dest": str(dest_root.parent), "capped": {}, "uncapped": {}}
+    results["e"] = out
+    srvdata = fresh(work / "srvdata-e")
+
+    def whole(name: str, cmd: list[str], srv: Server, shell: bool = False) -> dict:
+        fresh(dest_root)
+        r = measure(["bash", "-o", "pipefail", "-c", " ".join(cmd)] if shell else cmd, server=srv)
+        r["files"], r["bytes"] = count_files(dest_root)
+        r["ok"] = r["rc"] == 0 and r["bytes"] == size
+        return r
+
+    def run_mode(mode: str, lat: int, rate: float) -> None:
+        log(f"(e) {mode}: one {size >> 20} MiB file, latency {lat} ms, {rate or 'no'} MB/s cap a connection")
+        with Server(users=0, files_per_user=0, big_bytes=size, data_dir=srvdata, latency_ms=lat,
+                    conn_rate_mbps=rate) as srv:
+            target = f"user:{srv.info['big_user']}"
+            link = list_links(srv.info, [target])[0]
+            url = link["url"]
+            out_file = dest_root / "scan.bin"
+
+            def syncer(segments: int, hash_mode: str = "inorder", src: str | None = args.syncer_path):
+                return lambda: run_syncer_pull(srv, work / "s", dest_root, None, [target], expect=1, src=src,
+                                               pull_extra=f"segments = {segments}",
+                                               env_extra={"SYNCER_SEGMENT_HASH": hash_mode})
+            peers: dict[str, Callable[[], dict]] = {
+                "syncer segments=8": syncer(8), "syncer segments=4": syncer(4),
+                "syncer segments=8, hash at end": syncer(8, "end"), "syncer segments=1 (one stream)": syncer(1)}
+            if args.patched:
+                peers["syncer PATCHED"] = syncer(8, src=args.patched)
+            if have("curl"):
+                if mode == "capped":
+                    peers["curl -o"] = lambda: whole("curl", ["curl", "-sS", "--fail", "-o", str(out_file), url], srv)
+                else:
+                    peers["curl -s | tee | sha256sum"] = lambda: whole(
+                        "tee", ["curl", "-sS", "--fail", f"'{url}'", "|", "tee", str(out_file), "|", "sha256sum",
+                                ">/dev/null"], srv, shell=True)
+                    peers["curl -o"] = lambda: whole("curl", ["curl", "-sS", "--fail", "-o", str(out_file), url], srv)
+            if have("aria2c"):
+                def aria() -> dict:
+                    fresh(dest_root)
+                    cmd = ["aria2c", "-x8", "-s8", "-k1M", "--max-tries=5", "--retry-wait=0", "--quiet=true",
+                           "--allow-overwrite=true", "--auto-file-renaming=false", "--file-allocation=none",
+                           "-d", str(dest_root), "-o", "scan.bin", url]
+                    r = measure(cmd, server=srv)
+                    r["files"], r["bytes"] = count_files(dest_root)
+                    r["ok"] = r["rc"] == 0 and r["bytes"] == size
+                    return r
+                peers["aria2c -x8 -s8"] = aria
+            runs: dict[str, list[dict]] = {k: [] for k in peers}
+            for rep in range(args.repeat):
+                for name, fn in peers.items():
+                    if mode == "capped" and name.startswith("syncer segments=1") and rep > 0:
+                        continue  # one stream at 40 MB/s: the same as curl -o, 27 s a run; once is enough
+                    r = fn()
+                    r["mb_per_s"] = size / r["wall_s"] / 1e6 if r["ok"] else None
+                    runs[name].append(r)
+                    log(f"(e) {mode} rep {rep + 1} {name}: {r['wall_s']:.2f}s {r['mb_per_s'] or 0:.0f} MB/s "
+                        f"rss {r['client_maxrss_mib']:.0f} MiB cpu {r['client_cpu_s']:.2f} other "
+                        f"{r['other_cpu_s']:.2f} ok={r['ok']}"
+                        + ("" if r["ok"] else f" rc={r['rc']} {r['stderr_tail'][-300:]}"))
+                    shutil.rmtree(dest_root, ignore_errors=True)
+            out[mode] = {"latency_ms": lat, "conn_rate_mbps": rate, "runs": runs}
+    for mode, lat, rate in (("capped", 20, 40.0), ("uncapped", 0, 0.0)):
+        run_mode(mode, lat, rate)
+    shutil.rmtree(srvdata, ignore_errors=True)
 
 
 def section_c(args, work: Path, results: dict) -> None:
@@ -607,6 +688,41 @@ def report(results: dict) -> str:
                         verdict(s >= ref if ref else None)))
         targets.append(("(b) syncer peak RSS < 64 MB", f"{rss:.0f} MiB ({rss * 1.048576:.0f} MB)",
                         verdict(rss * 1.048576 < 64)))
+    e = results.get("e")
+    if e:
+        for mode in ("capped", "uncapped"):
+            d = e.get(mode)
+            if not d or "runs" not in d:
+                continue
+            L.append("")
+            L.append(f"(e) one file of {e['bytes']:,} bytes into {e['dest']}, {mode}: latency {d['latency_ms']} ms, "
+                     f"{d['conn_rate_mbps'] or 'no'} MB/s cap a connection (MB = 10^6 bytes)")
+            mbs = {k: med(v, "mb_per_s") for k, v in d["runs"].items() if v}
+            ref_name = "curl -o" if mode == "capped" else "curl -s | tee | sha256sum"
+            ref = mbs.get(ref_name)
+            L.append(f"  {'peer':<34}{'wall s':>8}{'MB/s':>9}{'x ' + ref_name[:12]:>16}{'client CPU s':>13}"
+                     f"{'server CPU s':>13}{'other CPU s':>12}{'peak RSS MiB':>13}  ok")
+            for name, rr in d["runs"].items():
+                if not rr:
+                    continue
+                L.append(f"  {name:<34}{fmt(med(rr, 'wall_s'), 2):>8}{fmt(mbs[name]):>9}"
+                         f"{fmt(mbs[name] / ref if ref else None, 2):>16}{fmt(med(rr, 'client_cpu_s'), 2):>13}"
+                         f"{fmt(med(rr, 'server_cpu_s'), 2):>13}{fmt(med(rr, 'other_cpu_s'), 2):>12}"
+                         f"{fmt(max(r['client_maxrss_mib'] for r in rr), 0):>13}  {sum(r['ok'] for r in rr)}/{len(rr)}")
+            s8 = mbs.get("syncer segments=8")
+            rss = max((r["client_maxrss_mib"] for r in d["runs"].get("syncer segments=8", [])), default=float("nan"))
+            if mode == "capped":
+                ar = mbs.get("aria2c -x8 -s8")
+                targets.append(("(e) capped: syncer >= 4x curl -o", f"{fmt(s8)} vs {fmt(ref)} MB/s = "
+                                f"{fmt(s8 / ref if ref else None, 2)}x", verdict(s8 >= 4 * ref if ref else None)))
+                targets.append(("(e) capped: syncer >= 0.9x aria2c -x8 -s8", f"{fmt(s8)} vs {fmt(ar)} MB/s = "
+                                f"{fmt(s8 / ar if ar else None, 2)}x", verdict(s8 >= 0.9 * ar if ar else None)))
+            else:
+                targets.append(("(e) uncapped: syncer >= 1.0x curl | tee | sha256sum",
+                                f"{fmt(s8)} vs {fmt(ref)} MB/s = {fmt(s8 / ref if ref else None, 2)}x",
+                                verdict(s8 >= ref if ref else None)))
+            targets.append((f"(e) {mode}: syncer peak RSS < 64 MB", f"{rss:.0f} MiB ({rss * 1.048576:.0f} MB)",
+                            verdict(rss * 1.048576 < 64)))
     c = results.get("c")
     if c:
         L.append("")
@@ -692,7 +808,7 @@ def main() -> None:
                              "tools": tool_versions(), "workdir": str(work), "argv": sys.argv[1:]}}
     only = set(args.only.split(","))
     try:
-        for key, fn in (("a", section_a), ("b", section_b), ("c", section_c), ("d", section_d)):
+        for key, fn in (("a", section_a), ("b", section_b), ("c", section_c), ("d", section_d), ("e", section_e)):
             if key in only:
                 fn(args, work, results)
     finally:

@@ -7,7 +7,10 @@ downloaders (``job``) -> a sink (``syncer.store``: a folder's atomic writer, or 
 - ``options``: ``PullOptions`` (from the config and the flags).
 - ``plan``: what to fetch, where it goes (pure decisions plus the one manifest step).
 - ``job``: ``PullJob``, which does it; ``dryrun``: the same plan, reported and not done.
+- ``segments``: a big file in parallel Range segments into a folder (``pieces``: its pieces, their
+  record and the in-order sha256; ``slots``: the transfer connections whole files and segments share).
 
-May import: ``syncer.run``, ``syncer.manifest``, ``syncer.local``, ``syncer.store``, ``syncer.crypto``,
-``syncer.inputs``, ``models``, ``errors``, ``logs``.  Imported by: ``cli``, ``demo``.
+May import: ``syncer.api`` (segments: the ranged download and its error), ``syncer.run``,
+``syncer.manifest``, ``syncer.local``, ``syncer.store``, ``syncer.crypto``, ``syncer.inputs``, ``models``,
+``errors``, ``logs``.  Imported by: ``cli``, ``demo``.
 """

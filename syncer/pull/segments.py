@@ -35,17 +35,10 @@ Not used for an encrypted or object-store destination (one stream each): the job
 from __future__ import annotations
 
 import asyncio
-import collections
-import hashlib
-import json
 import logging
 import os
-import stat
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from syncer.api.client import LINK_REFRESHES
@@ -53,6 +46,8 @@ from syncer.api.results import RangeNotServed
 from syncer.errors import LinkExpiredError, ProtocolError, TransientError, is_retryable
 from syncer.local.storage import _disk_error
 from syncer.local.writer import AtomicWriter
+from syncer.pull.pieces import InOrderHash, Piece, pieces_from, read_record, record_body
+from syncer.pull.slots import HeldDownload, TransferSlots
 
 if TYPE_CHECKING:
     from syncer.pull.plan import WorkItem
@@ -61,82 +56,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncer.pull")
 
 BATCH_BYTES = 512 * 1024        # a piece's bytes go to disk in batches of this size (one thread hop each)
-READ_BYTES = 512 * 1024         # read-back for the hash, in pieces of this size
 MIN_PIECE = 256 * 1024
 STEAL_MIN = 4 << 20              # a busy piece is split for an idle connection when each half keeps this much
 TAIL_PIECE = 16 << 20            # pieces shrink as the file nears its end, down to this (or 1/32 of the file)
 CHECKPOINT_BYTES = 32 << 20      # a segment record at least every 1/16 of the file (1 to 32 MiB) written...
 CHECKPOINT_SECONDS = 1.0         # ...or every second, whichever comes first
-RECORD_MAX = 64 * 1024
 HASH_MODE_ENV = "SYNCER_SEGMENT_HASH"  # "inorder" (default) or "end": for measuring, see the docstring
-
-
-class TransferSlots:
-    """``n`` transfer connections shared by whole downloads (``hold``) and segments (``try_take``).
-
-    Released slots go to waiters first, in order; ``try_take`` succeeds only when a slot is free and
-    nobody waits, so extra segments never take a connection a waiting download wants."""
-
-    def __init__(self, n: int) -> None:
-        self.free = n
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def take(self) -> None:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.give()  # handed over just as we were cancelled: pass it on
-            else:
-                self._waiters.remove(fut)
-            raise
-
-    def try_take(self) -> bool:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return True
-        return False
-
-    def give(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self.free += 1
-
-
-class _Held:
-    """``async with slots-held download``: a slot for as long as the answer is open."""
-
-    __slots__ = ("_slots", "_ctx", "_took")
-
-    def __init__(self, slots: TransferSlots, ctx: Any) -> None:
-        self._slots, self._ctx, self._took = slots, ctx, False
-
-    async def __aenter__(self) -> Any:
-        await self._slots.take()
-        self._took = True
-        try:
-            return await self._ctx.__aenter__()
-        except BaseException:
-            self._took = False
-            self._slots.give()
-            raise
-
-    async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        try:
-            await self._ctx.__aexit__(et, exc, tb)
-        finally:
-            if self._took:
-                self._took = False
-                self._slots.give()
 
 
 class Segmenter:
@@ -153,9 +78,9 @@ class Segmenter:
         # then get one try each per entry, so the two retry loops do not multiply.
         self.entered: set[str] = set()
 
-    def download(self, url: str, *, offset: int = 0) -> _Held:
+    def download(self, url: str, *, offset: int = 0) -> HeldDownload:
         """``client.download`` holding a transfer slot: what the whole-file path uses."""
-        return _Held(self.slots, self.ctx.client.download(url, offset=offset))
+        return HeldDownload(self.slots, self.ctx.client.download(url, offset=offset))
 
     def wants(self, item: WorkItem, writer: object) -> bool:
         """A big file whose sink writes a plain file (``AtomicWriter`` itself: an encrypting or an
@@ -169,14 +94,6 @@ class Segmenter:
         whole download after all): (bytes, sha256, folder), or None when the server does not serve
         ranges as asked (nothing kept: fetch it whole)."""
         return await _SegmentedFile(self, item, writer.final_path, writer.root).run()
-
-
-@dataclass
-class _Piece:
-    start: int
-    end: int        # exclusive
-    written: int    # bytes start..written are on disk (not yet durable unless a record says so)
-    busy: bool = False
 
 
 class _Link:
@@ -217,55 +134,12 @@ class _Link:
             self._task = None
 
 
-class _Hasher:
-    """The whole file's sha256, in order, while pieces land anywhere (see the module docstring)."""
-
-    def __init__(self, writer: AtomicWriter, size: int, in_order: bool) -> None:
-        self.sha = hashlib.sha256()
-        self.pos = 0
-        # Bytes 0..frontier are written: set on the loop (``_SegmentedFile._written``) after each write
-        # completes, read here; one int, so a thread never walks a list the loop is changing.
-        self.frontier = 0
-        self._writer, self._size, self._in_order = writer, size, in_order
-        self._lock = threading.Lock()
-        self._buf = bytearray(READ_BYTES)
-
-    def after_write(self, offset: int, chunks: list[bytes]) -> None:
-        """In the thread that just wrote ``chunks`` at ``offset``: extend the hashed prefix."""
-        if not self._in_order or not self._lock.acquire(blocking=False):
-            return  # another thread is hashing; it, a later write or ``finish`` picks this up
-        try:
-            if offset == self.pos:
-                for c in chunks:
-                    self.sha.update(c)
-                    self.pos += len(c)
-            self._catch_up(self.frontier)
-        finally:
-            self._lock.release()
-
-    def finish(self) -> str:
-        with self._lock:
-            self._catch_up(self._size)
-            if self.pos != self._size:
-                raise ProtocolError("the file's bytes could not all be read back for its checksum")
-            return self.sha.hexdigest()
-
-    def _catch_up(self, upto: int) -> None:
-        view = memoryview(self._buf)
-        while self.pos < upto:
-            n = self._writer.pread_sync(self.pos, view[: min(len(view), upto - self.pos)])
-            if n <= 0:
-                return
-            self.sha.update(view[:n])
-            self.pos += n
-
-
 class _SegmentedFile:
     def __init__(self, seg: Segmenter, item: WorkItem, final: Path, root: Path) -> None:
         self.seg, self.item, self.ctx = seg, item, seg.ctx
         self.size: int = item.size  # type: ignore[assignment]  # wants() saw a size
         self.writer = AtomicWriter(final, root=root, expected_size=self.size, sync_dir=False)
-        self.pieces: list[_Piece] = []
+        self.pieces: list[Piece] = []
         self.link = _Link(seg, item)
         self.tasks: set[asyncio.Task[None]] = set()
         self.error: BaseException | None = None
@@ -275,7 +149,7 @@ class _SegmentedFile:
         self.saving = False
         self.checkpoint_bytes = max(MIN_PIECE, min(CHECKPOINT_BYTES, self.size // 16))
         self.batch_bytes = BATCH_BYTES
-        self.hasher: _Hasher | None = None
+        self.hasher: InOrderHash | None = None
 
     # -- the whole file ----------------------------------------------------------------------------
     async def run(self) -> tuple[int, str, Path] | None:
@@ -284,7 +158,7 @@ class _SegmentedFile:
         self.seg.entered.add(key)
         record = None
         if self.item.maybe_partial or self.item.tried:
-            record = await asyncio.to_thread(_read_record, self.writer.segs_path)
+            record = await asyncio.to_thread(read_record, self.writer.segs_path)
         self.item.tried = True
         resumed = await self.writer.open_positional(resume=record is not None)
         try:
@@ -315,10 +189,10 @@ class _SegmentedFile:
             st = w.temp_stat()
             pieces = None
             if record is not None and st.st_size == self.size:
-                pieces = _pieces_from(record, self.item.file_id, self.size, (st.st_dev, st.st_ino))
+                pieces = pieces_from(record, self.item.file_id, self.size, (st.st_dev, st.st_ino))
             if pieces is None:
                 w.set_size_sync(self.size)
-                pieces = [_Piece(0, self.size, 0)]  # all of it waiting: _next_piece cuts it as it goes
+                pieces = [Piece(0, self.size, 0)]  # all of it waiting: _next_piece cuts it as it goes
             self.pieces = pieces
             self.tail_piece = max(MIN_PIECE, min(TAIL_PIECE, self.size // 32))
             # Small pieces (a small threshold) still go to disk, and into the record, several times each.
@@ -326,7 +200,7 @@ class _SegmentedFile:
             # Not smaller: the half a thief takes is sent twice as far as the socket buffers hold (the
             # victim's connection is closed with them unread), a few MiB on a LAN.
             self.steal_min = STEAL_MIN
-            self.hasher = _Hasher(w, self.size, self.seg.hash_in_order)
+            self.hasher = InOrderHash(w, self.size, self.seg.hash_in_order)
             self.hasher.frontier = self._frontier()
             self._save_sync([(p.start, p.end, p.written) for p in pieces])
         except OSError as exc:
@@ -380,7 +254,7 @@ class _SegmentedFile:
         finally:
             self.seg.slots.give()
 
-    def _next_piece(self) -> _Piece | None:
+    def _next_piece(self) -> Piece | None:
         """The next piece to fetch, from the front of what nobody fetches yet: 1/(2N) of what is left,
         down to ``tail_piece``, so the file's prefix completes as it goes (the hash keeps up, and the
         last pieces are small).  With nothing left waiting, the second half of the busy piece with the
@@ -397,20 +271,20 @@ class _SegmentedFile:
         if not victim.busy or left < 2 * self.steal_min:
             return None
         mid = victim.end - left // 2
-        piece = _Piece(mid, victim.end, mid, busy=True)
+        piece = Piece(mid, victim.end, mid, busy=True)
         victim.end = mid
         self.pieces.insert(self.pieces.index(victim) + 1, piece)
         return piece
 
-    def _cut(self, p: _Piece, length: int) -> _Piece:
+    def _cut(self, p: Piece, length: int) -> Piece:
         """Take ``length`` bytes (or all, when little more is left) from where ``p`` stands, as a busy piece."""
         at = p.written
-        parts = [_Piece(p.start, at, at)] if at > p.start else []
+        parts = [Piece(p.start, at, at)] if at > p.start else []
         if p.end - at > length + length // 2:
-            piece = _Piece(at, at + length, at, busy=True)
-            parts += [piece, _Piece(at + length, p.end, at + length)]
+            piece = Piece(at, at + length, at, busy=True)
+            parts += [piece, Piece(at + length, p.end, at + length)]
         else:
-            piece = _Piece(at, p.end, at, busy=True)
+            piece = Piece(at, p.end, at, busy=True)
             parts.append(piece)
         i = self.pieces.index(p)
         self.pieces[i : i + 1] = parts
@@ -418,7 +292,7 @@ class _SegmentedFile:
 
     def _coalesce(self) -> None:
         """Merge neighbouring finished pieces: the list (and the record) stays short."""
-        out: list[_Piece] = []
+        out: list[Piece] = []
         for p in self.pieces:
             prev = out[-1] if out else None
             if (prev is not None and not prev.busy and not p.busy and prev.written == prev.end
@@ -435,7 +309,7 @@ class _SegmentedFile:
         return self.size
 
     # -- one piece ---------------------------------------------------------------------------------
-    async def _fetch_piece(self, piece: _Piece) -> None:
+    async def _fetch_piece(self, piece: Piece) -> None:
         async for attempt in self.ctx.policy.retrying(is_retryable, tries_done=self.tries_done):
             with attempt:
                 while True:
@@ -446,7 +320,7 @@ class _SegmentedFile:
                     except LinkExpiredError:
                         await self.link.renew(gen)  # then go on from where the piece stopped
 
-    async def _fetch_once(self, piece: _Piece, url: str) -> None:
+    async def _fetch_once(self, piece: Piece, url: str) -> None:
         start, asked_end = piece.written, piece.end
         async with self.ctx.client.download_range(url, start, asked_end - 1, self.size) as dl:
             if not self.verified:
@@ -475,7 +349,7 @@ class _SegmentedFile:
                 if chunks:  # what arrived before a cut is good: keep it, the retry goes on after it
                     await self._write(piece, at, chunks)
 
-    async def _write(self, piece: _Piece, offset: int, chunks: list[bytes]) -> None:
+    async def _write(self, piece: Piece, offset: int, chunks: list[bytes]) -> None:
         n = sum(len(c) for c in chunks)
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, self._write_sync, offset, chunks)
@@ -512,8 +386,7 @@ class _SegmentedFile:
         self.writer.fsync_sync()  # first: the record must never claim bytes that are not durable
         st = self.writer.temp_stat()
         dev, ino = st.st_dev, st.st_ino
-        body = json.dumps({"v": 1, "file": self.item.file_id, "size": self.size, "dev": dev, "ino": ino,
-                           "pieces": snapshot}, separators=(",", ":")).encode()
+        body = record_body(self.item.file_id, self.size, dev, ino, snapshot)
         path = self.writer.resolved_segs_path
         tmp = path.with_name(path.name + ".new")
         _unlink(tmp)
@@ -541,46 +414,6 @@ class _SegmentedFile:
     async def _discard(self) -> None:
         await asyncio.shield(asyncio.to_thread(_unlink, self.writer.resolved_segs_path))
         await self.writer.abort(keep_partial=False)
-
-
-# -- records and pieces (pure; the thread's part) -----------------------------------------------------
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, RECORD_MAX + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
-        rec = json.loads(data) if len(data) <= RECORD_MAX else None
-    except ValueError:
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
-def _pieces_from(rec: dict[str, Any], file_id: str, size: int, ident: tuple[int, int]) -> list[_Piece] | None:
-    """The pieces a record describes, when it is ours, for this file, of this temp; else None."""
-    if (rec.get("v"), rec.get("file"), rec.get("size"), rec.get("dev"), rec.get("ino")) != (1, file_id, size,
-                                                                                            *ident):
-        return None
-    raw = rec.get("pieces")
-    if not isinstance(raw, list) or not raw:
-        return None
-    pieces, at = [], 0
-    for p in raw:
-        if (not isinstance(p, list) or len(p) != 3 or not all(type(v) is int for v in p)
-                or p[0] != at or not p[0] <= p[2] <= p[1] or p[1] <= p[0]):
-            return None
-        pieces.append(_Piece(p[0], p[1], p[2]))
-        at = p[1]
-    return pieces if at == size else None
 
 
 def _unlink(path: Path) -> None:

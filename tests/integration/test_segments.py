@@ -312,3 +312,22 @@ def test_a_failing_big_file_is_not_retried_squared(tmp_path):
         assert res.exit_code == 1, res.output
         assert srv.counters["view"] == 5
         assert _row(tmp_path, fid)[0] == "failed"
+
+
+def test_an_encrypted_big_file_is_one_stream(tmp_path):
+    """Encryption at rest streams the plaintext into one age encryptor: never segmented."""
+    import pyrage
+
+    from syncer.crypto.stream import open_plaintext
+
+    ident = pyrage.x25519.Identity.generate()
+    srv = FakeServer()
+    with srv.run_in_thread():
+        fid = _setup(tmp_path, srv, 6 * MiB)
+        cfg = write_config(tmp_path, srv, min_wait=0.01, max_wait=0.05,
+                           extra=f'segment_threshold = {MiB}\nsegments = 4\nencrypt_to = ["{ident.to_public()}"]\n')
+        res = cli(["pull", "-c", str(cfg), "-q"], token=srv.api_key)
+        assert res.exit_code == 0, res.output
+        assert srv.counters["view"] == 1 and srv.counters["view_206"] == 0, "an encrypted file was segmented"
+        _, _, local = _row(tmp_path, fid)
+        assert b"".join(open_plaintext(tmp_path / "backup" / local, [ident])) == srv.file_bytes(fid)

@@ -331,3 +331,8 @@ def test_an_encrypted_big_file_is_one_stream(tmp_path):
         assert srv.counters["view"] == 1 and srv.counters["view_206"] == 0, "an encrypted file was segmented"
         _, _, local = _row(tmp_path, fid)
         assert b"".join(open_plaintext(tmp_path / "backup" / local, [ident])) == srv.file_bytes(fid)
+
+
+def test_fake_server_refuses_a_negative_rate_cap():
+    res = cli(["fake-server", "--port", "0", "--conn-rate-mbps", "-1"])
+    assert res.exit_code == 2 and "--conn-rate-mbps" in res.output

@@ -35,9 +35,9 @@ class TransferSlots:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.give()  # handed over just as we were cancelled: pass it on
-            else:
+            elif fut in self._waiters:  # (give() drops a cancelled waiter itself)
                 self._waiters.remove(fut)
-            raise
+            raise  # the CancelledError, always: a pool worker that swallowed it would wait forever
 
     def try_take(self) -> bool:
         if self.free > 0 and not self._waiters:

@@ -1,6 +1,7 @@
 """What a download in progress leaves beside its final name, and the writes a segmented download makes.
 
 - the errors about a download's bytes (``SizeMismatchError``, ``ResumeError``);
+- ``Encryptor``: what a writer hands the received bytes to when the backup is encrypted;
 - ``segs_name``: the segment record's name beside the hidden temp (``syncer.pull.segments`` writes it);
 - ``PositionalWrites``: open, write at any offset, read back, fsync and commit a temp that several
   segments fill at once; a mixin of :class:`syncer.local.writer.AtomicWriter` (it uses its lock, its
@@ -16,7 +17,7 @@ import os
 import stat
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from syncer.errors import IntegrityError, ItemError
 from syncer.local.names import MAX_NAME_BYTES
@@ -50,6 +51,24 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class Encryptor(Protocol):
+    """What turns the received bytes into the stored bytes (``syncer.crypto.stream.AgeEncryptor``).
+
+    Called in the writer's worker steps, under its lock: ``write`` for a full batch, ``finish`` at
+    commit with the rest (before the fsync), ``abort`` when the download is abandoned."""
+
+    stored_size: int
+
+    @property
+    def stored_sha256(self) -> str: ...
+
+    def write(self, fd: int, chunks: list[bytes]) -> None: ...
+
+    def finish(self, fd: int, chunks: list[bytes]) -> None: ...
+
+    def abort(self) -> bool: ...
 
 
 class PositionalWrites:

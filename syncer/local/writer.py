@@ -16,10 +16,11 @@ import stat
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from syncer.local.names import MAX_NAME_BYTES
 from syncer.local.partial import (  # noqa: F401 - re-exported: callers name them from the writer
+    Encryptor,
     PositionalWrites,
     ResumeError,
     SizeMismatchError,
@@ -47,24 +48,6 @@ WRITE_BUFFER_BYTES = 1 << 20  # one thread hop per MiB, not per network chunk
 # link meanwhile.)
 _ready_folders: dict[tuple[str, str], Path] = {}
 _READY_FOLDERS_MAX = 4096
-
-
-class Encryptor(Protocol):
-    """What turns the received bytes into the stored bytes (``syncer.crypto.stream.AgeEncryptor``).
-
-    Called in the writer's worker steps, under its lock: ``write`` for a full batch, ``finish`` at
-    commit with the rest (before the fsync), ``abort`` when the download is abandoned."""
-
-    stored_size: int
-
-    @property
-    def stored_sha256(self) -> str: ...
-
-    def write(self, fd: int, chunks: list[bytes]) -> None: ...
-
-    def finish(self, fd: int, chunks: list[bytes]) -> None: ...
-
-    def abort(self) -> bool: ...
 
 
 def _mark_retrieved(fut: asyncio.Future[object]) -> None:

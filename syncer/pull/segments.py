@@ -41,11 +41,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncer.api.client import LINK_REFRESHES
 from syncer.api.results import RangeNotServed
 from syncer.errors import LinkExpiredError, ProtocolError, TransientError, is_retryable
 from syncer.local.storage import _disk_error
 from syncer.local.writer import AtomicWriter
+from syncer.pull.link import SharedLink
 from syncer.pull.pieces import InOrderHash, Piece, pieces_from, read_record, record_body
 from syncer.pull.slots import HeldDownload, TransferSlots
 
@@ -96,51 +96,13 @@ class Segmenter:
         return await _SegmentedFile(self, item, writer.final_path, writer.root).run()
 
 
-class _Link:
-    """The file's view link, shared by its pieces: one refresh at a time serves them all."""
-
-    def __init__(self, seg: Segmenter, item: WorkItem) -> None:
-        self._seg, self._item = seg, item
-        self.url: str | None = item.fullpath
-        self.gen = 0
-        self.refreshes = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def get(self) -> tuple[str, int]:
-        if self.url is None:
-            await self.renew(self.gen)
-        assert self.url is not None
-        return self.url, self.gen
-
-    async def renew(self, seen: int) -> None:
-        """The link of generation ``seen`` expired: get a fresh one, unless another piece already did."""
-        if seen != self.gen:
-            return
-        if self._task is None:
-            if self.refreshes >= LINK_REFRESHES:
-                raise LinkExpiredError(f"file {self._item.file_id}: the view link kept expiring")
-            self.refreshes += 1
-            self._task = asyncio.create_task(self._fetch())
-        await asyncio.shield(self._task)
-
-    async def _fetch(self) -> None:
-        try:
-            info = await self._seg.ctx.client.file_info(self._item.file_id)
-            if not info.fullpath:
-                raise ProtocolError(f"file {self._item.file_id}: the server gave no fullpath")
-            self.url = info.fullpath
-            self.gen += 1
-        finally:
-            self._task = None
-
-
 class _SegmentedFile:
     def __init__(self, seg: Segmenter, item: WorkItem, final: Path, root: Path) -> None:
         self.seg, self.item, self.ctx = seg, item, seg.ctx
         self.size: int = item.size  # type: ignore[assignment]  # wants() saw a size
         self.writer = AtomicWriter(final, root=root, expected_size=self.size, sync_dir=False)
         self.pieces: list[Piece] = []
-        self.link = _Link(seg, item)
+        self.link = SharedLink(seg.ctx.client, item.file_id, item.fullpath)
         self.tasks: set[asyncio.Task[None]] = set()
         self.error: BaseException | None = None
         self.verified = False

@@ -21,13 +21,12 @@ loop.  At most one batch of plaintext and about one of ciphertext are held per f
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from syncer.local.writer import SizeMismatchError
+from syncer.local.partial import Received, SizeMismatchError
 
 BATCH = 1 << 20          # plaintext handed to pyrage at a time
 _INLINE = 256 << 10      # a whole file this small is encrypted on the event loop (well under a millisecond)
@@ -124,10 +123,7 @@ class EncryptingWriter:
         self.inner = inner
         self.recipients = list(recipients)
         self.expected_size = expected_size
-        self._hash = hashlib.sha256()
-        self._bytes = 0
-        self._buf: list[bytes] = []
-        self._buf_len = 0
+        self._rx = Received(expected_size)
         self._stream: _Stream | None = None
         self.stored_size = 0
         self.stored_sha256 = ""
@@ -138,7 +134,7 @@ class EncryptingWriter:
 
     @property
     def bytes_written(self) -> int:
-        return self._bytes
+        return self._rx.count
 
     def existing_bytes(self) -> int:
         return 0  # an encrypted partial cannot be continued (its file key is wrapped for the recipients)
@@ -151,21 +147,13 @@ class EncryptingWriter:
     async def write(self, chunk: bytes) -> None:
         if not chunk:
             return
-        chunk = bytes(chunk)
-        self._bytes += len(chunk)
-        if self.expected_size is not None and self._bytes > self.expected_size:
+        try:
+            self._rx.add(bytes(chunk))
+        except SizeMismatchError:
             await self.abort()
-            raise SizeMismatchError(self.expected_size, self._bytes, over=True)
-        self._hash.update(chunk)
-        self._buf.append(chunk)
-        self._buf_len += len(chunk)
-        if self._buf_len >= BATCH:
-            await self._hand_over(self._joined())
-
-    def _joined(self) -> bytes:
-        data = b"".join(self._buf)
-        self._buf, self._buf_len = [], 0
-        return data
+            raise
+        if self._rx.held >= BATCH:
+            await self._hand_over(self._rx.take())
 
     async def _hand_over(self, data: bytes | None) -> None:
         if self._stream is None:
@@ -176,12 +164,11 @@ class EncryptingWriter:
     async def commit(self) -> tuple[int, str]:
         """Finish the age stream and the wrapped writer; ``(plaintext bytes, plaintext sha256)``."""
         try:
-            if self.expected_size is not None and self._bytes != self.expected_size:
-                raise SizeMismatchError(self.expected_size, self._bytes)
+            self._rx.check_complete()
             if self._stream is None:
                 import pyrage
 
-                data = self._joined()
+                data = self._rx.take()
                 if len(data) <= _INLINE:
                     ciphertext = pyrage.encrypt(data, self.recipients)
                 else:
@@ -189,18 +176,18 @@ class EncryptingWriter:
                 del data
                 await self.inner.write(ciphertext)
             else:
-                if self._buf:
-                    await self._hand_over(self._joined())
+                if self._rx.held:
+                    await self._hand_over(self._rx.take())
                 await self._hand_over(None)
             self.stored_size, self.stored_sha256 = await self.inner.commit()
         except BaseException:
             await self.abort()
             raise
-        return self._bytes, self._hash.hexdigest()
+        return self._rx.count, self._rx.sha256
 
     async def abort(self, keep_partial: bool = False) -> None:
         """Drop everything: the pyrage thread stops, the wrapped writer aborts (no partial is kept)."""
-        self._buf, self._buf_len = [], 0
+        self._rx.clear()
         stream, self._stream = self._stream, None
         if stream is not None:
             await asyncio.to_thread(stream.stop)

@@ -37,6 +37,44 @@ class ResumeError(ItemError, ValueError):
     """The partial file left by an earlier run cannot be resumed at that offset: start over at 0."""
 
 
+class Received:
+    """The bytes a sink writer has been given and not yet handed on: counted against the size the listing
+    announced, hashed in order (the manifest's witness of the plaintext) and held in ``chunks``."""
+
+    def __init__(self, expected_size: int | None) -> None:
+        self.expected_size = expected_size
+        self.count = 0                   # every byte given so far
+        self.chunks: list[bytes] = []    # held, not yet handed on
+        self.held = 0                    # their length
+        self._hash = hashlib.sha256()
+
+    def add(self, chunk: bytes) -> None:
+        """Take ``chunk``; SizeMismatchError (nothing taken) when it goes past the announced size."""
+        if self.expected_size is not None and self.count + len(chunk) > self.expected_size:
+            raise SizeMismatchError(self.expected_size, self.count + len(chunk), over=True)
+        self.count += len(chunk)
+        self._hash.update(chunk)
+        self.chunks.append(chunk)
+        self.held += len(chunk)
+
+    def take(self) -> bytes:
+        """Everything held, joined; nothing is held after."""
+        data = b"".join(self.chunks)
+        self.clear()
+        return data
+
+    def clear(self) -> None:
+        self.chunks, self.held = [], 0
+
+    def check_complete(self) -> None:
+        if self.expected_size is not None and self.count != self.expected_size:
+            raise SizeMismatchError(self.expected_size, self.count)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
 def segs_name(final_name: str) -> str:
     """The segment record's name beside the temp: ``.<name>.syncer-part.segs``, at most 255 bytes."""
     name = temp_name(final_name) + ".segs"

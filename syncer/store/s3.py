@@ -31,7 +31,6 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from datetime import UTC, datetime, timedelta
@@ -40,7 +39,7 @@ from urllib.parse import urlsplit
 
 from syncer.config import Location, url_refusal
 from syncer.errors import ConfigError
-from syncer.local.writer import SizeMismatchError
+from syncer.local.partial import Received, SizeMismatchError
 from syncer.logs import register_secret, scrub
 from syncer.store.s3errors import (  # noqa: F401 - re-exported: the sink's errors
     StoreAccessError,
@@ -123,10 +122,7 @@ class ObjectWriter:
         self.expected_size = expected_size
         self.replace = replace
         self.owner = owner
-        self._hash = hashlib.sha256()
-        self._bytes = 0
-        self._buf: list[bytes] = []
-        self._buf_len = 0
+        self._rx = Received(expected_size)
         self._queue: asyncio.Queue[bytes | None] | None = None
         self._task: asyncio.Future[Any] | None = None
         self._state = "new"
@@ -136,7 +132,7 @@ class ObjectWriter:
 
     @property
     def bytes_written(self) -> int:
-        return self._bytes
+        return self._rx.count
 
     async def open(self, offset: int = 0) -> None:
         if self._state != "new":
@@ -150,19 +146,16 @@ class ObjectWriter:
             raise RuntimeError(f"ObjectWriter.write() on a writer that is {self._state}")
         if not chunk:
             return
-        chunk = bytes(chunk)
-        self._bytes += len(chunk)
-        if self.expected_size is not None and self._bytes > self.expected_size:
+        try:
+            self._rx.add(bytes(chunk))
+        except SizeMismatchError:
             await self.abort()
-            raise SizeMismatchError(self.expected_size, self._bytes, over=True)
-        self._hash.update(chunk)
-        self._buf.append(chunk)
-        self._buf_len += len(chunk)
+            raise
         if self._task is None:
-            if self._buf_len > MULTIPART_THRESHOLD:
+            if self._rx.held > MULTIPART_THRESHOLD:
                 self._start_multipart()
                 await self._feed()
-        elif self._buf_len >= FEED_BYTES:
+        elif self._rx.held >= FEED_BYTES:
             await self._feed()
 
     def _start_multipart(self) -> None:
@@ -189,7 +182,7 @@ class ObjectWriter:
         pieces: list[bytes | None] = []
         group: list[bytes] = []
         size = 0
-        for chunk in self._buf:
+        for chunk in self._rx.chunks:
             group.append(chunk)
             size += len(chunk)
             if size >= FEED_BYTES:
@@ -197,7 +190,7 @@ class ObjectWriter:
                 group, size = [], 0
         if group:
             pieces.append(b"".join(group))
-        self._buf, self._buf_len = [], 0
+        self._rx.clear()
         if last:
             pieces.append(None)
         for piece in pieces:
@@ -222,9 +215,8 @@ class ObjectWriter:
         if self._state != "open":
             raise RuntimeError(f"ObjectWriter.commit() on a writer that is {self._state}")
         try:
-            if self.expected_size is not None and self._bytes != self.expected_size:
-                raise SizeMismatchError(self.expected_size, self._bytes)
-            digest = self._hash.hexdigest()
+            self._rx.check_complete()
+            digest = self._rx.sha256
             if self._task is not None:
                 await self._feed(last=True)
                 try:
@@ -232,13 +224,12 @@ class ObjectWriter:
                 except Exception as exc:  # noqa: BLE001 - translated
                     raise translate(exc, "completing a multipart upload") from exc
             else:
-                await self._put_single(b"".join(self._buf), digest)
-                self._buf, self._buf_len = [], 0
+                await self._put_single(self._rx.take(), digest)
         except BaseException:
             await self.abort()
             raise
         self._state = "committed"
-        return self._bytes, digest
+        return self._rx.count, digest
 
     async def _put_single(self, data: bytes, digest: str) -> None:
         import obstore
@@ -272,7 +263,7 @@ class ObjectWriter:
         if self._state in ("committed", "closed"):
             return
         self._state = "closed"
-        self._buf, self._buf_len = [], 0
+        self._rx.clear()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

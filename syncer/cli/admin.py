@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -216,25 +218,12 @@ def ack_pull(config_path: str | None, manifest_path: str | None, target: str, fi
     Example:
       syncer ack pull user:2317820300 0f6c1d2e-... --reason "deleted by the clinic, ticket 4711"
     """
-    import getpass
-
-    from syncer.manifest import Manifest
     from syncer.models import Target
 
-    if bool(file_ids) == all_permanent:
-        raise click.UsageError("give the FILE_IDs to acknowledge, or --all (not both)")
-    if not reason.strip():
-        raise click.UsageError("--reason must say why")
-    who = (by or "").strip() or getpass.getuser()
     tgt = Target.parse(target)
-    cfg = load_config(config_path, {"manifest": {"path": manifest_path}})
-    manifest = Manifest.open(cfg.manifest.path, create=False)
-    try:
-        done = manifest.acknowledge_pull(tgt.type, tgt.id, list(file_ids) if file_ids else None, by=who,
-                                         reason=reason.strip())
-    finally:
-        manifest.close()
-    click.echo(f"acknowledged {len(done)} permanent failure{'s' if len(done) != 1 else ''} of {tgt} as {who}")
+    done, who = _acknowledge(config_path, manifest_path, file_ids, all_permanent, reason, by, "FILE_IDs",
+                             lambda m, items, who, why: m.acknowledge_pull(tgt.type, tgt.id, items, by=who, reason=why))
+    click.echo(f"acknowledged {_failures(done)} of {tgt} as {escape(who)}")
 
 
 @ack_group.command("push", context_settings=CONTEXT)
@@ -258,21 +247,31 @@ def ack_push(config_path: str | None, manifest_path: str | None, user_id: str, r
     Example:
       syncer ack push 2317820300 --all --reason "scans over the server's size limit, kept on the NAS"
     """
+    done, who = _acknowledge(config_path, manifest_path, rel_paths, all_permanent, reason, by, "PATHs",
+                             lambda m, items, who, why: m.acknowledge_push(user_id, items, by=who, reason=why))
+    click.echo(f"acknowledged {_failures(done)} of user {user_id} as {escape(who)}")
+
+
+def _acknowledge(config_path: str | None, manifest_path: str | None, items: tuple[str, ...], all_permanent: bool,
+                 reason: str, by: str | None, what: str,
+                 record: Callable[[Any, list[str] | None, str, str], list[str]]) -> tuple[list[str], str]:
+    """What both ``ack`` commands do: check the arguments, open the manifest, record, close."""
     import getpass
 
     from syncer.manifest import Manifest
 
-    if bool(rel_paths) == all_permanent:
-        raise click.UsageError("give the PATHs to acknowledge, or --all (not both)")
+    if bool(items) == all_permanent:
+        raise click.UsageError(f"give the {what} to acknowledge, or --all (not both)")
     if not reason.strip():
         raise click.UsageError("--reason must say why")
     who = (by or "").strip() or getpass.getuser()
     cfg = load_config(config_path, {"manifest": {"path": manifest_path}})
     manifest = Manifest.open(cfg.manifest.path, create=False)
     try:
-        done = manifest.acknowledge_push(user_id, list(rel_paths) if rel_paths else None, by=who,
-                                         reason=reason.strip())
+        return record(manifest, list(items) if items else None, who, reason.strip()), who
     finally:
         manifest.close()
-    click.echo(f"acknowledged {len(done)} permanent failure{'s' if len(done) != 1 else ''} of user {user_id}"
-               f" as {escape(who)}")
+
+
+def _failures(done: list[str]) -> str:
+    return f"{len(done)} permanent failure{'s' if len(done) != 1 else ''}"

@@ -84,7 +84,7 @@ def segs_name(final_name: str) -> str:
     return name
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -170,7 +170,7 @@ class PositionalWrites:
                     return True
                 os.close(fd)
         self._open_sync(0)
-        _unlink_quietly(self._temp.with_name(self.segs_path.name))
+        unlink_quietly(self._temp.with_name(self.segs_path.name))
         return False
 
     def temp_stat(self) -> os.stat_result:

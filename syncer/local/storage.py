@@ -162,11 +162,12 @@ def open_nofollow(path: Path) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UnsafePathError(f"is a symbolic link: {path}") from exc
+            # No path in the message: it holds a file's name (patient data), and messages are logged.
+            raise UnsafePathError("the file is a symbolic link (never followed)") from exc
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePathError(f"not a regular file: {path}")
+            raise UnsafePathError("the file is not a regular file")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

@@ -24,8 +24,8 @@ from syncer.local.partial import (  # noqa: F401 - re-exported: callers name the
     PositionalWrites,
     ResumeError,
     SizeMismatchError,
-    _unlink_quietly,
     segs_name,
+    unlink_quietly,
 )
 from syncer.local.storage import (
     UnsafePathError,
@@ -232,8 +232,8 @@ class AtomicWriter(PositionalWrites):
             except FileExistsError:
                 os.unlink(self._temp)
                 segs = self._temp.with_name(self.segs_path.name)  # its segment record, if any
-                _unlink_quietly(segs)
-                _unlink_quietly(segs.with_name(segs.name + ".new"))
+                unlink_quietly(segs)
+                unlink_quietly(segs.with_name(segs.name + ".new"))
                 fd = os.open(self._temp, create, 0o600)
         else:
             try:

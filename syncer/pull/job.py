@@ -187,6 +187,8 @@ class PullJob:
             return
         ctx.log_event("listed", level=logging.DEBUG, target=str(target), files=plan.listed, todo=len(plan.todo),
                       deleted=len(plan.deleted))
+        for key, old in plan.cleanup:  # a run killed between recording a converted file and removing the old
+            await self._remove_replaced(key, old)
         for item in plan.todo:
             if ctx.stopping:
                 return
@@ -259,8 +261,10 @@ class PullJob:
                 convert_plain, Path(self.dest), item.replaces, item.local_path, self.opts.recipients,
                 size=item.size, sha256=item.sha256)
         except (LocalCopyChanged, UnsafeNameError) as exc:
+            # The message may hold the local path (a patient's file name): the class says enough.
             self.ctx.log_event("convert_fallback", level=logging.WARNING, file_id=item.file_id,
-                               target=str(item.target), message=f"{exc}; downloading it again")
+                               target=str(item.target), error_class=error_class(exc),
+                               message="the backed-up copy cannot be encrypted in place; downloading it again")
             return None
         except OSError as exc:
             raise LocalIOError(f"cannot encrypt a backed-up file in {self.dest}: {exc.strerror or exc}") from exc

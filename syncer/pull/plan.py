@@ -238,14 +238,7 @@ def plan_target(
     # First seen, first served: the oldest file keeps the plain name in a collision.
     new_files.sort(key=lambda f: (f.created or 0, f.id))
     for f in new_files:
-        choices = path_choices(target, f, encrypt)
-        rel = next((c for c in choices if casefold_key(c) not in taken), None)
-        n = 2
-        while rel is None:  # every suffix taken too (never seen): count until one is free
-            folder, _, name = choices[0].rpartition("/")
-            candidate = f"{folder}/{disambiguate(name, f'{f.id}#{n}')}"
-            rel = candidate if casefold_key(candidate) not in taken else None
-            n += 1
+        rel = _free_path(path_choices(target, f, encrypt), f.id, taken)
         key = casefold_key(rel)
         taken.add(key)
         plan.inserts.append({
@@ -285,6 +278,7 @@ _ACK_VOID = {"acked_by": None, "acked_at": None, "ack_reason": None}
 
 
 def _free_path(choices: tuple[str, ...], file_id: str, taken: set[str]) -> str:
+    """The first of ``choices`` not taken; if every one is (never seen), count until a name is free."""
     rel = next((c for c in choices if casefold_key(c) not in taken), None)
     n = 2
     while rel is None:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncer.api.results import RangeNotServed
 from syncer.errors import LinkExpiredError, ProtocolError, TransientError, is_retryable
+from syncer.local.partial import unlink_quietly
 from syncer.local.storage import _disk_error
 from syncer.local.writer import AtomicWriter
 from syncer.pull.link import SharedLink
@@ -128,8 +129,12 @@ class _SegmentedFile:
             await self.seg.slots.take()
             self._spawn()
             await self._wait()
-            sha = await asyncio.to_thread(self.hasher.finish)  # type: ignore[union-attr]
-            await asyncio.to_thread(_unlink, self.writer.resolved_segs_path)  # before the rename: see above
+            try:
+                sha = await asyncio.to_thread(self.hasher.finish)  # type: ignore[union-attr]
+                # Before the rename: see above.
+                await asyncio.to_thread(unlink_quietly, self.writer.resolved_segs_path)
+            except OSError as exc:  # the disk, as for any write: stops the run (classify)
+                raise _disk_error(exc, "cannot finish a download", self.writer.final_path.parent) from exc
             await self.writer.commit_positional(self.size)
             return self.size, sha, self.writer.folder
         except RangeNotServed:
@@ -351,7 +356,7 @@ class _SegmentedFile:
         body = record_body(self.item.file_id, self.size, dev, ino, snapshot)
         path = self.writer.resolved_segs_path
         tmp = path.with_name(path.name + ".new")
-        _unlink(tmp)
+        unlink_quietly(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, body)
@@ -374,12 +379,8 @@ class _SegmentedFile:
         await self._discard()
 
     async def _discard(self) -> None:
-        await asyncio.shield(asyncio.to_thread(_unlink, self.writer.resolved_segs_path))
+        try:
+            await asyncio.shield(asyncio.to_thread(unlink_quietly, self.writer.resolved_segs_path))
+        except OSError as exc:  # never hides the error that brought us here; the next run starts over
+            log.warning("file %s: cannot remove a segment record (%s)", self.item.file_id, type(exc).__name__)
         await self.writer.abort(keep_partial=False)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -6,5 +6,5 @@
 - ``stats``: the run's counters (``RunStats``), read by progress, summary and metrics.
 
 May import: ``config``, ``errors``, ``exitcodes``, ``logs``, ``syncer.api``, ``syncer.manifest``,
-``syncer.local``.  Imported by: ``cli``, ``demo`` and the jobs (``RunContext``, ``drive``).
+``syncer.local``.  Imported by: ``cli``, ``demo`` and the jobs (``RunContext``, ``WorkerPool`` in ``pool``).
 """

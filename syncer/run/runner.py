@@ -126,6 +126,7 @@ async def execute(
         if hooks is not None:
             await hooks.before_open(manifest_path)
         manifest = Manifest.open(manifest_path)
+        result: tuple[RunStats, int] | None = None
         try:
             await manifest.call(manifest.mark_abandoned_runs)
             run_id = await manifest.call(manifest.start_run, kind, details or {})
@@ -165,11 +166,21 @@ async def execute(
                 # Already stopping for a fatal error (often this very disk): report that one; the
                 # run's row stays 'running' and the next run marks it killed.
                 log.warning("cannot record the end of the run: %s", describe(exc))
-            return stats, exitcodes.for_run(stats.outcome, ctx.signal_received)
+            result = stats, exitcodes.for_run(stats.outcome, ctx.signal_received)
         finally:
             manifest.close()
             if hooks is not None:
-                await hooks.after_run(manifest_path)
+                try:
+                    await hooks.after_run(manifest_path)
+                except Exception as exc:  # noqa: BLE001 - reported, and the run is not green
+                    # The files are stored, but the manifest is not where the next pod looks for it.
+                    log.error("cannot save the run's manifest after the run: %s", describe(exc))
+                    if result is not None:
+                        stats = result[0]
+                        stats.outcome, stats.fatal_error = "fatal", describe(exc)
+                        result = stats, exitcodes.FATAL
+        assert result is not None
+        return result
 
 
 async def _run_with_signals(ctx: RunContext, job: Job,

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from syncer.errors import LocalIOError
-from syncer.local.storage import TEMP_SUFFIX, make_dirs, sha256_file
+from syncer.local.storage import TEMP_SUFFIX, UnsafePathError, make_dirs, sha256_file
 from syncer.local.writer import AtomicWriter, Encryptor
 
 
@@ -37,7 +37,7 @@ class LocalPresence:
             if os.stat(self.dest / rel).st_size != size:
                 return None
             got, digest = sha256_file(self.dest / rel)
-        except OSError:
+        except (OSError, UnsafePathError):  # gone, or a link put in its place: not ours to adopt
             return None
         return digest if got == size else None
 

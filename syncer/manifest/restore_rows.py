@@ -1,4 +1,4 @@
-"""The restore's SQL: reading a backup's rows, and the ``restore_items`` table (schema v3).
+"""The restore's SQL: reading a backup's rows, and the ``restore_items`` table (schema v4).
 
 Plain functions over a :class:`~syncer.manifest.store.Manifest`; call them on its own thread
 (``manifest.call(fn, manifest, ...)``).  Outcomes during a run go through the Recorder as ``Update``s
@@ -39,8 +39,8 @@ def restore_rows_for_user(manifest: Manifest, dest_user_id: str) -> dict[tuple[s
     if not has_restore_table(manifest):
         return {}
     cur = manifest.conn.execute(
-        "SELECT source_target, source_file_id, state, dest_file_id, sha256, size, sent_name, intent_at, attempts"
-        " FROM restore_items WHERE dest_user_id = ?", (dest_user_id,))
+        "SELECT source_target, source_file_id, state, dest_file_id, sha256, size, sent_name, intent_at, attempts,"
+        " error_class FROM restore_items WHERE dest_user_id = ?", (dest_user_id,))
     cols = [d[0] for d in cur.description]
     return {(r[0], r[1]): dict(zip(cols, r, strict=True)) for r in cur}
 
@@ -80,7 +80,7 @@ def mapping(manifest: Manifest, *, limit: int = -1) -> list[dict[str, Any]]:
 
 
 def restore_summary(manifest: Manifest, *, failures: int = 50) -> dict[str, Any] | None:
-    """Counts by state, the failed rows and the mapping, for ``syncer status``; None before schema v3."""
+    """Counts by state, the failed rows and the mapping, for ``syncer status``; None before schema v4."""
     if not has_restore_table(manifest):
         return None
     states = {r[0]: {"count": r[1], "bytes": r[2] or 0} for r in manifest.conn.execute(

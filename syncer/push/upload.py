@@ -89,7 +89,7 @@ def upload_failure(exc: BaseException, *names: str | None, file_id: str | None =
         message = f"file {file_id}: {message}"
     message = message[:500]
     detail = detail_of(exc)
-    detail = without_name(detail, *names)[:500] if detail else message
+    detail = without_name(scrub(detail), *names)[:500] if detail else message
     fields: dict[str, Any] = {"last_error": message, "error_class": error_class(exc)}
     if permanent:
         fields.update(state="permanent", intent_at=None)

@@ -163,6 +163,7 @@ class RestoreJob:
             ctx.log_event("not_restored", message=line)
         for user in self.opts.users:
             if user not in sel.by_user and user not in sel.unmapped:
+                ctx.stats.count_failure("failed", "NotInBackup")  # asked for and not done: red, as push
                 ctx.log_event("user_not_in_backup", level=logging.WARNING, user=user,
                               message=f"user {user}: no restorable file of this user in the backup")
 
@@ -196,13 +197,13 @@ class RestoreJob:
             ctx.fatal(exc)
             return
         except ApiError as exc:
-            ctx.stats.failed += len(files)
+            ctx.stats.targets_failed += 1  # its files are not restored this run: red
             ctx.log_event("list_failed", level=logging.WARNING, user=dest, error_class=error_class(exc),
                           message=f"user {dest}: cannot list its documents ({scrub(str(exc))}): nothing restored"
                                   " into it this run")
             return
         if not listing.complete:
-            ctx.stats.failed += len(files)
+            ctx.stats.targets_failed += 1
             ctx.log_event("list_incomplete", level=logging.WARNING, user=dest,
                           message=f"user {dest}: {len(listing.bad_items)} listed documents could not be read, so"
                                   " what is already there cannot be told: nothing restored into it this run")
@@ -216,11 +217,16 @@ class RestoreJob:
         same_ids = opts.same_account and dest == source_user
         plan = plan_user(source_user, dest, files, listing.files, rows, same_ids=same_ids, claimed=claimed,
                          dest_account=opts.dest_account, link_pull=opts.link_pull and same_ids)
-        ctx.stats.skipped += plan.present + plan.restored + plan.held_permanent
+        ctx.stats.skipped += plan.present + plan.restored
+        # Refused for good before and unchanged: not sent again, but not restored either: red every run.
+        for reason, count in plan.held_reasons.items():
+            for _ in range(count):
+                ctx.stats.count_failure("permanent", reason)
         token = opts.tokens.get(dest)
         if token is None:
             if plan.items:  # not restored is not done: the run exits 1 so a cron mail or an alert shows it
-                ctx.stats.failed += len(plan.items)
+                for _ in plan.items:
+                    ctx.stats.count_failure("failed", "NoToken")
                 ctx.log_event("no_token", level=logging.WARNING, user=dest,
                               message=f"user {dest} has no token in the tokens file: {len(plan.items)} backed-up"
                                       f" files of user {source_user} to restore are not restored")
@@ -231,7 +237,7 @@ class RestoreJob:
         ctx.stats.files_total += len(plan.items)
         ctx.stats.bytes_total += plan.todo_bytes
         if plan.held_permanent:
-            ctx.log_event("held_permanent", user=dest,
+            ctx.log_event("held_permanent", level=logging.WARNING, user=dest,
                           message=f"user {dest}: {plan.held_permanent} files were refused for good before and are"
                                   " unchanged: not sent again (see syncer status)")
         ctx.log_event("planned", level=logging.DEBUG, user=dest, source_user=source_user, todo=len(plan.items),

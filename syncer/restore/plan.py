@@ -164,7 +164,8 @@ class UserPlan:
     inserts: list[dict[str, Any]] = field(default_factory=list)
     present: int = 0          # same ids: still on the server, nothing to do
     restored: int = 0         # restored before and still there
-    held_permanent: int = 0   # refused for good before (400/413) and unchanged
+    held_permanent: int = 0   # refused for good before (400/413) and unchanged: not sent again, still red
+    held_reasons: dict[str, int] = field(default_factory=dict)  # error class -> count of those
     renamed: int = 0          # sent under a substitute name
 
     @property
@@ -200,6 +201,8 @@ def plan_user(source_user: str, dest_user: str, files: list[BackupFile], listing
             continue
         if state == "permanent" and row and row["sha256"] == f.sha256:
             plan.held_permanent += 1
+            reason = row.get("error_class") or "permanent"
+            plan.held_reasons[reason] = plan.held_reasons.get(reason, 0) + 1
             continue
         sent = sendable_name(f.name)
         plan.renamed += sent != f.name

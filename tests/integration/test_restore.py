@@ -306,3 +306,24 @@ def test_a_pull_between_an_interrupted_restore_and_its_rerun_duplicates_nothing(
         assert res.exit_code == 0, res.output
         assert len(srv.files()) == count                      # the stored uploads were found, not sent again
         assert query(db, "SELECT count(*), sum(adopted) FROM restore_items WHERE state = 'done'")[0] == (2, 2)
+
+
+def test_a_file_refused_for_good_keeps_every_restore_red(tmp_path: Path) -> None:
+    # Issue 12 for restore: a document the destination refused (413) is not sent again while unchanged,
+    # but a later run must not go green while it is not restored.
+    srv = FakeServer(seed=12, users=1, files_per_user=4, visits=0, sizes=(3_000, 40_000))
+    with srv.run_in_thread():
+        cfg = config(tmp_path, srv)
+        write_tokens(tmp_path / "tokens.csv", {u: srv.token_for(u) for u in srv.users})
+        assert cli(["pull", "-c", str(cfg)], token=srv.api_key).exit_code == 0
+        big = next(f for f in srv.files() if f["size"] == 40_000 and f["category"] in UPLOADABLE)
+        srv.delete_file(big["id"])
+        srv.max_upload_bytes = 10_000
+        metrics = tmp_path / "restore.prom"
+        for run in (1, 2):
+            res = cli(["restore", "-c", str(cfg), "--metrics-file", str(metrics)], token=srv.api_key)
+            assert res.exit_code == 1, f"run {run}: {res.output}"
+            prom = metrics.read_text()
+            assert 'syncer_last_run_success{kind="restore"} 0' in prom, prom
+            assert 'syncer_items_failed{kind="restore",reason="TooLargeError"} 1' in prom, prom
+        assert srv.counters["upload_413"] == 1  # refused once, not sent again

@@ -23,13 +23,19 @@ def pull_recipients(cfg: Config, *, reencrypt: bool = False, allow_plain: bool =
     if reencrypt:
         raise ConfigError("--reencrypt needs encryption on: set pull.encrypt_to or pull.encrypt_to_file")
     if not allow_plain:
-        n = encrypted_files(Path(cfg.manifest.path))
-        if n:
-            raise ConfigError(
-                f"the backup holds {n} encrypted files but no recipient is configured (pull.encrypt_to): "
-                "new files would be stored in the clear. Restore the recipients, or give --allow-plain "
-                "to store new and changed files unencrypted")
+        refuse_plain(encrypted_files(Path(cfg.manifest.path)))
     return recipients
+
+
+def refuse_plain(encrypted: int) -> None:
+    """ConfigError when the backup holds ``encrypted`` files and a pull without recipients would store
+    new ones in the clear.  Checked before the run, and again once the run has its manifest (a fresh
+    pod fetches it from the bucket's snapshot only then)."""
+    if encrypted:
+        raise ConfigError(
+            f"the backup holds {encrypted} encrypted files but no recipient is configured (pull.encrypt_to): "
+            "new files would be stored in the clear. Restore the recipients, or give --allow-plain "
+            "to store new and changed files unencrypted")
 
 
 def encrypted_files(manifest_path: Path) -> int:

@@ -89,6 +89,11 @@ class PullJob:
 
     # -- the script ------------------------------------------------------------------------------
     async def run(self) -> None:
+        if not self.opts.recipients and not self.opts.allow_plain:
+            # Again, now that the manifest is here (a fresh pod fetched it from the bucket only now).
+            from syncer.crypto.policy import refuse_plain
+
+            refuse_plain(await self.ctx.manifest.call(self.ctx.manifest.pull_encrypted_rows))
         if not self.opts.dry_run:
             await self.sink.prepare()
             self.scope_open = await self.ctx.manifest.call(self.ctx.manifest.open_scope_failures, "pull", "target")

@@ -27,6 +27,7 @@ class PullOptions:
     segments: int = 8
     recipients: tuple[Any, ...] = ()  # pyrage recipients: files fetched are stored as age files
     reencrypt: bool = False           # also convert plain finished files (from the local copy)
+    allow_plain: bool = False         # store plain although the manifest records encrypted files
 
     @property
     def encrypt(self) -> bool:
@@ -54,7 +55,7 @@ class PullOptions:
         recipients = pull_recipients(cfg, reencrypt=reencrypt, allow_plain=allow_plain)
         return cls(targets=tuple(chosen), dest=dest, categories=cfg.pull.categories,
                    include_shared=cfg.pull.include_shared, concurrency=cfg.pull.concurrency, dry_run=dry_run,
-                   recipients=tuple(recipients), reencrypt=reencrypt,
+                   recipients=tuple(recipients), reencrypt=reencrypt, allow_plain=allow_plain,
                    segment_threshold=cfg.pull.segment_threshold, segments=cfg.pull.segments)
 
 

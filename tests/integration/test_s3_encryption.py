@@ -255,3 +255,22 @@ def test_restore_from_a_bucket_plain_and_encrypted_never_touches_the_disk(s3, tm
         res = run_cli(cfg, srv, "restore", "--tokens-file", str(tokens), "--identity", str(key))
         assert res.returncode == 1, res.stdout + res.stderr[-3000:]
         assert f"file {victim['id']}" in res.stdout + res.stderr and len(srv.files()) == count
+
+
+def test_a_fresh_pod_without_recipients_refuses_to_store_plain_over_an_encrypted_bucket(s3, tmp_path: Path) -> None:
+    # The recipients were dropped from the config, and the new pod has no manifest yet: it fetches the
+    # bucket's snapshot only inside the run.  The check against turning encryption off must still hold.
+    _, pub = keygen(tmp_path / "key.txt")
+    with FakeServer(seed=33, users=1, files_per_user=3, visits=0, sizes=(3_000,)).run_in_thread() as srv:
+        first = tmp_path / "pod1"
+        first.mkdir()
+        assert run_cli(toml(first, srv, s3, [pub]), srv, "pull", "-q").returncode == 0
+        before = data_objects(s3)
+        assert before and all(k.endswith(".age") for k in before)
+        srv.add_file("user", srv.users[0], "new scan.pdf", b"%PDF plain patient bytes " * 100, category="user_document")
+        fresh = tmp_path / "pod2"
+        fresh.mkdir()
+        res = run_cli(toml(fresh, srv, s3, []), srv, "pull", "-q")
+        assert res.returncode != 0 and "encrypted files but no recipient" in res.stderr, res.stderr[-2000:]
+        after = data_objects(s3)
+        assert set(after) == set(before), "nothing new stored, nothing removed"

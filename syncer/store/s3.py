@@ -74,13 +74,21 @@ def make_store(loc: Location, s3: S3Config | None = None, retry: Any = None) -> 
         register_secret(os.environ.get(name))
     kwargs: dict[str, Any] = {"checksum_algorithm": "SHA256"}
     client: dict[str, Any] = {}
-    endpoint = (s3.endpoint_url if s3 else "") or os.environ.get("AWS_ENDPOINT_URL", "")
+    # obstore also reads AWS_* variables of its own (AWS_ENDPOINT, AWS_ALLOW_HTTP,
+    # AWS_ALLOW_INVALID_CERTIFICATES): every one that could carry the bytes in clear or unverified is
+    # decided here, by the one URL rule, and given explicitly so the environment cannot override it.
+    endpoint = ((s3.endpoint_url if s3 else "") or os.environ.get("AWS_ENDPOINT_URL", "")
+                or os.environ.get("AWS_ENDPOINT", ""))
+    client["allow_http"] = False
+    client["allow_invalid_certificates"] = False
     if endpoint:
         why = url_refusal(endpoint)
         if why:
             raise ConfigError(f"s3.endpoint_url {why}")
-        if urlsplit(endpoint).scheme == "http":
-            client["allow_http"] = True
+        parts = urlsplit(endpoint)
+        if parts.query or parts.username or parts.password:
+            raise ConfigError("s3.endpoint_url must not carry a query string or credentials")
+        client["allow_http"] = parts.scheme == "http"
         kwargs["endpoint"] = endpoint
     if s3 and s3.region:
         kwargs["region"] = s3.region

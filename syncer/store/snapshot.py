@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from syncer.config import S3Config
 
+from syncer.config import url_refusal
 from syncer.logs import event, scrub
 from syncer.manifest import now_iso
 from syncer.store.s3 import Location, ObjectSink, target_folder
@@ -246,6 +247,8 @@ def abort_stale_uploads(loc: Location, s3: S3Config | None, folders: set[str], b
         log.debug("boto3 is not installed: incomplete multipart uploads are left to the lifecycle rule")
         return 0
     endpoint = (s3.endpoint_url if s3 else "") or os.environ.get("AWS_ENDPOINT_URL") or None
+    if endpoint and url_refusal(endpoint):  # the one URL rule (make_store refused it already)
+        return 0
     region = (s3.region if s3 else "") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
         or "us-east-1"
     base = f"{loc.prefix}/" if loc.prefix else ""

@@ -525,3 +525,23 @@ def test_without_obstore_an_s3_dest_is_a_config_error_naming_the_extra(monkeypat
     monkeypatch.setitem(sys.modules, "obstore.store", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"syncer\[s3\]"):
         make_store(Location.parse("s3://bkt/p"))
+
+
+@pytest.mark.parametrize("env", [
+    {"AWS_ENDPOINT": "http://example.invalid:9000", "AWS_ALLOW_HTTP": "true"},
+    {"AWS_ENDPOINT_URL": "http://10.0.0.5:9000"},
+    {"AWS_ENDPOINT_URL": "https://user:pw@s3.example.invalid"},
+])
+def test_the_environment_cannot_send_the_backup_in_clear(monkeypatch: pytest.MonkeyPatch, env: dict) -> None:
+    # obstore reads AWS_* variables of its own: they pass the same URL rule as s3.endpoint_url.
+    from syncer.config import Location
+    from syncer.errors import ConfigError
+    from syncer.store.s3 import make_store
+
+    for name in ("AWS_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="s3.endpoint_url"):
+        make_store(Location.parse("s3://bucket-a/p"))
+

@@ -152,5 +152,13 @@ def without_name(text: str, *names: str | None) -> str:
     return text
 
 
-__all__ = ["NAME_PLACEHOLDER", "REDACTED", "SECRET_KEYS", "escape", "is_terminal_safe", "json_text",
+def name_id(name: str) -> str:
+    """A short, stable id for a local file's name (patient data) where the name itself must not appear:
+    logs, ``syncer status``; ``syncer ack push`` accepts it in place of the name."""
+    import hashlib
+
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+__all__ = ["NAME_PLACEHOLDER", "REDACTED", "SECRET_KEYS", "escape", "is_terminal_safe", "json_text", "name_id",
            "redact_link", "redact_url", "register_secret", "scrub", "without_name"]

@@ -229,9 +229,9 @@ def ack_pull(config_path: str | None, manifest_path: str | None, target: str, fi
 @ack_group.command("push", context_settings=CONTEXT)
 @config_option
 @click.argument("user_id", metavar="USER_ID")
-@click.argument("rel_paths", nargs=-1, metavar="[PATH]...")
+@click.argument("rel_paths", nargs=-1, metavar="[ITEM]...")
 @click.option("--all", "all_permanent", is_flag=True,
-              help="Every unacknowledged permanent failure of USER_ID instead of the PATHs given.")
+              help="Every unacknowledged permanent failure of USER_ID instead of the ITEMs given.")
 @click.option("--reason", required=True, help="Why the file will not be migrated (kept in the audit trail).")
 @click.option("--by", "by", envvar="USER", help="Who acknowledges it (default: $USER).")
 @manifest_option
@@ -240,14 +240,15 @@ def ack_push(config_path: str | None, manifest_path: str | None, user_id: str, r
              all_permanent: bool, reason: str, by: str | None) -> None:
     """Acknowledge that files of USER_ID's folder were refused for good by the server (400, 413).
 
-    PATH is relative to the user's folder under the push source.  Only a permanent failure can be
-    acknowledged (exit 2 otherwise); the acknowledgement is void once the file changes.
+    ITEM is the short id ``syncer status`` shows for the file (or its path under the user's folder).
+    Only a permanent failure can be acknowledged (exit 2 otherwise); the acknowledgement is void once
+    the file changes.
 
     \b
     Example:
       syncer ack push 2317820300 --all --reason "scans over the server's size limit, kept on the NAS"
     """
-    done, who = _acknowledge(config_path, manifest_path, rel_paths, all_permanent, reason, by, "PATHs",
+    done, who = _acknowledge(config_path, manifest_path, rel_paths, all_permanent, reason, by, "ITEMs",
                              lambda m, items, who, why: m.acknowledge_push(user_id, items, by=who, reason=why))
     click.echo(f"acknowledged {_failures(done)} of user {user_id} as {escape(who)}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from syncer.errors import ManifestError
+from syncer.redact import name_id
 
 
 def now_iso() -> str:
@@ -74,6 +75,9 @@ class FailureRecords:
             "SELECT rel_path, state FROM push_items WHERE user_id = ?"
             + ("" if rel_paths is not None else " AND state = 'permanent' AND acked_at IS NULL"),
             (user_id,)).fetchall())
+        if rel_paths is not None:  # a PATH, or the short id status shows for it (syncer.redact.name_id)
+            by_id = {name_id(rel): rel for rel in rows}
+            rel_paths = [rel if rel in rows else by_id.get(rel, rel) for rel in rel_paths]
         wanted = list(dict.fromkeys(rel_paths)) if rel_paths is not None else sorted(rows)
         for n, rel in enumerate(wanted, 1):
             # The relative path is a file name (patient data): the message says which argument it was.

@@ -20,7 +20,6 @@ name is the user id.  Decisions it encodes:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -34,6 +33,7 @@ from syncer.local.storage import iter_regular_files, sha256_file
 from syncer.manifest import Manifest
 from syncer.models import PushState
 from syncer.push.options import PushOptions
+from syncer.redact import name_id
 
 log = logging.getLogger("syncer.push")
 
@@ -41,7 +41,7 @@ log = logging.getLogger("syncer.push")
 
 def item_id(rel_path: str) -> str:
     """A short, stable id for a file in logs, where its name (patient data) must not appear."""
-    return hashlib.sha256(rel_path.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return name_id(rel_path)
 
 
 # -- planning ---------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from syncer.manifest import Manifest, now_iso
 from syncer.manifest.restore_rows import restore_summary
 from syncer.models import PullState, PushState
 from syncer.redact import escape as _safe
-from syncer.redact import scrub
+from syncer.redact import name_id, scrub
 from syncer.report.progress import human_bytes
 
 PULL_STATES = tuple(s.value for s in PullState)
@@ -64,7 +64,7 @@ def collect(manifest_path: str | os.PathLike, *, runs: int = DEFAULT_RUNS,
             manifest.conn.execute("ROLLBACK")
     finally:
         manifest.close()
-    return _shape(raw)
+    return _shape(raw, details=details)
 
 
 def _add_details(manifest: Manifest, raw: dict[str, Any]) -> None:
@@ -91,7 +91,7 @@ def _event_item(kind: str, item: dict[str, Any]) -> str:
     return f"{item['user_id']}/{item['rel_path']}"
 
 
-def _shape(raw: dict[str, Any]) -> dict[str, Any]:
+def _shape(raw: dict[str, Any], *, details: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"manifest": raw["manifest"], "schema": raw["schema"], "generated_at": now_iso()}
     for kind, known in (("pull", PULL_STATES), ("push", PUSH_STATES)):
         found = raw[kind]["states"]
@@ -103,6 +103,12 @@ def _shape(raw: dict[str, Any]) -> dict[str, Any]:
             item["last_error"] = scrub(item["last_error"]) if item.get("last_error") else item.get("last_error")
             if item.get("detail"):
                 item["detail"] = scrub(item["detail"])
+            if kind == "push":
+                # A local file's name is patient data: its short id (what the logs say, what
+                # `syncer ack push` accepts); the name itself only with --details.
+                item["item"] = name_id(item["rel_path"])
+                if not details:
+                    item.pop("rel_path")
             failed.append(item)
         out[kind] = {
             "total": {"count": sum(v["count"] for v in states.values()),
@@ -151,7 +157,8 @@ def _detail(item: dict[str, Any]) -> str | None:
 def _item_name(kind: str, item: dict[str, Any]) -> str:
     if kind == "pull":
         return f"{item['target']}/{item['file_id']}"
-    return f"user:{item['user_id']}/{item['rel_path']}"
+    name = f" ({item['rel_path']})" if item.get("rel_path") else ""
+    return f"user:{item['user_id']}/item {item['item']}{name}"
 
 
 def _item_state(item: dict[str, Any]) -> str:

@@ -43,7 +43,14 @@ def test_a_refused_file_is_red_every_run_until_acknowledged(tmp_path: Path) -> N
         # Only a permanent failure can be acknowledged; the path is an argument, never echoed back.
         bad = cli(["ack", "push", user, "small note.txt", "--reason", "x", "-c", str(cfg)])
         assert bad.exit_code == 2 and "small note" not in bad.output, bad.output
-        ok = cli(["ack", "push", user, "--all", "--reason", "over the size limit, kept on the NAS",
+        # status names the file by its short id, never by its name (patient data), unless --details.
+        text = cli(["status", "-c", str(cfg)]).output
+        doc = json.loads(cli(["status", "-c", str(cfg), "--json"]).output)
+        assert "big scan" not in text and "big scan" not in json.dumps(doc), text
+        (failed,) = doc["push"]["failed"]
+        assert failed["item"] in text and "rel_path" not in failed
+        assert "big scan.pdf" in cli(["status", "-c", str(cfg), "--details"]).output
+        ok = cli(["ack", "push", user, failed["item"], "--reason", "over the size limit, kept on the NAS",
                   "--by", "dr.ops", "-c", str(cfg)])
         assert ok.exit_code == 0 and "acknowledged 1 permanent failure" in ok.output, ok.output
         code, out, prom = _push(cfg, srv, metrics)

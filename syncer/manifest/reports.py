@@ -41,6 +41,15 @@ class ReportQueries:
             " WHERE state IN ('pending', 'failed', 'permanent')").fetchone()
         return int(row[0]), int(row[1])
 
+    def pull_targets_not_listed(self) -> int:
+        """Targets whose files are unknown (their listing failed or was incomplete, not acknowledged):
+        whatever they hold is not backed up, and no row says so."""
+        if self.version < 3:
+            return 0
+        return self.conn.execute(
+            "SELECT count(*) FROM scope_failures WHERE kind = 'pull' AND acked_at IS NULL"
+            " AND reason IN ('list_failed', 'not_found', 'incomplete_listing')").fetchone()[0]
+
     def pull_done_sample(self, n: int) -> list[dict[str, Any]]:
         """``n`` distinct done rows chosen uniformly in SQL: a top-``n`` sort over random keys keeps only
         ``n`` rows in memory, whatever the manifest's size."""

@@ -84,13 +84,14 @@ class VerifyReport:
     no_key: int = 0                 # encrypted files none of the identities opens
     not_backed_up: int = 0          # files the manifest knows that are not backed up (failed, never fetched)
     acknowledged: int = 0           # of the files not backed up, those an operator acknowledged (syncer ack)
+    targets_not_listed: int = 0     # targets whose listing failed: their files are unknown, so not backed up
     elapsed: float = 0.0
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         # A backup missing files is not whole, however well the files it has hash: never "passed" then.
-        return not self.problems and not self.not_backed_up
+        return not self.problems and not self.not_backed_up and not self.targets_not_listed
 
     def of_kind(self, kind: str) -> list[Problem]:
         return [p for p in self.problems if p.kind == kind]
@@ -192,9 +193,11 @@ def verify(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, sample:
     try:
         eligible = manifest.pull_done_count()
         not_backed_up, acknowledged = manifest.pull_not_backed_up()
+        targets_not_listed = manifest.pull_targets_not_listed()
         report = VerifyReport(manifest=str(manifest_path), dest=str(dest),
                               mode="all" if sample is None else "sample", eligible=eligible,
-                              not_backed_up=not_backed_up, acknowledged=acknowledged)
+                              not_backed_up=not_backed_up, acknowledged=acknowledged,
+                              targets_not_listed=targets_not_listed)
         if sample is None or sample >= eligible:
             total, rows = eligible, (row for page in manifest.pull_done_pages() for row in page)
         else:
@@ -266,6 +269,9 @@ def render_text(report: VerifyReport) -> str:
     if report.not_backed_up:
         lines.append(f"not whole: {report.not_backed_up} files the manifest knows are not backed up (failed or"
                      " not fetched yet): see syncer status")
+    if report.targets_not_listed:
+        lines.append(f"not whole: {report.targets_not_listed} targets could not be listed, so their files are"
+                     " unknown and not backed up: see syncer status")
     if report.acknowledged:
         lines.append(f"{report.acknowledged} files not backed up were acknowledged by an operator (syncer ack)")
     if report.eligible == 0:

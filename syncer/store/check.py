@@ -148,11 +148,13 @@ async def verify_objects(sink: ObjectSink, manifest_path: Path, *, sample: int |
     try:
         rows = manifest.pull_done_rows()
         not_backed_up, acknowledged = manifest.pull_not_backed_up()
+        targets_not_listed = manifest.pull_targets_not_listed()
     finally:
         manifest.close()
     mode = ("quick-" if quick else "") + ("all" if sample is None else "sample")
     report = VerifyReport(manifest=str(manifest_path), dest=str(sink.loc), mode=mode, eligible=len(rows),
-                          not_backed_up=not_backed_up, acknowledged=acknowledged)
+                          not_backed_up=not_backed_up, acknowledged=acknowledged,
+                          targets_not_listed=targets_not_listed)
     if sample is not None and sample < len(rows):
         rows = (rng or random.SystemRandom()).sample(rows, max(0, sample))
     rows.sort(key=lambda r: r["local_path"])

@@ -41,7 +41,8 @@ from syncer.run.runner import run_async
               help="Cap each download connection at this many MB/s (10^6 bytes/s); 0: no cap.")
 @click.option("--fault", "faults", multiple=True, metavar="NAME=RATE",
               help="Inject a fault, e.g. --fault error_500=0.1 --fault reset_mid_body=0.05; repeatable.")
-@click.option("--api-key", envvar="SYNCER_FAKE_API_KEY", help="The account API key to accept (default: random).")
+@click.option("--api-key", envvar="SYNCER_FAKE_API_KEY",
+              help="The account API key to accept (default: derived from --seed).")
 @click.option("--tokens-file", type=click.Path(dir_okay=False), default=None,
               help="Write the patients' upload tokens here (0600; never overwrites a file). "
                    "Default: tokens.csv in a new private temporary folder, removed when the server stops.")

@@ -78,7 +78,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
                      help="Least severe level logged (default info)."),
-        click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the summary."),
         click.option("--progress-interval", type=float, callback=_positive_seconds,
                      help="Seconds between progress lines when not on a terminal (default 30)."),
         click.option("--metrics-file", type=click.Path(dir_okay=False),

@@ -86,11 +86,16 @@ def pull(config_path: str | None, manifest_path: str | None, targets: tuple[str,
     if dry_run:
         from syncer.pull.dryrun import run_dry
 
-        report = run_async(run_dry(cfg, opts, token))
+        report, stats = run_async(run_dry(cfg, opts, token))
         for row in report:
             click.echo(f"{row.target}\t{row.files} files\t{human_bytes(row.bytes)}")
         click.echo(f"total: {sum(r.files for r in report)} files, "
                    f"{human_bytes(sum(r.bytes for r in report))} would be downloaded (dry run: nothing written)")
+        if stats.any_failed:  # a listing that failed: the total leaves out files nobody could see
+            click.echo(f"incomplete: {stats.targets_failed} targets could not be listed and "
+                       f"{stats.failed} listed items could not be read (see the log): their files are not counted",
+                       err=True)
+            sys.exit(exitcodes.ITEMS_FAILED)
         return
     hooks = None
     if isinstance(opts.dest, str):  # a bucket: its manifest snapshot (syncer.store.snapshot)

@@ -15,8 +15,9 @@ from syncer.run.runner import RunContext
 from syncer.run.stats import RunStats
 
 
-async def run_dry(cfg: Config, opts: PullOptions, token: str) -> list[DryRunTarget]:
-    """List and plan against the manifest (read only) and report what a pull would fetch."""
+async def run_dry(cfg: Config, opts: PullOptions, token: str) -> tuple[list[DryRunTarget], RunStats]:
+    """List and plan against the manifest (read only) and report what a pull would fetch, with the
+    run's counters (targets that could not be listed are in them: their files are not in the report)."""
     path = Path(cfg.manifest.path)
     with tempfile.TemporaryDirectory(prefix="syncer-dry-") as tmp:
         manifest = Manifest.open(path, readonly=True) if path.exists() else Manifest.open(Path(tmp) / "m.sqlite")  # noqa: ASYNC240
@@ -28,6 +29,6 @@ async def run_dry(cfg: Config, opts: PullOptions, token: str) -> list[DryRunTarg
                 await job.run()
                 if ctx.fatal_error is not None:
                     raise ctx.fatal_error
-                return job.dry_run_report
+                return job.dry_run_report, ctx.stats
         finally:
             manifest.close()

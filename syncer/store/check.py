@@ -120,7 +120,9 @@ async def _check_quick(sink: ObjectSink, row: dict[str, Any], sizes: dict[str, i
             stored = await sink.stored_sha256(row["local_path"])
         except Exception as exc:  # noqa: BLE001 - reported, never raised
             return _problem(row, UNREADABLE, str(exc)), 0
-        if stored is not None and stored != want_sha:
+        if stored is None:  # every object syncer PUTs carries it: this one was written some other way
+            return _problem(row, CHANGED, "the object carries no stored SHA-256", size, None), 0
+        if stored != want_sha:
             return _problem(row, CHANGED, "the object's stored SHA-256 differs from the recorded one", size,
                             stored), 0
     return None, 0

@@ -244,3 +244,19 @@ def test_a_pull_of_fewer_categories_does_not_mark_the_others_deleted(tmp_path: P
         assert pull(cfg, srv, "--category", "user_document", "--category", "user_avatar")[0] == 0
         states = {fid: r["state"] for fid, r in rows(cfg).items()}
         assert set(states.values()) == {"done"} and consent in states
+
+
+def test_a_dry_run_that_could_not_list_a_target_says_so_and_exits_1(tmp_path) -> None:
+    # The dry run's total would leave out the files of a target nobody could list: never a quiet 0.
+    from helpers import cli, write_config
+
+    from syncer.fakeserver import FakeServer
+
+    srv = FakeServer(seed=3, users=2, files_per_user=2, visits=0)
+    with srv.run_in_thread():
+        cfg = write_config(tmp_path, srv, attempts=1, min_wait=0.01, max_wait=0.02)
+        ok = cli(["pull", "-c", str(cfg), "--dry-run"], token=srv.api_key)
+        assert ok.exit_code == 0, ok.output
+        srv.set_faults(garbage_json=1.0)  # every listing answers 200 with a body that is not JSON
+        bad = cli(["pull", "-c", str(cfg), "--dry-run"], token=srv.api_key)
+        assert bad.exit_code == 1 and "2 targets could not be listed" in bad.output, bad.output

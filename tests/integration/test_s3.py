@@ -273,16 +273,20 @@ def test_verify_reads_objects_back_and_quick_compares_listing_and_stored_checksu
         s3.client.put_object(Bucket=s3.bucket, Key=f"{PREFIX}/{small['local_path']}", Body=b"x" * small["size"],
                              Metadata={"sha256": "0" * 64})
         s3.client.put_object(Bucket=s3.bucket, Key=f"{PREFIX}/{big['local_path']}", Body=b"y" * big["size"])
+        # Same size, other bytes, written by another tool (no stored checksum): quick must not pass it.
+        bare = rows[2]
+        s3.client.put_object(Bucket=s3.bucket, Key=f"{PREFIX}/{bare['local_path']}", Body=b"z" * bare["size"])
         gone = rows[1]
         s3.client.delete_object(Bucket=s3.bucket, Key=f"{PREFIX}/{gone['local_path']}")
 
         full = run_cli(cfg, srv, "verify", "--all", "--json")
         assert full.returncode == 1
         found = json.loads(full.stdout)
-        assert {p["file_id"] for p in found["changed"]} == {small["file_id"], big["file_id"]}
+        assert {p["file_id"] for p in found["changed"]} == {small["file_id"], big["file_id"], bare["file_id"]}
         assert [p["file_id"] for p in found["missing"]] == [gone["file_id"]]
         quick = json.loads(run_cli(cfg, srv, "verify", "--all", "--quick", "--json").stdout)
-        assert {p["file_id"] for p in quick["changed"]} == {small["file_id"]}  # the big one: size only
+        # The big one: size only (a multipart object carries no stored checksum).
+        assert {p["file_id"] for p in quick["changed"]} == {small["file_id"], bare["file_id"]}
         assert [p["file_id"] for p in quick["missing"]] == [gone["file_id"]]
         assert quick["bytes_hashed"] == 0
 

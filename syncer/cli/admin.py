@@ -20,7 +20,7 @@ from syncer.cli.base import (
     manifest_option,
 )
 from syncer.redact import escape
-from syncer.run.runner import run_async
+from syncer.run.loop import run_async
 
 
 @main.command("fake-server", context_settings=CONTEXT)

@@ -8,14 +8,16 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from syncer import __version__, exitcodes
-from syncer import config as config_mod
 from syncer.errors import ConfigError, SyncerError
 from syncer.redact import escape
+
+if TYPE_CHECKING:
+    from syncer.config import Config
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -88,7 +90,21 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-@click.group(context_settings=CONTEXT)
+class SyncerGroup(click.Group):
+    """The ``main`` group.  Called as a function (the ``syncer`` script, ``python -m syncer``), it is the
+    process: once the command is over, the process ends without the interpreter's teardown
+    (:mod:`syncer.cli.fastexit`).  ``main.main(...)`` (click's test runner) behaves as any click group."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.main(*args, **kwargs)
+        except SystemExit as exc:  # a standalone click command always ends here, with its exit code
+            from syncer.cli.fastexit import exit_now
+
+            exit_now(exc.code)
+
+
+@click.group(cls=SyncerGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="syncer")
 def main() -> None:
     """syncer: back up and migrate a clinic's files through its Files API (v3).
@@ -104,11 +120,13 @@ def main() -> None:
     logs.reset_format()  # a command prints JSON only once it has set up JSON logs (tests run many in one process)
 
 
-def load_config(config_path: str | None, overrides: dict[str, dict[str, Any]]) -> config_mod.Config:
+def load_config(config_path: str | None, overrides: dict[str, dict[str, Any]]) -> Config:
+    from syncer import config as config_mod  # here, not at the top: ``syncer --help`` needs no config
+
     return config_mod.load(config_path, overrides=overrides)
 
 
-def setup_logs(cfg: config_mod.Config, quiet: bool) -> None:
+def setup_logs(cfg: Config, quiet: bool) -> None:
     from syncer import logs
 
     level = "warning" if quiet and cfg.log.level in ("debug", "info") else cfg.log.level

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from syncer import config as config_mod
 from syncer import exitcodes
 from syncer.cli.base import (
     CONTEXT,
@@ -25,7 +24,7 @@ from syncer.cli.base import (
 from syncer.errors import ConfigError
 from syncer.models import CATEGORIES
 from syncer.redact import escape
-from syncer.run.runner import run_async
+from syncer.run.loop import run_async
 
 
 @main.command(context_settings=CONTEXT)
@@ -212,6 +211,7 @@ def restore(config_path: str | None, manifest_path: str | None, backup_path: str
       syncer restore -c new.toml --backup old.toml --user-map users.csv --mapping-out ids.csv
       syncer restore -c syncer.toml --identity key.txt      # an encrypted backup (.age files)
     """
+    from syncer import config as config_mod
     from syncer.report.progress import human_bytes, make_reporter
     from syncer.restore.options import options_from_config
     from syncer.run.runner import execute

@@ -20,7 +20,7 @@ from syncer.cli.base import (
 from syncer.errors import ConfigError
 from syncer.models import CATEGORIES
 from syncer.redact import escape, json_text
-from syncer.run.runner import run_async
+from syncer.run.loop import run_async
 
 
 @main.command("ls", context_settings=CONTEXT)

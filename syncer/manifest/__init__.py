@@ -14,8 +14,23 @@ The recorder imports the store, never the other way round.  May import: ``syncer
 ``syncer.local`` (private files, folder fsyncs).  Imported by: the jobs, ``syncer.run``, ``syncer.report``.
 """
 
-from syncer.manifest.recorder import Recorder
+from typing import TYPE_CHECKING, Any
+
 from syncer.manifest.schema import ENCRYPTION_SCHEMA, MIGRATIONS, SCHEMA_VERSION
 from syncer.manifest.store import Manifest, Update, now_iso
+
+if TYPE_CHECKING:
+    from syncer.manifest.recorder import Recorder
+
+
+def __getattr__(name: str) -> Any:
+    """``Recorder`` on first use: it needs asyncio, which ``status``, ``ack`` and ``verify`` (readers of the
+    manifest, no event loop) should not pay for at start-up."""
+    if name == "Recorder":
+        from syncer.manifest.recorder import Recorder
+
+        return Recorder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ENCRYPTION_SCHEMA", "MIGRATIONS", "SCHEMA_VERSION", "Manifest", "Recorder", "Update", "now_iso"]

@@ -1,16 +1,23 @@
 """The manifest's tables and their migrations.
 
 ``PRAGMA user_version`` holds the schema version; ``MIGRATIONS[n]`` upgrades version n to n+1, one
-transaction a step (``Manifest`` runs them).  sqlite-utils is used here only: the hot path is plain SQL.
+transaction a step (``Manifest`` runs them).  A migration gets the plain ``sqlite3`` connection (all it
+needs is ``execute``), so neither a first run nor an upgrade imports sqlite-utils (~25 ms of a run's
+start-up).  One that wants sqlite-utils' table tools (``transform()``) wraps the connection itself with
+:func:`utils_db`.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import sqlite_utils
+
+# What a migration is given: the connection (sqlite_utils.Database has the same ``execute`` too).
+Db = sqlite3.Connection
 
 SCHEMA_VERSION = 5
 # The first schema with the encryption columns (pull_items.encrypted, stored_*, prior_path).
@@ -26,51 +33,98 @@ INSERTABLE = frozenset({"push_uploads"})
 
 
 
-def _schema_v1(db: sqlite_utils.Database) -> None:
-    db["runs"].create(
-        {"id": str, "kind": str, "started": str, "ended": str, "outcome": str, "pid": int, "host": str,
-         "files_done": int, "bytes_done": int, "failed": int, "skipped": int, "details": str},
-        pk="id",
-    )
-    db["pull_items"].create(
-        {"target_type": str, "target_id": str, "file_id": str, "category": str, "remote_name": str,
-         "size": int, "created": int, "modified": int, "ext": str, "owner_id": str,
-         "local_path": str, "path_key": str, "state": str, "attempts": int, "last_error": str,
-         "error_class": str, "sha256": str, "bytes": int, "first_seen": str, "updated_at": str,
-         "done_at": str, "run_id": str},
-        pk=PULL_KEY,
-        not_null={"state", "local_path"},
-        defaults={"attempts": 0},
-    )
+def _schema_v1(db: Db) -> None:
+    # The tables in the very text sqlite-utils 4 wrote for them before (``db[t].create(...)``): a new
+    # manifest is the same file as before, without paying ~25 ms to import sqlite-utils on a first run.
+    db.execute("""CREATE TABLE "runs" (
+   "id" TEXT PRIMARY KEY,
+   "kind" TEXT,
+   "started" TEXT,
+   "ended" TEXT,
+   "outcome" TEXT,
+   "pid" INTEGER,
+   "host" TEXT,
+   "files_done" INTEGER,
+   "bytes_done" INTEGER,
+   "failed" INTEGER,
+   "skipped" INTEGER,
+   "details" TEXT
+)""")
+    db.execute("""CREATE TABLE "pull_items" (
+   "target_type" TEXT,
+   "target_id" TEXT,
+   "file_id" TEXT,
+   "category" TEXT,
+   "remote_name" TEXT,
+   "size" INTEGER,
+   "created" INTEGER,
+   "modified" INTEGER,
+   "ext" TEXT,
+   "owner_id" TEXT,
+   "local_path" TEXT NOT NULL,
+   "path_key" TEXT,
+   "state" TEXT NOT NULL,
+   "attempts" INTEGER DEFAULT 0,
+   "last_error" TEXT,
+   "error_class" TEXT,
+   "sha256" TEXT,
+   "bytes" INTEGER,
+   "first_seen" TEXT,
+   "updated_at" TEXT,
+   "done_at" TEXT,
+   "run_id" TEXT,
+   PRIMARY KEY ("target_type", "target_id", "file_id")
+)""")
     # "What is left" reads only the rows left: a partial index over the unfinished states.
     db.execute("CREATE INDEX pull_todo ON pull_items(state) WHERE state IN ('pending', 'failed')")
     # Two remote files never share a local path (compared case-insensitively, see storage.casefold_key).
     db.execute("CREATE UNIQUE INDEX pull_path ON pull_items(path_key)")
-    db["push_items"].create(
-        {"user_id": str, "rel_path": str, "size": int, "mtime_ns": int, "sha256": str, "state": str,
-         "remote_id": str, "remote_name": str, "attempts": int, "last_error": str, "error_class": str,
-         "intent_at": float, "uploaded_at": str, "updated_at": str, "run_id": str},
-        pk=PUSH_KEY,
-        not_null={"state"},
-        defaults={"attempts": 0},
-    )
+    db.execute("""CREATE TABLE "push_items" (
+   "user_id" TEXT,
+   "rel_path" TEXT,
+   "size" INTEGER,
+   "mtime_ns" INTEGER,
+   "sha256" TEXT,
+   "state" TEXT NOT NULL,
+   "remote_id" TEXT,
+   "remote_name" TEXT,
+   "attempts" INTEGER DEFAULT 0,
+   "last_error" TEXT,
+   "error_class" TEXT,
+   "intent_at" REAL,
+   "uploaded_at" TEXT,
+   "updated_at" TEXT,
+   "run_id" TEXT,
+   PRIMARY KEY ("user_id", "rel_path")
+)""")
     db.execute("CREATE INDEX push_todo ON push_items(state) WHERE state != 'done'")
     # Every upload ever made (a changed file is uploaded again; both documents are kept here).
-    db["push_uploads"].create(
-        {"id": int, "user_id": str, "rel_path": str, "sha256": str, "size": int, "remote_id": str,
-         "uploaded_at": str, "run_id": str, "adopted": int},
-        pk="id",
-    )
+    db.execute("""CREATE TABLE "push_uploads" (
+   "id" INTEGER PRIMARY KEY,
+   "user_id" TEXT,
+   "rel_path" TEXT,
+   "sha256" TEXT,
+   "size" INTEGER,
+   "remote_id" TEXT,
+   "uploaded_at" TEXT,
+   "run_id" TEXT,
+   "adopted" INTEGER
+)""")
     db.execute("CREATE UNIQUE INDEX push_uploads_remote ON push_uploads(remote_id)")
-    db["events"].create(
-        {"id": int, "at": str, "run_id": str, "kind": str, "item": str, "event": str, "error_class": str,
-         "detail": str},
-        pk="id",
-    )
+    db.execute("""CREATE TABLE "events" (
+   "id" INTEGER PRIMARY KEY,
+   "at" TEXT,
+   "run_id" TEXT,
+   "kind" TEXT,
+   "item" TEXT,
+   "event" TEXT,
+   "error_class" TEXT,
+   "detail" TEXT
+)""")
     db.execute("CREATE INDEX events_run ON events(run_id)")
 
 
-def _schema_v2(db: sqlite_utils.Database) -> None:
+def _schema_v2(db: Db) -> None:
     """v1 -> v2: covering indexes for the counts and bytes by state (``syncer status``), which then read
     a narrow index instead of every row (5x faster on a million files).  Idempotent."""
     db.execute("CREATE INDEX IF NOT EXISTS pull_state_size ON pull_items(state, size)")
@@ -82,7 +136,7 @@ def _schema_v2(db: sqlite_utils.Database) -> None:
 SCOPE_KEY = ("kind", "scope", "scope_id")
 
 
-def _schema_v3(db: sqlite_utils.Database) -> None:
+def _schema_v3(db: Db) -> None:
     """v2 -> v3: failures that stay visible.
 
     - ``scope_failures``: a target (or user) that could not be listed or listed nothing, with who
@@ -110,7 +164,7 @@ def _schema_v3(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE pull_items ADD COLUMN listed_own INTEGER")
 
 
-def _schema_v4(db: sqlite_utils.Database) -> None:
+def _schema_v4(db: Db) -> None:
     """v3 -> v4: ``restore_items``, one row per backed-up file a restore puts into a destination user
     (``syncer restore``): the intent before its POST, the new document's id (the old id -> new id
     mapping), the name as sent when it had to be made sendable.  ``link_pull`` = 1 marks a same-account
@@ -128,7 +182,7 @@ def _schema_v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS restore_state ON restore_items(state)")
 
 
-def _schema_v5(db: sqlite_utils.Database) -> None:
+def _schema_v5(db: Db) -> None:
     """v4 -> v5: encryption at rest.  ``encrypted`` (0/1) says how the file at ``local_path`` is stored
     (an age file when 1; ``local_path`` is always the stored path, ``.age`` included); ``sha256`` and
     ``bytes`` stay those of the plaintext, ``stored_sha256``/``stored_size`` are those of the file on
@@ -146,6 +200,14 @@ def _schema_v5(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS pull_state_encrypted ON pull_items(state, encrypted)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+MIGRATIONS: dict[int, Callable[[Db], None]] = {
     0: _schema_v1, 1: _schema_v2, 2: _schema_v3, 3: _schema_v4, 4: _schema_v5,
 }
+
+
+def utils_db(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """sqlite-utils on ``conn``, imported only now.  No plugins: nothing but syncer touches the connection
+    to the patients' manifest (and loading them scans every installed package: ~20 ms)."""
+    import sqlite_utils
+
+    return sqlite_utils.Database(conn, execute_plugins=False)

@@ -11,7 +11,6 @@ manifest written by a newer syncer is refused rather than guessed at.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -27,6 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 if TYPE_CHECKING:
+    import asyncio
+
     import sqlite_utils
 
 from syncer.errors import LocalIOError, ManifestError
@@ -42,6 +43,7 @@ from syncer.manifest.schema import (  # noqa: F401 - the schema's names, re-expo
     READABLE_FROM,
     SCHEMA_VERSION,
     TABLE_KEYS,
+    utils_db,
 )
 
 T = TypeVar("T")
@@ -182,14 +184,10 @@ class Manifest(FailureRecords, ReportQueries):
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """sqlite-utils on the same connection, for schema work (migrations).  Imported on first use:
-        the import costs more than a small run's whole hot path, which uses plain SQL."""
+        """sqlite-utils on the same connection (:func:`~syncer.manifest.schema.utils_db`), made on first
+        use: nothing in a run needs it (migrations and the hot path are plain SQL)."""
         if self._db is None:
-            import sqlite_utils
-
-            # No plugins: nothing but syncer touches the connection to the patients' manifest (and
-            # loading them scans every installed package: ~20 ms of a first run's start).
-            self._db = sqlite_utils.Database(self.conn, execute_plugins=False)
+            self._db = utils_db(self.conn)
         return self._db
 
     @contextlib.contextmanager
@@ -219,8 +217,8 @@ class Manifest(FailureRecords, ReportQueries):
     def _migrate(self, version: int) -> None:
         """Upgrade to SCHEMA_VERSION, one step per transaction (a crash leaves the last complete step)."""
         while version < SCHEMA_VERSION:
-            with self.db.atomic():
-                MIGRATIONS[version](self.db)
+            with self._atomic():
+                MIGRATIONS[version](self.conn)
                 version += 1
                 self.conn.execute(f"PRAGMA user_version = {version}")
             self.version = version
@@ -232,6 +230,8 @@ class Manifest(FailureRecords, ReportQueries):
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the manifest's own thread (the only thread that touches the connection)."""
+        import asyncio  # here: the readers (status, ack, verify) never start a loop, nor pay for asyncio
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 

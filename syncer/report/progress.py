@@ -9,7 +9,6 @@ terminal too, so nothing but JSON lines reaches a log.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -96,6 +95,8 @@ def make_reporter(*, quiet: bool, interval: float, stream: TextIO | None = None,
 
 async def _plain(stats: RunStats, stream: TextIO, interval: float,
                  render: Callable[[RunStats], str] = progress_line) -> None:
+    import asyncio  # here, not at the top: ``status`` uses this module's formatting and runs no loop
+
     next_at = time.monotonic() + interval
     while True:
         await asyncio.sleep(max(0.05, next_at - time.monotonic()))
@@ -104,6 +105,8 @@ async def _plain(stats: RunStats, stream: TextIO, interval: float,
 
 
 async def _rich(stats: RunStats, stream: TextIO) -> None:
+    import asyncio
+
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 

@@ -315,7 +315,7 @@ def collect_all_shards(dest: str, cfg: Any, *, failures: int = DEFAULT_FAILURES)
     """Every shard's status, read from its manifest snapshot in the bucket, with the totals."""
     import tempfile
 
-    from syncer.run.runner import run_async
+    from syncer.run.loop import run_async
     from syncer.store.s3 import ObjectSink
     from syncer.store.snapshot import fetch_all
 

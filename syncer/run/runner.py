@@ -9,53 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol
 
 from syncer import exitcodes
 from syncer.api.retry import RetryPolicy
 from syncer.config import Config
-from syncer.errors import ConfigError, SyncerError, error_class
+from syncer.errors import SyncerError, error_class
 from syncer.local.lock import RunLock
 from syncer.logs import describe, event
-from syncer.manifest import Manifest, Recorder
+from syncer.manifest import Manifest
+from syncer.manifest.recorder import Recorder
 from syncer.redact import register_secret
+from syncer.run.loop import LOOP_ENV, run_async  # noqa: F401 - re-exported: its old home
 from syncer.run.signals import on_stop_signals
 from syncer.run.stats import RunStats
 
 log = logging.getLogger("syncer.run")
 
 STOP_GRACE = 5.0  # seconds in-flight items get to finish after SIGINT/SIGTERM
-LOOP_ENV = "SYNCER_EVENT_LOOP"
-T = TypeVar("T")
-
-
-def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on a new event loop: uvloop's where it is installed (a dependency on Linux and macOS;
-    why: tests/perf/README.md), else asyncio's own.
-    ``SYNCER_EVENT_LOOP=asyncio`` forces asyncio's loop, to rule the loop out when chasing a problem;
-    ``uvloop`` insists on uvloop.  Anything else is a ConfigError (exit 2)."""
-    choice = os.environ.get(LOOP_ENV, "").strip().lower()
-    try:
-        if choice not in ("", "auto", "uvloop", "asyncio"):
-            raise ConfigError(f"{LOOP_ENV}={choice!r}: use uvloop, asyncio or auto")
-        if choice != "asyncio":
-            try:
-                import uvloop
-            except ImportError:
-                if choice == "uvloop":
-                    raise ConfigError(f"{LOOP_ENV}=uvloop, but uvloop is not installed") from None
-            else:
-                return uvloop.run(main)
-    except BaseException:
-        main.close()  # never started: no "coroutine was never awaited" warning
-        raise
-    return asyncio.run(main)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The event loop a run gets (``runner.run_async``): uvloop's where installed, asyncio's on request."""
+"""The event loop a run gets (``syncer.run.loop.run_async``): uvloop's where installed, asyncio's on request."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers import write_config
 
 from syncer.errors import ConfigError
 from syncer.fakeserver import FakeServer
-from syncer.run.runner import LOOP_ENV, run_async
+from syncer.run.loop import LOOP_ENV, run_async
 
 try:
     import uvloop

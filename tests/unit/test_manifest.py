@@ -297,6 +297,7 @@ def test_sqlite_utils_plugins_never_touch_the_manifest(tmp_path: Path) -> None:
         sqlite_utils.Database(sqlite3.connect(":memory:"))  # the spy is live: it sees an ordinary database
         assert len(seen) == 1
         m = Manifest.open(tmp_path / "m.sqlite")
+        assert m.db["runs"].count == 0  # sqlite-utils on the manifest (made on first use): no plugin either
         m.close()
     finally:
         su_plugins.pm.unregister(spy)

@@ -3,7 +3,8 @@
 - A new manifest is created at the current schema, 0600.
 - An old (v1) manifest, built here as v1 code wrote it, opens and upgrades to v2 with every row kept;
   the v1 -> v2 step is idempotent; a read-only reader (status, verify) uses a v1 manifest as it is.
-- A migration that fails leaves the manifest at the last complete version.
+- A migration that fails leaves the manifest at the last complete version; a new manifest is made in
+  one transaction (left empty when a step fails), with the schema the steps one by one make.
 - A file that is not SQLite, an SQLite file that is not a manifest, and a manifest of a newer schema
   are refused with a message naming the problem, and left byte for byte as they were.
 - Atomic batches under SIGKILL: tests/reliability/test_manifest_kill.py.
@@ -168,6 +169,40 @@ def test_a_failing_migration_leaves_the_last_complete_version(tmp_path: Path, mo
         Manifest.open(path)
     assert user_version(path) == 1 and "pull_state_size" not in indexes(path)
     assert dump(path) == before
+    monkeypatch.undo()
+    Manifest.open(path).close()
+    assert user_version(path) == SCHEMA_VERSION
+
+
+def schema_of(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_new_manifest_in_one_transaction_equals_an_upgraded_one(tmp_path: Path) -> None:
+    """A new manifest gets every step at once; the result is what the steps one by one make of a v1 file."""
+    new, old = tmp_path / "new.sqlite", tmp_path / "old.sqlite"
+    Manifest.open(new).close()
+    make_v1(old, rows=0)
+    Manifest.open(old).close()
+    assert user_version(new) == user_version(old) == SCHEMA_VERSION
+    assert schema_of(new) == schema_of(old)
+
+
+def test_a_new_manifest_that_fails_half_way_is_left_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.sqlite"
+
+    def fail(db: sqlite3.Connection) -> None:
+        db.execute("CREATE INDEX half ON pull_items(size)")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setitem(manifest_mod.MIGRATIONS, 3, fail)
+    with pytest.raises(LocalIOError, match="cannot prepare the manifest .*disk I/O error"):
+        Manifest.open(path)
+    assert user_version(path) == 0 and schema_of(path) == []  # nothing of the earlier steps either
     monkeypatch.undo()
     Manifest.open(path).close()
     assert user_version(path) == SCHEMA_VERSION

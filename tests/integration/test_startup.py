@@ -135,8 +135,10 @@ ENTRY = textwrap.dedent("""
 """)
 
 
-def run_entry(*args: str) -> subprocess.CompletedProcess[str]:
+def run_entry(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout really buffered
+    if token is not None:
+        env["VSEE_API_TOKEN"] = token
     return subprocess.run([sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -148,6 +150,21 @@ def test_the_process_ends_with_its_code_output_and_atexit_callbacks_but_no_teard
     assert "teardown ran" not in done.stderr
     ok = run_entry("--version")
     assert ok.returncode == 0 and "syncer, version" in ok.stdout and "atexit ran" in ok.stdout
+
+
+def test_a_pull_and_a_status_leave_no_thread_behind_so_they_end_at_once(tmp_path: Path) -> None:
+    """Every thread a run starts (the manifest's, the writers', the loop's) is joined before the command
+    returns; one left behind would bring the teardown back (and go unnoticed but for this)."""
+    srv = FakeServer(seed=6, users=2, files_per_user=3, visits=1)
+    with srv.run_in_thread():
+        cfg = write_config(tmp_path, srv)
+        pull = run_entry("pull", "-c", str(cfg), token=srv.api_key)
+    assert pull.returncode == 0, pull.stderr
+    assert "pull ok" in pull.stdout and pull.stdout.endswith("atexit ran\n")
+    assert "teardown ran" not in pull.stderr
+    assert not (tmp_path / "manifest.sqlite-wal").exists()  # the manifest was closed, not just abandoned
+    status = run_entry("status", "-c", str(cfg))
+    assert status.returncode == 0 and "teardown ran" not in status.stderr
 
 
 def test_a_thread_still_running_gets_the_usual_ending() -> None:

@@ -60,15 +60,16 @@ def test_status_reads_the_manifest_without_an_event_loop(tmp_path: Path) -> None
     assert not modules & RUN_ONLY, f"syncer status imports {sorted(modules & RUN_ONLY)}"
 
 
-def test_a_first_pull_imports_neither_sqlite_utils_nor_tenacity(tmp_path: Path) -> None:
+def test_a_first_pull_into_a_folder_imports_only_what_it_uses(tmp_path: Path) -> None:
     srv = FakeServer(seed=5, users=2, files_per_user=2, visits=0)
     with srv.run_in_thread():
         cfg = write_config(tmp_path, srv)
         code, modules = modules_after(["pull", "-q", "-c", str(cfg)], env={"VSEE_API_TOKEN": srv.api_key})
     assert code == 0
     assert "aiohttp" in modules  # it did run
-    assert "sqlite_utils" not in modules
-    assert "tenacity" not in modules  # no request failed: nothing was retried
+    # No manifest tools, no retry machinery (nothing failed), no encryption, no bucket, no terminal bar (-q).
+    needless = modules & {"sqlite_utils", "tenacity", "pyrage", "obstore", "boto3", "rich"}
+    assert not needless, f"a first pull into a folder imports {sorted(needless)}"
     conn = sqlite3.connect(tmp_path / "manifest.sqlite")
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

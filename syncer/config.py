@@ -15,6 +15,7 @@ API key comes from the environment variable named by ``api.token_env``; per-user
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import math
 import os
@@ -77,6 +78,9 @@ class PullConfig:
     concurrency: int = DEFAULT_PULL_CONCURRENCY
     segment_threshold: int = DEFAULT_SEGMENT_THRESHOLD
     segments: int = DEFAULT_SEGMENTS      # 1: every file over one connection
+    # How small files (< 1 MiB) are made durable before they are recorded (syncer.local.batch): "syncfs",
+    # one syncfs(2) a batch where the kernel reports errors through it (else an fsync each), or "fsync".
+    durability: str = "syncfs"
     # Encryption at rest (age): recipients (public keys) and/or an age recipients file.  Checked by
     # syncer.crypto.recipients when a pull starts (pyrage is imported only then).
     encrypt_to: tuple[str, ...] = ()
@@ -272,6 +276,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError("concurrency must be between 1 and 512")
     if not 1 <= cfg.pull.segments <= 16:
         raise ConfigError("pull.segments must be between 1 and 16")
+    if cfg.pull.durability not in ("syncfs", "fsync"):
+        raise ConfigError(f"pull.durability must be \"syncfs\" or \"fsync\", not {cfg.pull.durability!r}")
     if cfg.pull.segment_threshold < MIN_SEGMENT_THRESHOLD:
         raise ConfigError(f"pull.segment_threshold must be at least {MIN_SEGMENT_THRESHOLD} bytes (1 MiB)")
     for text in cfg.pull.targets:
@@ -331,6 +337,7 @@ def url_refusal(url: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)  # every view link is checked: a run meets a handful of hosts
 def _is_loopback(host: str) -> bool:
     """A literal loopback address (127.0.0.0/8, ::1); never a name."""
     try:

@@ -16,9 +16,12 @@ import stat
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncer.local.names import MAX_NAME_BYTES
+
+if TYPE_CHECKING:
+    from syncer.local.batch import BatchCommitter
 from syncer.local.partial import (  # noqa: F401 - re-exported: callers name them from the writer
     Encryptor,
     PositionalWrites,
@@ -48,6 +51,10 @@ WRITE_BUFFER_BYTES = 1 << 20  # one thread hop per MiB, not per network chunk
 # link meanwhile.)
 _ready_folders: dict[tuple[str, str], Path] = {}
 _READY_FOLDERS_MAX = 4096
+
+
+class _Abandoned(Exception):
+    """A batched file whose writer was aborted (its download cancelled) before the batch got to it."""
 
 
 def _mark_retrieved(fut: asyncio.Future[object]) -> None:
@@ -101,8 +108,11 @@ class AtomicWriter(PositionalWrites):
         chunk_fsync: bool = False,
         sync_dir: bool = True,
         encryptor: Encryptor | Any = None,
+        batch: BatchCommitter | None = None,
     ):
         self.encryptor: Encryptor | None = encryptor
+        # The run's group commit: a file still wholly in memory at commit() joins its next batch.
+        self.batch = batch
         self.final_path = Path(final_path)
         # False: the caller fsyncs the folder itself (see fsync_dirs), once for many files, before it
         # records any of them as done.
@@ -119,6 +129,10 @@ class AtomicWriter(PositionalWrites):
         self._fd: int | None = None
         self._created = False  # the temp file exists (open() may leave that to the first write)
         self._hash = hashlib.sha256()
+        # A small plain file headed for a group commit is hashed there, in the commit thread (off the
+        # event loop, in parallel with it), not chunk by chunk on arrival: see syncer.local.batch.
+        self._defer_hash = (batch is not None and encryptor is None and expected_size is not None
+                            and expected_size < WRITE_BUFFER_BYTES)
         self._bytes = 0  # received, buffered or written
         self._buf: list[bytes] = []
         self._buf_len = 0
@@ -182,7 +196,9 @@ class AtomicWriter(PositionalWrites):
             self._state = "open"
             return
         try:
-            await asyncio.to_thread(self._open_sync, offset)
+            # At offset 0 only the folder is checked (and made) now: the file is created by its first
+            # write, so that a small file can still join a group commit.
+            await asyncio.to_thread(self._open_sync, offset, offset > 0)
         except OSError as exc:
             raise _disk_error(exc, "cannot create a download's temp file", self.final_path.parent) from exc
         self._state = "open"
@@ -196,7 +212,7 @@ class AtomicWriter(PositionalWrites):
         self._temp = folder / self.temp_path.name
         return True
 
-    def _open_sync(self, offset: int) -> None:
+    def _open_sync(self, offset: int, create: bool = True) -> None:
         final = os.path.abspath(self.final_path)
         key = (os.path.abspath(self.root), os.path.dirname(final))
         for attempt in (1, 2):
@@ -209,6 +225,8 @@ class AtomicWriter(PositionalWrites):
                 _ready_folders[key] = folder
             self._final = folder / os.path.basename(final)
             self._temp = folder / self.temp_path.name
+            if not create:
+                return
             try:
                 self._create_sync(offset)
                 return
@@ -287,7 +305,8 @@ class AtomicWriter(PositionalWrites):
         if self.expected_size is not None and self._bytes > self.expected_size:
             await self.abort(keep_partial=False)
             raise SizeMismatchError(self.expected_size, self._bytes, over=True)
-        self._hash.update(chunk)
+        if not self._defer_hash:
+            self._hash.update(chunk)
         self._buf.append(chunk)
         self._buf_len += len(chunk)
         if self._buf_len >= WRITE_BUFFER_BYTES:
@@ -335,10 +354,16 @@ class AtomicWriter(PositionalWrites):
             if self.expected_size is not None and self._bytes != self.expected_size:
                 raise SizeMismatchError(self.expected_size, self._bytes)
             chunks, self._buf, self._buf_len = self._buf, [], 0
-            fut = asyncio.get_running_loop().run_in_executor(None, self._commit_sync, chunks)
-            fut.add_done_callback(_mark_retrieved)
             try:
-                await asyncio.shield(fut)
+                if self.batch is not None and self._fd is None and not self._created and self.encryptor is None:
+                    await self.batch.commit(self, chunks)  # a small file: written, synced, renamed with others
+                else:
+                    if self._defer_hash:
+                        for chunk in chunks:
+                            self._hash.update(chunk)
+                    fut = asyncio.get_running_loop().run_in_executor(None, self._commit_sync, chunks)
+                    fut.add_done_callback(_mark_retrieved)
+                    await asyncio.shield(fut)
             except OSError as exc:
                 raise _disk_error(exc, "cannot finish a download", self.final_path.parent) from exc
         except BaseException:
@@ -364,6 +389,40 @@ class AtomicWriter(PositionalWrites):
             self._state = "committed"
             if self.sync_dir:
                 _fsync_dir(self._final.parent)
+
+    # -- the steps of a group commit (syncer.local.batch), each in its thread under the writer's lock
+
+    def batch_write(self, chunks: list[bytes]) -> None:
+        with self._lock:
+            if self._state != "open":
+                raise _Abandoned()
+            try:
+                if self._defer_hash:
+                    for chunk in chunks:
+                        self._hash.update(chunk)
+                _write_all(self._fd_for_writing(), chunks)
+            except BaseException:
+                self._failed = True
+                raise
+
+    def batch_fsync(self) -> None:
+        with self._lock:
+            if self._state != "open" or self._fd is None:
+                raise _Abandoned()
+            try:
+                os.fsync(self._fd)
+            except BaseException:
+                self._failed = True
+                raise
+
+    def batch_rename(self) -> None:
+        with self._lock:
+            if self._state != "open" or self._fd is None:
+                raise _Abandoned()
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            os.replace(self._temp, self._final)
+            self._state = "committed"
 
     @property
     def folder(self) -> Path:

@@ -97,7 +97,10 @@ class PullJob:
         if not self.opts.dry_run:
             await self.sink.prepare()
             self.scope_open = await self.ctx.manifest.call(self.ctx.manifest.open_scope_failures, "pull", "target")
-        await self.pool.run(self._list_all)
+        try:
+            await self.pool.run(self._list_all)
+        finally:
+            await self.sink.close()  # the folder's group-commit thread; a bucket's client
 
     # -- stage 1: listing and planning -----------------------------------------------------------
     async def _list_all(self) -> None:

@@ -58,4 +58,4 @@ def open_sink(dest: str | Path, cfg: Config | None = None) -> Any:
         return ObjectSink.from_config(str(dest), cfg)
     from syncer.store.local import LocalSink
 
-    return LocalSink(Path(dest))
+    return LocalSink(Path(dest), durability=cfg.pull.durability if cfg is not None else "syncfs")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from syncer.errors import LocalIOError
+from syncer.local.batch import BatchCommitter
 from syncer.local.storage import TEMP_SUFFIX, UnsafePathError, make_dirs, sha256_file
 from syncer.local.writer import AtomicWriter, Encryptor
 
@@ -55,8 +56,9 @@ class LocalSink:
 
     kind = "folder"
 
-    def __init__(self, dest: Path):
+    def __init__(self, dest: Path, *, durability: str = "syncfs"):
         self.dest = Path(dest)
+        self.batch = BatchCommitter(durability)  # small files are committed in groups (syncer.local.batch)
 
     def __str__(self) -> str:
         return str(self.dest)
@@ -84,7 +86,7 @@ class LocalSink:
         """An atomic writer for ``rel`` (already checked to stay inside the folder lexically); with an
         ``encryptor`` (``syncer.crypto.stream.AgeEncryptor``) only its ciphertext reaches the disk."""
         return AtomicWriter(self.dest / rel, root=self.dest, expected_size=expected_size, sync_dir=False,
-                            encryptor=encryptor)
+                            encryptor=encryptor, batch=self.batch)
 
     async def close(self) -> None:
-        return None
+        await self.batch.close()

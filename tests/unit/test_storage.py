@@ -54,13 +54,17 @@ def leftovers(folder: Path) -> list[str]:
 async def test_happy_path_bytes_hash_and_modes(tmp_path: Path, umask: int) -> None:
     root = tmp_path / "dest"
     final = root / "user" / "42" / "user_document" / "a.pdf"
-    data = os.urandom(100_000)
+    data = os.urandom(WRITE_BUFFER_BYTES + 100_000)
     async with AtomicWriter(final, root=root, expected_size=len(data)) as w:
         await w.open()
         assert w.temp_path == final.with_name(".a.pdf.syncer-part")
-        assert mode(w.temp_path) == 0o600
-        for c in chunks_of(data, 7_000):
+        # open() checks and makes the folder; the temp is created by the first write to disk (so that
+        # a small file can join a group commit, syncer.local.batch).
+        assert mode(final.parent) == 0o700 and not w.temp_path.exists()
+        for c in chunks_of(data, 70_000):
             await w.write(c)
+        await w._wait_pending()  # the first MiB is on its way to disk: the temp exists now
+        assert mode(w.temp_path) == 0o600
         assert not final.exists()
         result = await w.commit()
     assert result == (len(data), hashlib.sha256(data).hexdigest())

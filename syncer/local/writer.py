@@ -9,6 +9,7 @@ name (file names are patient data).  The path rules it relies on live in :mod:`s
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -113,8 +114,6 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
         self.resume = resume
         self.chunk_fsync = chunk_fsync
         self.temp_path = self.final_path.with_name(temp_name(self.final_path.name))
-        # Where a segmented download (syncer.pull.segments) records which byte ranges of the temp are durable.
-        self.segs_path = self.final_path.with_name(segs_name(self.final_path.name))
         self._final = self.final_path  # resolved in open()
         self._temp = self.temp_path
         self._fd: int | None = None
@@ -134,6 +133,12 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
         self._positional = False  # opened by open_positional (syncer.pull.segments)
 
     # -- queries
+
+    @functools.cached_property
+    def segs_path(self) -> Path:  # type: ignore[override]
+        """Where a segmented download (syncer.pull.segments) records which byte ranges of the temp are
+        durable."""
+        return self.final_path.with_name(segs_name(self.final_path.name))
 
     def existing_bytes(self) -> int:
         """Bytes in a temp file left by an interrupted run, worth a Range request; else 0.
@@ -298,10 +303,12 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
             if self._state != "open":
                 raise _Abandoned()
             try:
-                if self._defer_hash:
-                    for chunk in chunks:
-                        self._hash.update(chunk)
-                _write_all(self._fd_for_writing(), chunks)
+                # One piece: each hash update and each write lets go of the GIL, and taking it back
+                # from a busy event loop is most of what a small file costs this thread.
+                data = chunks if len(chunks) < 2 else [b"".join(chunks)]
+                if self._defer_hash and data:
+                    self._hash.update(data[0])
+                _write_all(self._fd_for_writing(), data)
             except BaseException:
                 self._failed = True
                 raise

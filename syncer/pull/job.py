@@ -251,9 +251,9 @@ class PullJob:
             await self._remove_replaced(item.key, item.replaces)
         else:
             self.ctx.recorder.put(update)
-        self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
-                           bytes=nbytes,
-                           duration=round(time.monotonic() - started, 3))
+        if log.isEnabledFor(logging.DEBUG):
+            self.ctx.log_event("downloaded", level=logging.DEBUG, file_id=item.file_id, target=str(item.target),
+                               bytes=nbytes, duration=round(time.monotonic() - started, 3))
 
     async def _convert(self, item: WorkItem) -> tuple[int, str, Path] | None:
         """``--reencrypt``: encrypt the local plain copy; None (download it instead) when it is gone or
@@ -331,8 +331,8 @@ class PullJob:
         renamed into it meanwhile) before it records the file as done."""
         # Only a lexical check here, on the event loop: the writer resolves the folder (symlinks
         # included) with ensure_inside in its own thread before it creates anything.
-        rel = Path(item.local_path)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        rel = item.local_path
+        if not rel or rel.startswith("/") or ".." in rel.split("/"):
             raise UnsafeNameError(f"file {item.file_id}: its local path would leave the destination")
         if item.encrypted and not self.opts.recipients:
             raise ConfigError("an encrypted file is due but no recipient is configured")

@@ -91,6 +91,10 @@ def _mkdir_private(path: Path) -> None:
             raise
         return  # made by someone else (another downloader): not ours to chmod
     os.chmod(path, 0o700)  # the umask may have taken bits away; never added any, but be exact
+    # The new folder's name durable in its parent: the recorder fsyncs only the folder a file is renamed
+    # into, and without this a crash could lose the folder (and every file in it) after they are recorded
+    # done.  Once per folder made.
+    _fsync_dir(Path(path).parent)
 
 
 def make_dirs(path: Path, root: Path) -> None:

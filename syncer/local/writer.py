@@ -316,7 +316,7 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
     def batch_fsync(self) -> None:
         with self._lock:
             if self._state != "open" or self._fd is None:
-                raise _Abandoned()
+                return  # abandoned meanwhile: it will not be renamed, and must not fail the others
             try:
                 os.fsync(self._fd)
             except BaseException:

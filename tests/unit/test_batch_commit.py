@@ -38,13 +38,14 @@ async def fetch_one(committer: BatchCommitter, root: Path, rel: str, data: bytes
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Count fsync(2) and syncfs(2) calls (they still happen)."""
+    """Count fsync(2) of files and syncfs(2) calls (they still happen)."""
     calls = {"fsync": 0, "syncfs": 0}
     real_fsync = os.fsync
     real_syncfs = batch_mod._SyncFs.__call__
 
     def fsync(fd: int) -> None:
-        calls["fsync"] += 1
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # a file's, not a new folder's (made durable in its parent)
+            calls["fsync"] += 1
         real_fsync(fd)
 
     def syncfs(self: batch_mod._SyncFs, fd: int) -> None:
@@ -148,8 +149,9 @@ async def test_without_syncfs_in_the_kernel_each_file_is_fsynced(
     assert counted["fsync"] == 6
 
 
-async def test_a_cancelled_download_leaves_no_temp_and_the_others_land(tmp_path: Path) -> None:
-    committer = BatchCommitter("syncfs")
+@pytest.mark.parametrize("mode", ["syncfs", "fsync"])
+async def test_a_cancelled_download_leaves_no_temp_and_the_others_land(tmp_path: Path, mode: str) -> None:
+    committer = BatchCommitter(mode)
     bodies = {f"user/1/user_document/f{i}.pdf": os.urandom(20_000) for i in range(30)}
     tasks = [asyncio.create_task(fetch_one(committer, tmp_path, rel, data)) for rel, data in bodies.items()]
     await asyncio.sleep(0)
@@ -173,9 +175,9 @@ async def test_files_cancelled_while_queued_are_never_written(tmp_path: Path, mo
     release = threading.Event()
     real_sync = BatchCommitter._sync
 
-    def held_sync(self: BatchCommitter, files: list) -> None:
+    def held_sync(self: BatchCommitter, *args: object) -> None:
         release.wait(10)  # the first batch holds the thread while the next files queue up
-        real_sync(self, files)
+        real_sync(self, *args)
 
     monkeypatch.setattr(BatchCommitter, "_sync", held_sync)
     committer = BatchCommitter("syncfs")
@@ -218,3 +220,80 @@ async def test_big_files_and_resumed_files_do_not_take_the_batch(tmp_path: Path)
 def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError):
         BatchCommitter("sometimes")
+
+
+async def test_the_syncfs_descriptor_is_opened_before_the_batch_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """syncfs reports the write-back errors that happened since its descriptor was opened: opened after
+    the writes, it could miss a failed early write-back of this very batch."""
+    committer = BatchCommitter("syncfs")
+    if not committer.uses_syncfs:
+        pytest.skip("no trusted syncfs here")
+    opens: list[str] = []
+    real_open = os.open
+
+    def spy(path: object, flags: int, *args: object, **kw: object) -> int:
+        opens.append("folder" if flags & os.O_DIRECTORY else ("temp" if flags & os.O_CREAT else "other"))
+        return real_open(path, flags, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy)
+    await asyncio.gather(*(fetch_one(committer, tmp_path, f"user/1/user_document/f{i}.pdf", b"x" * 100)
+                           for i in range(5)))
+    await committer.close()
+    assert "folder" in opens and "temp" in opens
+    assert opens.index("folder") < opens.index("temp"), opens
+
+
+def test_mount_types_are_read_from_mountinfo() -> None:
+    text = ("27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard\n"
+            "25 24 0:23 / /dev/shm rw,relatime shared:5 master:1 - tmpfs tmpfs rw,size=24683664k\n"
+            "90 27 0:45 / /mnt/nas rw - cifs //nas/backup rw,vers=3.0\n"
+            "91 27 0:46 / /mnt/ssh rw - fuse.sshfs host:/x rw\n"
+            "garbage line\n")
+    types = batch_mod.mount_types(text)
+    assert types[os.makedev(254, 0)] == "ext4"
+    assert types[os.makedev(0, 23)] == "tmpfs"  # optional fields before the separator are skipped
+    assert types[os.makedev(0, 45)] == "cifs" and types[os.makedev(0, 46)] == "fuse.sshfs"
+    assert {t for t in types.values() if t in batch_mod.SYNCFS_TYPES} == {"ext4", "tmpfs"}
+
+
+async def test_a_file_system_whose_syncfs_is_not_trusted_gets_an_fsync_a_file(
+        tmp_path: Path, counted: dict[str, int]) -> None:
+    committer = BatchCommitter("syncfs")
+    committer._types = {os.stat(tmp_path).st_dev: "fuse.sshfs"}  # as if the destination were sshfs
+    await asyncio.gather(*(fetch_one(committer, tmp_path, f"user/1/user_document/f{i}.pdf", b"y" * 300)
+                           for i in range(7)))
+    await committer.close()
+    assert counted["syncfs"] == 0 and counted["fsync"] == 7
+    assert len(list((tmp_path / "user/1/user_document").iterdir())) == 7
+
+
+async def test_a_file_abandoned_before_its_fsync_does_not_fail_the_others(tmp_path: Path) -> None:
+    committer = BatchCommitter("fsync")
+    writers = [AtomicWriter(tmp_path / f"u/f{i}", root=tmp_path, expected_size=10, sync_dir=False, batch=committer)
+               for i in range(3)]
+    for w in writers:
+        await w.open(0)
+    for w in writers:
+        w.batch_write([b"0123456789"])
+    await writers[1].abort(keep_partial=False)  # its download was cancelled between write and sync
+    committer._sync(writers, {})  # no exception: the abandoned file is skipped
+    for i in (0, 2):
+        writers[i].batch_rename()
+        assert (tmp_path / f"u/f{i}").read_bytes() == b"0123456789"
+    assert not (tmp_path / "u/f1").exists() and temps(tmp_path) == []
+    await committer.close()
+
+
+def test_pull_durability_reaches_the_folder_sink(tmp_path: Path) -> None:
+    from syncer.config import load
+    from syncer.errors import ConfigError
+    from syncer.store import open_sink
+
+    cfg_file = tmp_path / "syncer.toml"
+    cfg_file.write_text('[pull]\ndurability = "fsync"\n', encoding="utf-8")
+    cfg = load(cfg_file, env={})
+    assert open_sink(tmp_path / "backup", cfg).batch.uses_syncfs is False
+    cfg_file.write_text('[pull]\ndurability = "sometimes"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="pull.durability"):
+        load(cfg_file, env={})

@@ -510,3 +510,23 @@ def test_iter_regular_files_reports_unreadable_folders(tmp_path: Path, monkeypat
     found = [p.name for p, _ in iter_regular_files(tmp_path, on_skip=lambda p, why: skipped.append((p.name, why)))]
     assert found == ["ok.txt"]
     assert skipped == [("locked", "unreadable: Permission denied")]
+
+
+def test_a_new_folder_is_made_durable_in_its_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder fsyncs the folder a file lands in; the folder's own name lives in its parent, which
+    make_dirs fsyncs when it adds a folder there (a crash must not lose a folder of recorded files)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    (tmp_path / "dest").mkdir()
+    make_dirs(tmp_path / "dest" / "user" / "7" / "user_document", tmp_path / "dest")
+    base = str(tmp_path / "dest")
+    assert synced == [base, base + "/user", base + "/user/7"]
+    synced.clear()
+    make_dirs(tmp_path / "dest" / "user" / "7" / "user_document", tmp_path / "dest")
+    assert synced == []  # nothing made, nothing to sync

@@ -9,12 +9,14 @@ name (file names are patient data).  The path rules it relies on live in :mod:`s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -223,19 +225,25 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
             # cancelled), asyncio must not report it later as 'exception was never retrieved'.
             self._pending.add_done_callback(_mark_retrieved)
 
+    @contextlib.contextmanager
+    def _marks_failure(self) -> Iterator[None]:
+        """Around a worker-thread step that writes or syncs the temp (under the writer's lock): a failure
+        marks the writer failed (what is on disk is no longer a clean prefix: never kept, never resumed)."""
+        try:
+            yield
+        except BaseException:
+            self._failed = True
+            raise
+
     def _flush_sync(self, chunks: list[bytes]) -> None:
-        with self._lock:
-            try:
-                fd = self._fd_for_writing()
-                if self.encryptor is not None:
-                    self.encryptor.write(fd, chunks)
-                else:
-                    _write_all(fd, chunks)
-                if self.chunk_fsync:
-                    os.fsync(fd)
-            except BaseException:
-                self._failed = True
-                raise
+        with self._lock, self._marks_failure():
+            fd = self._fd_for_writing()
+            if self.encryptor is not None:
+                self.encryptor.write(fd, chunks)
+            else:
+                _write_all(fd, chunks)
+            if self.chunk_fsync:
+                os.fsync(fd)
 
     async def _wait_pending(self) -> None:
         pending, self._pending = self._pending, None
@@ -279,16 +287,13 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
 
     def _commit_sync(self, chunks: list[bytes]) -> None:
         with self._lock:
-            try:
+            with self._marks_failure():
                 fd = self._fd_for_writing()
                 if self.encryptor is not None:
                     self.encryptor.finish(fd, chunks)
                 else:
                     _write_all(fd, chunks)
                 os.fsync(fd)
-            except BaseException:
-                self._failed = True
-                raise
             self._fd = None
             os.close(fd)
             os.replace(self._temp, self._final)
@@ -302,26 +307,19 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
         with self._lock:
             if self._state != "open":
                 raise _Abandoned()
-            try:
+            with self._marks_failure():
                 # One piece: each hash update and each write lets go of the GIL, and taking it back
                 # from a busy event loop is most of what a small file costs this thread.
                 data = chunks if len(chunks) < 2 else [b"".join(chunks)]
                 if self._defer_hash and data:
                     self._hash.update(data[0])
                 _write_all(self._fd_for_writing(), data)
-            except BaseException:
-                self._failed = True
-                raise
 
     def batch_fsync(self) -> None:
-        with self._lock:
+        with self._lock, self._marks_failure():
             if self._state != "open" or self._fd is None:
                 return  # abandoned meanwhile: it will not be renamed, and must not fail the others
-            try:
-                os.fsync(self._fd)
-            except BaseException:
-                self._failed = True
-                raise
+            os.fsync(self._fd)
 
     def batch_rename(self) -> None:
         with self._lock:

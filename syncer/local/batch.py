@@ -121,7 +121,9 @@ class _SyncFs:
             raise OSError(code, os.strerror(code))
 
 
-def _retrieved(fut: asyncio.Future[None]) -> None:
+def mark_retrieved(fut: asyncio.Future[object] | Future[object]) -> None:
+    """A done-callback for a future whose outcome nobody may read any more (its awaiter was cancelled):
+    asyncio must not report its failure later as 'exception was never retrieved'."""
     if not fut.cancelled():
         fut.exception()
 
@@ -156,7 +158,7 @@ class BatchCommitter:
         whatever else is queued.  Raises the file's own ``OSError``, or the batch's sync failure."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        fut.add_done_callback(_retrieved)  # a cancelled caller no longer reads its file's outcome
+        fut.add_done_callback(mark_retrieved)  # a cancelled caller no longer reads its file's outcome
         self._queue.append((file, chunks, fut))
         self._start(loop)
         # Shielded: once queued, the thread may already be writing it.  A caller cancelled meanwhile
@@ -290,11 +292,9 @@ class BatchCommitter:
 
     async def close(self) -> None:
         """Wait for the batch in the thread and what is queued, then stop the thread."""
-        if self._busy or self._queue:
-            if self._idle is None:
-                self._idle = asyncio.Event()
-            if self._busy:
-                await self._idle.wait()
+        if self._busy:  # (nothing is ever queued while the thread is idle: _start takes it at once)
+            self._idle = self._idle or asyncio.Event()
+            await self._idle.wait()
         if self.files:
             log.debug("group commit: %d files in %d batches (%s)", self.files, self.batches,
                       "syncfs" if self.uses_syncfs else "fsync each")

@@ -19,8 +19,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from syncer.local.batch import BatchCommitter, mark_retrieved
 from syncer.local.names import MAX_NAME_BYTES
 from syncer.local.partial import (  # noqa: F401 - re-exported: callers name them from the writer
     Encryptor,
@@ -39,9 +40,6 @@ from syncer.local.storage import (
 )
 from syncer.local.temp import HiddenTemp
 
-if TYPE_CHECKING:
-    from syncer.local.batch import BatchCommitter
-
 log = logging.getLogger("syncer.writer")
 
 WRITE_BUFFER_BYTES = 1 << 20  # one thread hop per MiB, not per network chunk
@@ -49,11 +47,6 @@ WRITE_BUFFER_BYTES = 1 << 20  # one thread hop per MiB, not per network chunk
 
 class _Abandoned(Exception):
     """A batched file whose writer was aborted (its download cancelled) before the batch got to it."""
-
-
-def _mark_retrieved(fut: asyncio.Future[object]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 class AtomicWriter(HiddenTemp, PositionalWrites):
@@ -223,7 +216,7 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
             self._pending = asyncio.get_running_loop().run_in_executor(None, self._flush_sync, chunks)
             # Its failure is raised by the next _wait_pending(); if that never comes (the download was
             # cancelled), asyncio must not report it later as 'exception was never retrieved'.
-            self._pending.add_done_callback(_mark_retrieved)
+            self._pending.add_done_callback(mark_retrieved)
 
     @contextlib.contextmanager
     def _marks_failure(self) -> Iterator[None]:
@@ -276,7 +269,7 @@ class AtomicWriter(HiddenTemp, PositionalWrites):
                         for chunk in chunks:
                             self._hash.update(chunk)
                     fut = asyncio.get_running_loop().run_in_executor(None, self._commit_sync, chunks)
-                    fut.add_done_callback(_mark_retrieved)
+                    fut.add_done_callback(mark_retrieved)
                     await asyncio.shield(fut)
             except OSError as exc:
                 raise _disk_error(exc, "cannot finish a download", self.final_path.parent) from exc

@@ -229,6 +229,11 @@ def _convert(section: str, key: str, value: Any, base_dir: Path, where: str) -> 
             raise ConfigError(f"{where}: {full} must be a path (a non-empty string)")
         if (section, key) == ("pull", "dest") and str(value).startswith("s3://"):
             return str(value)  # a bucket, not a path: kept as the URL (syncer.store)
+        if (section, key) == ("pull", "dest") and str(value).lower().startswith("s3:"):
+            # "S3://bucket" or "s3:/bucket" would otherwise be a local folder of that name: the backup
+            # would land on this machine's disk while the operator thinks it is in the bucket.
+            raise ConfigError(f"{where}: pull.dest {str(value)!r} is not a bucket URL: write s3://bucket/prefix"
+                              " (lower case, two slashes), or a folder path")
         path = Path(os.path.expanduser(str(value)))
         return path if path.is_absolute() else base_dir / path
     if isinstance(default, bool):

@@ -34,13 +34,26 @@ def _readonly_uri(path: Path, *, immutable: bool) -> str:
     return f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
 
 
+def _wal_has_frames(path: Path) -> bool:
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except OSError:
+        return False
+
+
 def open_readonly(path: Path) -> tuple[sqlite3.Connection, int, int]:
     """A read-only connection and the manifest's (user_version, table count).  ``mode=ro`` first: it sees
     a running writer's WAL.  When that cannot open (a WAL reader must create -shm and -wal if they are not
-    there, which a read-only folder forbids), ``immutable=1``: nothing is created; with no -wal file no
-    writer is using it, so the main file is the whole manifest."""
+    there, which a read-only folder forbids), ``immutable=1``: nothing is created; only with no -wal file
+    (or an empty one) is the main file the whole manifest, else ManifestError."""
     last: sqlite3.OperationalError | None = None
     for immutable in (False, True):
+        if immutable and _wal_has_frames(path):
+            # Changes a writer has not checkpointed into the main file yet: an immutable read would show
+            # the manifest as it was before them, with no sign of it.
+            raise ManifestError(f"{path}: its write-ahead log ({path.name}-wal) holds changes that a read-only"
+                                " view of this folder cannot see; run this where the manifest's folder is"
+                                " writable, or after the next run has checkpointed it") from last
         conn = sqlite3.connect(_readonly_uri(path, immutable=immutable), uri=True, check_same_thread=False,
                                isolation_level=None, timeout=30)
         try:

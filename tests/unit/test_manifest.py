@@ -364,3 +364,40 @@ def test_the_v4_to_v5_step_adds_the_encryption_columns_rows_stay_plain(tmp_path:
         assert "encrypted" not in m.pull_done_rows()[0]
     finally:
         m.close()
+
+
+def test_a_read_only_view_refuses_a_manifest_whose_wal_it_cannot_read(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``mode=ro`` cannot open (a read-only folder, as another user), the fallback reads the main file
+    as immutable; with changes still in the -wal file that view is stale, so it is refused, not shown."""
+    from syncer.manifest import opening
+
+    path = tmp_path / "m.sqlite"
+    Manifest.open(path).close()
+    writer = sqlite3.connect(path)  # a running writer: its changes sit in the WAL, not yet checkpointed
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("INSERT INTO runs (id, kind, started) VALUES ('r1', 'pull', 'now')")
+    writer.commit()
+    assert os.stat(f"{path}-wal").st_size > 0
+    real_connect = sqlite3.connect
+
+    class Refused:  # what a read-only folder does to a WAL reader: it fails at its first read
+        def execute(self, *args: object) -> None:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        def close(self) -> None:
+            pass
+
+    def connect(target: str, *args: object, **kw: object) -> object:
+        return real_connect(target, *args, **kw) if "immutable=1" in target else Refused()  # type: ignore[arg-type]
+
+    monkeypatch.setattr(opening.sqlite3, "connect", connect)
+    try:
+        with pytest.raises(ManifestError, match="write-ahead log"):
+            opening.open_readonly(path)
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # checkpointed: the main file is the whole manifest
+        conn, _, tables = opening.open_readonly(path)
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1 and tables > 0
+        conn.close()
+    finally:
+        writer.close()

@@ -62,6 +62,14 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
 
 # -- the store ---------------------------------------------------------------------------------------
+def endpoint_of(s3: Any) -> str:
+    """The store's endpoint: ``s3.endpoint_url``, else ``AWS_ENDPOINT_URL``, else ``AWS_ENDPOINT`` (which obstore
+    reads too); "" for AWS itself.  Every client of the bucket (obstore's, boto3's clean-up) takes it from
+    here, so they all talk to the same store."""
+    return ((s3.endpoint_url if s3 else "") or os.environ.get("AWS_ENDPOINT_URL", "")
+            or os.environ.get("AWS_ENDPOINT", ""))
+
+
 def make_store(loc: Location, s3: S3Config | None = None, retry: Any = None) -> Any:
     """An obstore ``S3Store`` for ``loc`` (keys relative to its prefix).  Credentials: obstore's
     defaults (AWS_* variables, web identity, instance metadata); their values are registered as
@@ -77,8 +85,7 @@ def make_store(loc: Location, s3: S3Config | None = None, retry: Any = None) -> 
     # obstore also reads AWS_* variables of its own (AWS_ENDPOINT, AWS_ALLOW_HTTP,
     # AWS_ALLOW_INVALID_CERTIFICATES): every one that could carry the bytes in clear or unverified is
     # decided here, by the one URL rule, and given explicitly so the environment cannot override it.
-    endpoint = ((s3.endpoint_url if s3 else "") or os.environ.get("AWS_ENDPOINT_URL", "")
-                or os.environ.get("AWS_ENDPOINT", ""))
+    endpoint = endpoint_of(s3)
     client["allow_http"] = False
     client["allow_invalid_certificates"] = False
     if endpoint:

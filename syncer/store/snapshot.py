@@ -35,9 +35,10 @@ if TYPE_CHECKING:
     from syncer.config import S3Config
 
 from syncer.config import url_refusal
+from syncer.local.storage import _write_all
 from syncer.logs import event, scrub
 from syncer.manifest import now_iso
-from syncer.store.s3 import Location, ObjectSink, target_folder
+from syncer.store.s3 import Location, ObjectSink, endpoint_of, target_folder
 from syncer.store.s3errors import translate
 
 log = logging.getLogger("syncer.store")
@@ -109,7 +110,7 @@ async def _download(sink: ObjectSink, key: str, out: Path) -> None:
     fd = os.open(out, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         async for chunk in got.stream(min_chunk_size=1 << 20):
-            await asyncio.to_thread(os.write, fd, bytes(chunk))
+            await asyncio.to_thread(_write_all, fd, [bytes(chunk)])  # a short write must not lose bytes
         await asyncio.to_thread(os.fsync, fd)
     finally:
         os.close(fd)
@@ -246,7 +247,7 @@ def abort_stale_uploads(loc: Location, s3: S3Config | None, folders: set[str], b
     except ImportError:
         log.debug("boto3 is not installed: incomplete multipart uploads are left to the lifecycle rule")
         return 0
-    endpoint = (s3.endpoint_url if s3 else "") or os.environ.get("AWS_ENDPOINT_URL") or None
+    endpoint = endpoint_of(s3) or None
     if endpoint and url_refusal(endpoint):  # the one URL rule (make_store refused it already)
         return 0
     region = (s3.region if s3 else "") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \

@@ -276,9 +276,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("retry.attempts must be at least 1")
     if not all(math.isfinite(w) and w >= 0 for w in (cfg.retry.max_wait, cfg.retry.min_wait)):
         raise ConfigError("retry.max_wait and retry.min_wait must not be negative")
-    for section in (cfg.pull, cfg.push):
+    for name, section in (("pull", cfg.pull), ("push", cfg.push)):
         if not 1 <= section.concurrency <= 512:
-            raise ConfigError("concurrency must be between 1 and 512")
+            raise ConfigError(f"{name}.concurrency must be between 1 and 512, not {section.concurrency}")
     if not 1 <= cfg.pull.segments <= 16:
         raise ConfigError("pull.segments must be between 1 and 16")
     if cfg.pull.durability not in ("syncfs", "fsync"):

@@ -74,7 +74,7 @@ def invoke(tmp: Path, args: list[str], *, token: str | None = TOKEN) -> tuple[in
     (GOOD.replace('targets = ["user:1"]', 'targets = "user:1"'), ["pull.targets must be a list of strings"]),
     (GOOD.replace('targets = ["user:1"]', 'targets = ["patient:1"]'), ["type must be one of user, visit"]),
     (GOOD + 'include_shared = "yes"\n', ["pull.include_shared must be true or false"]),
-    (GOOD + "concurrency = 100000\n", ["concurrency must be between 1 and 512"]),
+    (GOOD + "concurrency = 100000\n", ["pull.concurrency must be between 1 and 512, not 100000"]),
     (GOOD + 'categories = ["photos"]\n', ["unknown category 'photos'"]),
     (GOOD.replace('dest = "backup"', "dest = 7"), ["pull.dest must be a path"]),
     (GOOD.replace(NOWHERE, "ftp://127.0.0.1/api_v3"), ["is not an http(s) URL"]),
@@ -119,7 +119,7 @@ def test_a_missing_token_variable_is_exit_2_naming_it(tmp_path: Path) -> None:
     (["--shard", "x"], "is not K/N"),
     (["--target", "user"], "is not TYPE:ID"),
     (["--target", "user:../../etc"], "characters an id cannot have"),
-    (["--concurrency", "0"], "concurrency must be between 1 and 512"),
+    (["--concurrency", "0"], "pull.concurrency must be between 1 and 512, not 0"),
     (["--category", "photos"], "Invalid value for '--category'"),
 ])
 def test_bad_flags_are_exit_2(tmp_path: Path, args: list[str], words: str) -> None:

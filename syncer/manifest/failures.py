@@ -46,6 +46,9 @@ class FailureRecords:
             "SELECT file_id, state FROM pull_items WHERE target_type = ? AND target_id = ?"
             + ("" if file_ids is not None else " AND state = 'permanent' AND acked_at IS NULL"),
             (target_type, target_id)).fetchall())
+        if file_ids is None and not rows:
+            self._known_scope("pull_items", "target_type = ? AND target_id = ?", (target_type, target_id),
+                              f"{target_type}:{target_id}")
         wanted = list(dict.fromkeys(file_ids)) if file_ids is not None else sorted(rows)
         for fid in wanted:
             if fid not in rows:
@@ -53,16 +56,9 @@ class FailureRecords:
             if rows[fid] != "permanent":
                 raise ManifestError(f"{target_type}:{target_id}/{fid} is {rows[fid]}, not failed permanently:"
                                     " only a permanent failure can be acknowledged")
-        at = now_iso()
-        with self._tx():
-            self.conn.executemany(
-                "UPDATE pull_items SET acked_by = ?, acked_at = ?, ack_reason = ? WHERE target_type = ?"
-                " AND target_id = ? AND file_id = ?",
-                [(by, at, reason, target_type, target_id, fid) for fid in wanted])
-            self.conn.executemany(
-                "INSERT INTO events (at, run_id, kind, item, event, detail) VALUES (?, NULL, 'pull', ?,"
-                " 'acknowledged', ?)",
-                [(at, f"{target_type}/{target_id}/{fid}", f"by {by}: {reason}"[:500]) for fid in wanted])
+        self._record_acks("pull", "target_type = ? AND target_id = ? AND file_id = ?",
+                          [((target_type, target_id, fid), f"{target_type}/{target_id}/{fid}") for fid in wanted],
+                          by, reason)
         return wanted
 
     def acknowledge_push(self, user_id: str, rel_paths: list[str] | None, *, by: str, reason: str) -> list[str]:
@@ -75,6 +71,8 @@ class FailureRecords:
             "SELECT rel_path, state FROM push_items WHERE user_id = ?"
             + ("" if rel_paths is not None else " AND state = 'permanent' AND acked_at IS NULL"),
             (user_id,)).fetchall())
+        if rel_paths is None and not rows:
+            self._known_scope("push_items", "user_id = ?", (user_id,), f"user {user_id}")
         if rel_paths is not None:  # a PATH, or the short id status shows for it (syncer.redact.name_id)
             by_id = {name_id(rel): rel for rel in rows}
             rel_paths = [rel if rel in rows else by_id.get(rel, rel) for rel in rel_paths]
@@ -86,16 +84,28 @@ class FailureRecords:
             if rows[rel] != "permanent":
                 raise ManifestError(f"user {user_id}: file argument #{n} is {rows[rel]}, not refused for good:"
                                     " only a permanent failure can be acknowledged")
+        self._record_acks("push", "user_id = ? AND rel_path = ?",
+                          [((user_id, rel), f"{user_id}/{rel}") for rel in wanted], by, reason)
+        return wanted
+
+    def _known_scope(self, table: str, where: str, args: tuple[str, ...], label: str) -> None:
+        """``ack --all`` on a target or user the manifest has never seen is a mistyped id, not "nothing to
+        acknowledge": ManifestError (exit 2)."""
+        if self.conn.execute(f"SELECT 1 FROM {table} WHERE {where} LIMIT 1", args).fetchone() is None:
+            raise ManifestError(f"{label} has no files in the manifest (a mistyped id?)")
+
+    def _record_acks(self, kind: str, where: str, keyed: list[tuple[tuple[str, ...], str]], by: str,
+                     reason: str) -> None:
+        """The acknowledgement of each (row key, event item): its row's ``acked_*`` and an event."""
         at = now_iso()
         with self._tx():
             self.conn.executemany(
-                "UPDATE push_items SET acked_by = ?, acked_at = ?, ack_reason = ? WHERE user_id = ? AND rel_path = ?",
-                [(by, at, reason, user_id, rel) for rel in wanted])
+                f"UPDATE {kind}_items SET acked_by = ?, acked_at = ?, ack_reason = ? WHERE {where}",
+                [(by, at, reason, *key) for key, _ in keyed])
             self.conn.executemany(
-                "INSERT INTO events (at, run_id, kind, item, event, detail) VALUES (?, NULL, 'push', ?,"
+                "INSERT INTO events (at, run_id, kind, item, event, detail) VALUES (?, NULL, ?, ?,"
                 " 'acknowledged', ?)",
-                [(at, f"{user_id}/{rel}", f"by {by}: {reason}"[:500]) for rel in wanted])
-        return wanted
+                [(at, kind, item, f"by {by}: {reason}"[:500]) for _, item in keyed])
 
     # -- failures of a whole scope (a target, a user) ------------------------------------------
     def open_scope_failures(self, kind: str, scope: str) -> dict[str, str]:

@@ -121,6 +121,13 @@ def test_only_a_permanent_failure_can_be_acknowledged(tmp_path: Path) -> None:
             assert res.exit_code == 2 and words in res.output, res.output
         res = cli(["ack", "pull", "-c", str(cfg), f"user:{A}", "--reason", "x"])
         assert res.exit_code == 2 and "--all" in res.output
+        # --all on a target the manifest never saw: a mistyped id, not "acknowledged 0".
+        res = cli(["ack", "pull", "-c", str(cfg), f"user:{A}9", "--all", "--reason", "x"])
+        assert res.exit_code == 2 and f"user:{A}9 has no files in the manifest" in res.output, res.output
+        res = cli(["ack", "push", "-c", str(cfg), "999", "--all", "--reason", "x"])
+        assert res.exit_code == 2 and "user 999 has no files in the manifest" in res.output, res.output
+        res = cli(["ack", "pull", "-c", str(cfg), f"user:{A}", "--all", "--reason", "x"])
+        assert res.exit_code == 0 and "acknowledged 0" in res.output, res.output  # known, nothing to ack
         assert all(r["acked_at"] is None for r in rows(cfg).values())
 
 

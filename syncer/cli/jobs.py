@@ -245,6 +245,9 @@ def restore(config_path: str | None, manifest_path: str | None, backup_path: str
         click.echo(f"total: {len(report.users)} users, {sum(r.files for r in report.users)} files, "
                    f"{human_bytes(sum(r.bytes for r in report.users))} would be uploaded "
                    "(dry run: nothing sent or written)")
+        if report.would_fail:  # what a real run would count as failed: the same exit code
+            click.echo(f"{report.would_fail} files would fail (see above)")
+            sys.exit(exitcodes.ITEMS_FAILED)
         return
     setup_logs(cfg, quiet)
     from syncer.restore.job import RestoreJob

@@ -32,6 +32,7 @@ class DryRunUser:
 class DryRunReport:
     users: list[DryRunUser] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)   # what is left out and why
+    would_fail: int = 0  # files a real run would count as failed (no token, a user not listable, refused)
 
 
 async def dry_run(cfg: Config, opts: RestoreOptions, token: str) -> DryRunReport:
@@ -59,6 +60,7 @@ async def dry_run(cfg: Config, opts: RestoreOptions, token: str) -> DryRunReport
                     listing = await client.list_files(Target("user", dest))
                 except ApiError as exc:
                     row.notes.append(f"cannot list the user ({type(exc).__name__}): {len(files)} files would fail")
+                    report.would_fail += len(files)
                     continue
                 done = restore_rows_for_user(own, dest) if own is not None else {}
                 claimed = restore_claimed(own, dest) if own is not None else set()
@@ -69,6 +71,8 @@ async def dry_run(cfg: Config, opts: RestoreOptions, token: str) -> DryRunReport
                 row.files, row.bytes = len(plan.items), plan.todo_bytes
                 if plan.items and dest not in opts.tokens:
                     row.notes.append(f"no token: these {len(plan.items)} files would fail")
+                    report.would_fail += len(plan.items)
+                report.would_fail += plan.held_permanent
                 for n, what in ((plan.present, "still on the server"), (plan.restored, "restored before"),
                                 (plan.adoptable, "may be already there (same name and size: hashed in a real run)"),
                                 (plan.held_permanent, "refused for good before"),

@@ -193,6 +193,15 @@ def test_dry_run_sends_and_writes_nothing(tmp_path: Path) -> None:
             n = sum(expected_in_dest(src, s).values())
             assert f"user:{s} -> user:{d}\t{n} files" in res.output
         assert NOT_RESTORABLE in res.output
+        # A destination user without a token: a real run would fail those files, so the dry run says so and
+        # exits 1, as a pull's or a push's dry run does.
+        rest = list(pairs.values())[1:]
+        write_tokens(tmp_path / "b" / "tokens.csv", {d: dst.token_for(d) for d in rest})
+        res = cli(["restore", "-c", str(cfg_b), "--backup", str(cfg_a), "--user-map", str(tmp_path / "users.csv"),
+                   "--dry-run"], token=dst.api_key)
+        n = sum(expected_in_dest(src, next(iter(pairs))).values())
+        assert res.exit_code == 1 and f"no token: these {n} files would fail" in res.output, res.output
+        assert f"{n} files would fail" in res.output.splitlines()[-1] and not dst.files()
 
 
 # -- bad input -----------------------------------------------------------------------------------------

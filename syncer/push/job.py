@@ -134,7 +134,8 @@ class PushJob:
         for problem in plan.problems:
             self._problem(problem)
         skipped = sum(plan.skipped.values())
-        ctx.stats.skipped += skipped + plan.up_to_date
+        ctx.stats.skipped += plan.up_to_date
+        ctx.stats.left_out += skipped  # symbolic links, special files, dotfiles: never uploaded
         # Refused for good before and unchanged: not sent again, but not backed up either: red every run
         # until the file changes or an operator acknowledges it (syncer ack push).
         for reason, n in plan.held_reasons.items():
@@ -218,7 +219,7 @@ class PushJob:
                     return
                 row = {**row, "state": PushState.DONE.value}  # the file changed since: send the new content
             elif item.missing:
-                ctx.stats.skipped += 1
+                ctx.stats.left_out += 1  # gone from the source: no longer selected
                 ctx.recorder.put(Update("push_items", item.key,
                                         {"state": PushState.FAILED.value, "intent_at": None,
                                          "last_error": "the local file is gone; nothing was stored",

@@ -49,6 +49,9 @@ def summary_text(stats: RunStats) -> str:
         f"{stats.elapsed:.1f}s; {stats.skipped} already up to date; "
         f"{stats.failed} failed (retried next run); {stats.permanent} failed permanently",
     ]
+    if stats.left_out:
+        lines.append(f"{_n(stats.left_out, 'file')} left out by rule (neither up to date nor failed: see the"
+                     " log or the lines above)")
     if stats.acknowledged:
         lines.append(f"{stats.acknowledged} failed permanently again, acknowledged by an operator (not counted as"
                      " failed; see syncer status)")

@@ -157,7 +157,7 @@ class RestoreJob:
         n.not_restorable, n.not_restorable_bytes = sel.not_restorable, sel.not_restorable_bytes
         n.unmapped = dict(sel.unmapped)
         n.skipped = dict(sel.skipped)
-        ctx.stats.skipped += sel.not_restorable + sum(sel.unmapped.values()) + sum(sel.skipped.values())
+        ctx.stats.left_out += sel.not_restorable + sum(sel.unmapped.values()) + sum(sel.skipped.values())
         self.opts.notes[:] = n.lines()  # for the command's summary
         for line in n.lines():
             ctx.log_event("not_restored", message=line)

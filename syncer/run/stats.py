@@ -20,7 +20,8 @@ class RunStats:
     bytes_moving: int = 0       # bytes transferred so far, finished or not (for the rate)
     failed: int = 0             # failed this run; retried next run
     permanent: int = 0          # the server says it will fail again (404, 400, 413, unsafe name): red
-    skipped: int = 0            # up to date, or not eligible (symlinks, no token)
+    skipped: int = 0            # already up to date (stored, unchanged)
+    left_out: int = 0           # left out by rule, neither up to date nor failed (a symlink, a visit file)
     adopted: int = 0            # push: uploads found on the server after a lost answer
     acknowledged: int = 0       # failed permanently again, but an operator acknowledged it: not red
     targets_failed: int = 0     # pull: targets whose listing failed (their files unknown: red)
@@ -57,4 +58,4 @@ class RunStats:
 
     def counts(self) -> dict[str, int]:
         return {"files_done": self.files_done, "bytes_done": self.bytes_done,
-                "failed": self.failed + self.permanent + self.targets_failed, "skipped": self.skipped}
+                "failed": self.failed + self.permanent + self.targets_failed, "skipped": self.skipped + self.left_out}

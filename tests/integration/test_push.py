@@ -154,6 +154,8 @@ async def test_every_regular_file_exactly_once_then_a_rerun_sends_nothing(
         assert stats.files_done == 10 * FILES_PER_USER
         assert stats.failed == stats.permanent == stats.adopted == 0
         assert stats.targets == 10
+        # Symbolic links and dotfiles are left out by rule: not "already up to date" (nothing was uploaded).
+        assert stats.skipped == 0 and stats.left_out >= 10 * 2
         assert_exactly_once(srv, expected)
         assert srv.counters["upload"] == 10 * FILES_PER_USER
         # identical bytes, not only identical hashes as the server reports them
@@ -169,6 +171,7 @@ async def test_every_regular_file_exactly_once_then_a_rerun_sends_nothing(
         stats2, code2 = await run_push(srv, cfg)
         assert code2 == exitcodes.OK
         assert stats2.files_done == 0 and stats2.files_total == 0
+        assert (stats2.skipped, stats2.left_out) == (10 * FILES_PER_USER, stats.left_out)
         assert srv.counters["upload"] == 10 * FILES_PER_USER
         assert srv.counters["list"] == 0  # nothing unknown: nothing to look for
         assert_exactly_once(srv, expected)

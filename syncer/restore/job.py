@@ -161,9 +161,15 @@ class RestoreJob:
         self.opts.notes[:] = n.lines()  # for the command's summary
         for line in n.lines():
             ctx.log_event("not_restored", message=line)
-        for user in self.opts.users:
-            if user not in sel.by_user and user not in sel.unmapped:
-                ctx.stats.count_failure("failed", "NotInBackup")  # asked for and not done: red, as push
+        for user in self.opts.users:  # asked for by name and not done: red, as push
+            if user in sel.unmapped:  # its files are in the backup, but the map says nowhere to put them
+                ctx.stats.left_out -= sel.unmapped[user]  # counted failed instead
+                for _ in range(sel.unmapped[user]):
+                    ctx.stats.count_failure("failed", "NotInUserMap")
+                ctx.log_event("user_not_in_map", level=logging.WARNING, user=user,
+                              message=f"user {user}: asked for, but not in the user map: not restored")
+            elif user not in sel.by_user:
+                ctx.stats.count_failure("failed", "NotInBackup")
                 ctx.log_event("user_not_in_backup", level=logging.WARNING, user=user,
                               message=f"user {user}: no restorable file of this user in the backup")
 

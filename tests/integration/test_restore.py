@@ -204,6 +204,20 @@ def test_dry_run_sends_and_writes_nothing(tmp_path: Path) -> None:
         assert f"{n} files would fail" in res.output.splitlines()[-1] and not dst.files()
 
 
+def test_a_user_asked_for_by_name_but_missing_from_the_user_map_is_a_failure(tmp_path: Path) -> None:
+    src, dst = two_accounts(tmp_path, users=3, files_per_user=3)
+    with src.run_in_thread(), dst.run_in_thread():
+        cfg_a, cfg_b, pairs = setup_migration(tmp_path, src, dst, mapped=2)
+        unmapped = src.users[2]
+        base = ["restore", "-c", str(cfg_b), "--backup", str(cfg_a), "--user-map", str(tmp_path / "users.csv")]
+        res = cli([*base, "--target", f"user:{unmapped}"], token=dst.api_key)
+        assert res.exit_code == 1 and "3 failed (retried next run)" in res.output and not dst.files(), res.output
+        assert "0 files left out" not in res.output and "left out by rule" not in res.output  # failed, not both
+        # Without --target the map narrows the migration: the unmapped user is reported, not a failure.
+        res = cli(base, token=dst.api_key)
+        assert res.exit_code == 0 and "not in the user map" in res.output, res.output
+
+
 # -- bad input -----------------------------------------------------------------------------------------
 
 def test_bad_input(tmp_path: Path) -> None:

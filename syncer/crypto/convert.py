@@ -53,8 +53,7 @@ def convert_plain(dest: Path, plain_rel: str, age_rel: str, recipients: Sequence
                 os.unlink(temp)
             except FileNotFoundError:
                 pass
-    os.replace(temp, final)
-    _fsync_dir(final.parent)
+    os.replace(temp, final)  # the recorder fsyncs the folder before it records the file (as for a download)
     return got_size, got_sha, stored_size, stored_sha, final.parent
 
 

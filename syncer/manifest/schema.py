@@ -131,10 +131,6 @@ def _schema_v2(db: Db) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS push_state_size ON push_items(state, size)")
 
 
-# Failures of a whole scope (a pull target whose listing failed or listed nothing, a push user), one row
-# per scope: written when seen, removed when a later run finds the scope sound again.
-SCOPE_KEY = ("kind", "scope", "scope_id")
-
 
 def _schema_v3(db: Db) -> None:
     """v2 -> v3: failures that stay visible.

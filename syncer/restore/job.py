@@ -296,18 +296,14 @@ class RestoreJob:
                 await self._record_done(item, found, adopted=True)
                 return
         plain = await asyncio.to_thread(self.reader.open, src)
-        try:
-            found = await self._already_there(item)
-            if found is not None:
-                await self._record_done(item, found, adopted=True)
-                return
-            up.path, up.body = plain.path, plain.body  # body: an encrypted file's checked plaintext
-            remote, adopted = await self.uploader.send(
-                up, intent=lambda since: self._intent(item, since),
-                unchanged=lambda: asyncio.to_thread(plain.unchanged))
-        finally:
-            if plain.cleanup is not None:
-                await asyncio.to_thread(plain.close)
+        found = await self._already_there(item)
+        if found is not None:
+            await self._record_done(item, found, adopted=True)
+            return
+        up.path, up.body = plain.path, plain.body  # body: an encrypted file's checked plaintext
+        remote, adopted = await self.uploader.send(
+            up, intent=lambda since: self._intent(item, since),
+            unchanged=lambda: asyncio.to_thread(plain.unchanged))
         await self._record_done(item, remote, adopted=adopted)
 
     async def _already_there(self, item: RestoreItem) -> RemoteFile | None:

@@ -45,7 +45,6 @@ class Plaintext:
 
     path: Path
     ident: tuple[int, ...]
-    cleanup: Callable[[], None] | None = None
     body: Callable[[str], Any] | None = None
     torn: list[str] = field(default_factory=list)   # a streamed pass that did not match (see module doc)
     in_bucket: bool = False   # an object: each pass reads it only if its ETag is still the one checked
@@ -60,10 +59,6 @@ class Plaintext:
             return file_ident(os.lstat(self.path)) == self.ident
         except OSError:
             return False
-
-    def close(self) -> None:
-        if self.cleanup is not None:
-            self.cleanup()
 
 
 class BackupReader(Protocol):

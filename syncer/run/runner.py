@@ -25,7 +25,6 @@ from syncer.logs import describe, event
 from syncer.manifest import Manifest
 from syncer.manifest.recorder import Recorder
 from syncer.redact import register_secret
-from syncer.run.loop import LOOP_ENV, run_async  # noqa: F401 - re-exported: its old home
 from syncer.run.signals import on_stop_signals
 from syncer.run.stats import RunStats
 

@@ -149,7 +149,8 @@ def finish_run(stats: Any, code: int, metrics_file: str | None) -> None:
     sys.exit(code)
 
 
-def check_metrics_file(metrics_file: str | None) -> None:
-    """Before the run: the metrics file's folder must exist (else exit 2, nothing attempted)."""
+def check_metrics_file(metrics_file: str | None, flag: str = "--metrics-file") -> None:
+    """Before the run: the folder of a file a flag names (``--metrics-file``, ``--mapping-out``) must exist
+    (else exit 2, nothing attempted)."""
     if metrics_file and not Path(metrics_file).resolve().parent.is_dir():
-        raise ConfigError(f"--metrics-file {metrics_file}: its folder does not exist")
+        raise ConfigError(f"{flag} {metrics_file}: its folder does not exist")

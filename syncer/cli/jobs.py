@@ -21,7 +21,6 @@ from syncer.cli.base import (
     run_options,
     setup_logs,
 )
-from syncer.errors import ConfigError
 from syncer.models import CATEGORIES
 from syncer.redact import escape
 from syncer.run.loop import run_async
@@ -226,11 +225,9 @@ def restore(config_path: str | None, manifest_path: str | None, backup_path: str
                                                    if k != config_mod.MANIFEST_ENV}) if backup_path else cfg
     opts = options_from_config(cfg, backup_cfg, user_map=user_map, targets=targets, categories=categories,
                                mapping_out=mapping_out, identity=identity, need_key=not dry_run)
-    if not cfg.api.base_url:
-        raise ConfigError("api.base_url is not set in the config")
+    cfg.api_base_url()
     check_metrics_file(metrics_file)
-    if mapping_out and not Path(mapping_out).resolve().parent.is_dir():
-        raise ConfigError(f"--mapping-out {mapping_out}: its folder does not exist")
+    check_metrics_file(mapping_out, "--mapping-out")
     token = cfg.api_token()
     if dry_run:
         from syncer.restore.dryrun import dry_run as restore_dry_run

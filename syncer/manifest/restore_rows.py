@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from syncer.manifest.store import Manifest
 
+from syncer.manifest.schema import ENCRYPTION_SCHEMA
 from syncer.manifest.store import now_iso
 
 MAPPING_COLUMNS = ("source_target", "source_file_id", "dest_user_id", "dest_file_id", "category", "name", "size",
@@ -25,8 +26,8 @@ def has_restore_table(manifest: Manifest) -> bool:
 
 def backup_rows(manifest: Manifest) -> list[dict[str, Any]]:
     """Every file a backup's manifest knows (any state; the plan decides what can be restored)."""
-    have = {r[1] for r in manifest.conn.execute("PRAGMA table_info(pull_items)")}
-    encrypted = ", encrypted" if "encrypted" in have else ""  # a manifest from before encryption has none
+    # A manifest from before encryption has no such column (the version rule every reader uses).
+    encrypted = ", encrypted" if manifest.version >= ENCRYPTION_SCHEMA else ""
     cur = manifest.conn.execute(
         "SELECT target_type, target_id, file_id, category, remote_name, size, sha256, local_path, state, owner_id"
         f"{encrypted} FROM pull_items ORDER BY target_type, target_id, created, file_id")

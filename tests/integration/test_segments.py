@@ -238,10 +238,12 @@ def test_inconsistent_206_falls_back_with_nothing_corrupt(tmp_path):
     size = 3 * MiB
     srv = FakeServer()
     original = srv._view
+    faked: list[str] = []
 
     async def view(request: web.Request) -> web.StreamResponse:
         wanted = request.headers.get("Range", "")
         if wanted.startswith("bytes=") and not wanted.endswith("-"):
+            faked.append(wanted)
             a, b = (int(x) for x in wanted[6:].split("-"))
             body = srv.file_bytes(fid)[a : b + 1]
             # The bytes asked for, but the total announced is not the file's: not the file we listed.
@@ -256,6 +258,7 @@ def test_inconsistent_206_falls_back_with_nothing_corrupt(tmp_path):
         res = cli(["pull", "-c", str(cfg), "-q"], token=srv.api_key)
         assert res.exit_code == 0, res.output
         _check_done(tmp_path, srv, fid)
+        assert faked, "no ranged request met the inconsistent 206: the test proved nothing"
 
 
 def test_a_whole_download_never_resumes_a_segmented_temp(tmp_path):

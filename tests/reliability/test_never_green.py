@@ -278,7 +278,7 @@ def test_a_missing_file_is_never_green_and_the_fixed_cause_is(world: World, case
         assert success_gauge(metrics) == "0", f"run {run}: {metrics}"
         have = backed_up(w)
         assert not w.victims & set(have), f"run {run}: a victim is recorded done"
-        text, st = status(w)
+        text, _ = status(w)
         for name in w.named:
             assert name in text, f"run {run}: status does not name {name}:\n{text}"
         check = cli(["verify", "-c", str(w.cfg), "--all"])
@@ -303,8 +303,8 @@ def test_a_missing_file_is_never_green_and_the_fixed_cause_is(world: World, case
     assert "items_failed{" not in metrics
 
 
-# Not on main yet when this was written: helper redact's refusal of plain-http view links (issue 12 item 7).
-# Until then the link's host simply does not answer (a failed item, retried); the case above is red either way.
+# A plain-http view link to a host that is not loopback is refused before any connection (api/client's
+# _check_link, issue 12 item 7): a permanent item error, red every run.
 def test_a_plain_http_link_is_refused_as_a_permanent_item_error(world: World) -> None:
     w = world
     plain_http_link(w)

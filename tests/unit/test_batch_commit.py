@@ -166,6 +166,7 @@ async def test_a_cancelled_download_leaves_no_temp_and_the_others_land(tmp_path:
             assert (tmp_path / rel).read_bytes() == data
         if (tmp_path / rel).exists():  # a cancel may come too late to stop the rename: then it is whole
             assert (tmp_path / rel).read_bytes() == data
+    assert any(isinstance(o, asyncio.CancelledError) for o in outcomes), "no cancel landed: proved nothing"
     assert temps(tmp_path) == []
 
 
@@ -290,10 +291,13 @@ def test_pull_durability_reaches_the_folder_sink(tmp_path: Path) -> None:
     from syncer.errors import ConfigError
     from syncer.store import open_sink
 
+    if not BatchCommitter("syncfs").uses_syncfs:
+        pytest.skip("no trusted syncfs here: both settings would fsync each file")
     cfg_file = tmp_path / "syncer.toml"
+    cfg_file.write_text("[pull]\n", encoding="utf-8")
+    assert open_sink(tmp_path / "backup", load(cfg_file, env={})).batch.uses_syncfs is True  # the default
     cfg_file.write_text('[pull]\ndurability = "fsync"\n', encoding="utf-8")
-    cfg = load(cfg_file, env={})
-    assert open_sink(tmp_path / "backup", cfg).batch.uses_syncfs is False
+    assert open_sink(tmp_path / "backup", load(cfg_file, env={})).batch.uses_syncfs is False
     cfg_file.write_text('[pull]\ndurability = "sometimes"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="pull.durability"):
         load(cfg_file, env={})

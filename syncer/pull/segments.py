@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from syncer.api.results import RangeNotServed
 from syncer.errors import LinkExpiredError, ProtocolError, TransientError, is_retryable
 from syncer.local.partial import unlink_quietly
-from syncer.local.storage import _disk_error
+from syncer.local.storage import _disk_error, _write_all
 from syncer.local.writer import AtomicWriter
 from syncer.pull.link import SharedLink
 from syncer.pull.pieces import InOrderHash, Piece, pieces_from, read_record, record_body
@@ -360,7 +360,7 @@ class _SegmentedFile:
         unlink_quietly(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, body)
+            _write_all(fd, [body])  # every byte, even after a short write
             os.fsync(fd)
         finally:
             os.close(fd)

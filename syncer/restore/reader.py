@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from syncer.errors import ItemError
+from syncer.errors import ItemError, LocalPathError
 from syncer.local.storage import ensure_inside, sha256_file
 from syncer.push.plan import file_ident
 from syncer.restore.plan import BackupFile
@@ -94,10 +94,9 @@ class BackupFolder:
         except FileNotFoundError:
             raise ItemError(f"file {f.file_id}: its backed-up copy is missing from the backup folder;"
                             f" {NOTHING_SENT}") from None
-        except ItemError as exc:
-            if exc.args and str(exc.args[0]).startswith(f"file {f.file_id}:"):
-                raise  # ours, from _decrypted
-            # a path that would leave the backup folder, a symlink (its text names the path)
+        except LocalPathError:
+            # a path that would leave the backup folder, a symlink (its text may name the path); the
+            # reader's own ItemErrors (from _decrypted) pass through as they are
             raise ItemError(f"file {f.file_id}: its backed-up copy is not a regular file inside the backup folder;"
                             f" {NOTHING_SENT}") from None
         except OSError as exc:

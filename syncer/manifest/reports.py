@@ -93,36 +93,23 @@ class ReportQueries:
                 for row in self.conn.execute(
                     f"SELECT state, count(*), sum({size_col}) FROM {table} GROUP BY state")
             }
-            if kind == "pull":
-                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
-                failed = self.conn.execute(
-                    "SELECT target_type || ':' || target_id, file_id, state, attempts, error_class, last_error,"
-                    f" updated_at{acks} FROM pull_items WHERE state IN ('failed', 'permanent')"
-                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
-                items = [dict(zip(("target", "file_id", "state", "attempts", "error_class", "last_error",
-                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
-                         for r in failed]
-                acked = {"count": 0, "bytes": 0}
-                if self.version >= 3:
-                    n, b = self.conn.execute(
-                        "SELECT count(*), sum(size) FROM pull_items WHERE state = 'permanent'"
-                        " AND acked_at IS NOT NULL").fetchone()
-                    acked = {"count": n, "bytes": b or 0}
-            else:
-                acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
-                failed = self.conn.execute(
-                    "SELECT user_id, rel_path, state, attempts, error_class, last_error, updated_at" + acks
-                    + " FROM push_items WHERE state IN ('failed', 'permanent', 'uploading')"
-                    " ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
-                items = [dict(zip(("user_id", "rel_path", "state", "attempts", "error_class", "last_error",
-                                   "updated_at", "acked_by", "acked_at", "ack_reason"), r, strict=True))
-                         for r in failed]
-                acked = {"count": 0, "bytes": 0}
-                if self.version >= 3:
-                    n, b = self.conn.execute(
-                        "SELECT count(*), sum(size) FROM push_items WHERE state = 'permanent'"
-                        " AND acked_at IS NOT NULL").fetchone()
-                    acked = {"count": n, "bytes": b or 0}
+            # What tells a failed item, and which states list it, differ by kind; the rest is the same.
+            key_sql, key_names, listed = (
+                ("target_type || ':' || target_id, file_id", ("target", "file_id"), "('failed', 'permanent')")
+                if kind == "pull" else
+                ("user_id, rel_path", ("user_id", "rel_path"), "('failed', 'permanent', 'uploading')"))
+            acks = ", acked_by, acked_at, ack_reason" if self.version >= 3 else ", NULL, NULL, NULL"
+            failed = self.conn.execute(
+                f"SELECT {key_sql}, state, attempts, error_class, last_error, updated_at{acks} FROM {table}"
+                f" WHERE state IN {listed} ORDER BY updated_at DESC LIMIT ?", (failures,)).fetchall()
+            items = [dict(zip((*key_names, "state", "attempts", "error_class", "last_error", "updated_at",
+                               "acked_by", "acked_at", "ack_reason"), r, strict=True)) for r in failed]
+            acked = {"count": 0, "bytes": 0}
+            if self.version >= 3:
+                n, b = self.conn.execute(
+                    f"SELECT count(*), sum(size) FROM {table} WHERE state = 'permanent'"
+                    " AND acked_at IS NOT NULL").fetchone()
+                acked = {"count": n, "bytes": b or 0}
             out[kind] = {"states": states, "failed": items, "acknowledged": acked}
             if kind == "pull":
                 out[kind]["stored"] = self.pull_storage_counts()
